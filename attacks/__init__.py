@@ -1,0 +1,1 @@
+"""Membership-inference attacks, audit metrics and the audit report."""

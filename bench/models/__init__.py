@@ -1,0 +1,1 @@
+"""Model builders and loaders: the embedded tiny LLaVA and local Hugging Face checkpoints."""

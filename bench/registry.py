@@ -1,0 +1,76 @@
+"""A small generic registry: one instance per kind of plugin.
+
+Plugins register by decorator, in their own module::
+
+    @METHODS.register("dpsgd")
+    class DPSGD(Method): ...
+
+A registry imports its plugin package on first lookup, so `dpbench list methods` and
+`METHODS.get("dpsgd")` see every registered class without eager star-imports elsewhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from dpbench.errors import DpbenchError
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError, DpbenchError):
+    """An unknown registry name. A KeyError for callers, a one-line CLI error for users."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, base: type | None = None, plugins: str | None = None):
+        self.kind = kind
+        self.base = base
+        self.plugins = plugins
+        self._items: dict[str, T] = {}
+        self._loaded = plugins is None
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            if self.base is not None and not (isinstance(obj, type) and issubclass(obj, self.base)):
+                raise TypeError(f"{self.kind} {name!r} must subclass {self.base.__name__}")
+            self._items[name] = obj
+            if isinstance(obj, type):
+                obj.name = name  # the decorator is the one place the name is written
+            return obj
+
+        return decorator
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self.plugins)
+
+    def get(self, name: str) -> T:
+        self._load()
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._items, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}."
+            ) from None
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,133 @@
+"""The run spec: a frozen, serialisable description from which a run is reproducible.
+
+CLI flags and an optional YAML/TOML file both build it (flags win). Its hash names the run
+folder together with a readable prefix, as HELM's run-spec names do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpbench.errors import DpbenchError
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    epsilon: float | None = 8.0  # None: no target (the nonprivate method ignores privacy)
+    delta: float | None = None  # None: 1 / (n_train * 10), fixed once the data is loaded
+    accountant: str = "rdp"
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    steps: int = 150
+    batch_size: int = 64  # expected logical batch under Poisson sampling
+    physical_batch_size: int = 32  # bounds memory: Opacus' BatchMemoryManager splits logical batches
+    lr: float = 2e-3
+    seed: int = 0
+    n_train: int | None = None  # None: every training example of the task
+    trainable: str = "projector,language_model"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str = "scienceqa"
+    method: str = "dpsgd"
+    model: str = "tiny-llava"
+    data_dir: str | None = None
+    device: str = "cpu"
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    method_options: dict[str, Any] = field(default_factory=dict)
+    attacks: tuple[str, ...] = ("loss", "zlib", "mink", "mink++", "reference", "image")
+    eval_limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["attacks"] = list(self.attacks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise DpbenchError(f"unknown run-spec field(s): {', '.join(sorted(unknown))}")
+        try:
+            privacy = PrivacySpec(**d.pop("privacy", {}))
+            training = TrainingSpec(**d.pop("training", {}))
+        except TypeError as e:
+            raise DpbenchError(f"bad run spec: {e}") from None
+        d["attacks"] = tuple(d.get("attacks", cls.attacks))
+        return cls(privacy=privacy, training=training, **d).validated()
+
+    def replace(self, **changes: Any) -> RunSpec:
+        """A copy with top-level or dotted (`privacy.epsilon`) fields changed."""
+        d = self.to_dict()
+        for key, value in changes.items():
+            node = d
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return RunSpec.from_dict(d)
+
+    def validated(self) -> RunSpec:
+        p, t = self.privacy, self.training
+        if p.epsilon is not None and not (math.isfinite(p.epsilon) and p.epsilon > 0):
+            raise DpbenchError(f"epsilon must be a positive finite number, got {p.epsilon}")
+        if p.delta is not None and not (0 < p.delta < 1):
+            raise DpbenchError(f"delta must lie in (0, 1/n_train), got {p.delta}")
+        if p.accountant not in ACCOUNTANTS:
+            raise DpbenchError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {p.accountant!r}")
+        if not p.max_grad_norm > 0:
+            raise DpbenchError(f"max_grad_norm must be positive, got {p.max_grad_norm}")
+        for name in ("steps", "batch_size", "physical_batch_size"):
+            if getattr(t, name) < 1:
+                raise DpbenchError(f"{name} must be at least 1, got {getattr(t, name)}")
+        if not t.lr > 0:
+            raise DpbenchError(f"lr must be positive, got {t.lr}")
+        if t.n_train is not None and t.n_train < 2:
+            raise DpbenchError(f"n_train must be at least 2, got {t.n_train}")
+        return self
+
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def run_id(self) -> str:
+        eps = "inf" if self.privacy.epsilon is None or self.method == "nonprivate" else f"{self.privacy.epsilon:g}"
+        model = Path(self.model).name.replace("/", "_")
+        return f"{self.task}-{self.method}-eps{eps}-{model}-s{self.training.seed}-{self.spec_hash()}"
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML run-spec file into a (possibly partial) spec dict."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (OSError, yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise DpbenchError(f"cannot read config {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise DpbenchError(f"config {path} must hold a mapping of run-spec fields")
+    return data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

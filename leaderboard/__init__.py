@@ -1,0 +1,1 @@
+"""Leaderboard: validates result files and renders Markdown, HTML and plots."""

@@ -1,0 +1,1 @@
+"""Fine-tuning methods. Importing this package registers every method."""

@@ -1,0 +1,1 @@
+"""Multimodal tasks. Importing this package registers every task."""
