@@ -1,0 +1,21 @@
+"""The attack interface: one membership score per example, higher = more likely a member."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from dpbench.attacks.signals import Signals
+from dpbench.registry import Registry
+
+
+class Attack(ABC):
+    name: str  # set by the registry decorator
+
+    @abstractmethod
+    def score(self, signals: Signals) -> np.ndarray:
+        """Scores for `signals.examples`, in order."""
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack", base=Attack, plugins="dpbench.attacks")

@@ -1,0 +1,151 @@
+"""The `dpbench` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from dpbench.errors import DpbenchError
+
+
+def _option_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)  # "0.25" -> 0.25, "true" -> True, "merge" -> "merge"
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DpbenchError(f"--option takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = _option_value(value)
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dpbench")
+def cli() -> None:
+    """Benchmark and audit differentially private fine-tuning of multimodal LLMs."""
+
+
+@cli.command()
+@click.option("--method", help="Fine-tuning method (see `dpbench list methods`). [default: dpsgd]")
+@click.option("--task", help="Task (see `dpbench list tasks`). [default: scienceqa]")
+@click.option("--model", help="Registered model name or a local LLaVA-family checkpoint folder. [default: tiny-llava]")
+@click.option("--data-dir", help="Local copy of the task's dataset; without it, the embedded sample is used.")
+@click.option("--epsilon", type=float, help="Target ε for the planned steps. [default: 8]")
+@click.option("--delta", type=float, help="δ. [default: 1/(10·n_train)]")
+@click.option("--accountant", type=click.Choice(["rdp", "prv"]), help="Privacy accountant. [default: rdp]")
+@click.option("--max-grad-norm", type=float, help="Per-example clipping bound C. [default: 1.0]")
+@click.option("--steps", type=int, help="Optimisation steps (logical batches). [default: 150]")
+@click.option("--batch-size", type=int, help="Expected logical batch size (Poisson sampling). [default: 64]")
+@click.option("--physical-batch-size", type=int, help="Largest batch per forward/backward (memory bound). [default: 32]")
+@click.option("--lr", type=float, help="Learning rate (Adam). [default: 2e-3]")
+@click.option("--seed", type=int, help="Seed for sampling, noise and initialisation. [default: 0]")
+@click.option("--n-train", type=int, help="Train on a random subset of this many examples.")
+@click.option("--trainable", help="Comma-separated parameter groups: vision_tower, projector, language_model.")
+@click.option("--device", help="cpu, cuda or cuda:N. [default: cpu]")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
+@click.option("--attacks", help="Comma-separated membership-inference attacks for the audit.")
+@click.option("--no-audit", is_flag=True, help="Skip the membership-inference audit.")
+@click.option("--eval-limit", type=int, help="Evaluate on the first N test examples only.")
+@click.option("--config", type=click.Path(dir_okay=False), help="YAML/TOML run spec; flags override it.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--save-checkpoint", is_flag=True, help="Save the fine-tuned model in the run folder.")
+def run(**kw) -> None:
+    """Fine-tune, account, audit and record one run: runs/<run-id>/result.json."""
+    from dpbench.runner import run as run_one
+    from dpbench.spec import RunSpec, load_spec_file, merge
+
+    spec_dict = load_spec_file(kw["config"]) if kw["config"] else {}
+    top = {k: kw[k] for k in ("method", "task", "model", "data_dir", "device", "eval_limit") if kw[k] is not None}
+    privacy = {k: kw[k] for k in ("epsilon", "delta", "accountant", "max_grad_norm") if kw[k] is not None}
+    training = {
+        k: kw[k] for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable") if kw[k] is not None
+    }
+    flags = {**top, "privacy": privacy, "training": training}
+    if kw["options"]:
+        flags["method_options"] = _parse_options(kw["options"])
+    if kw["attacks"] is not None:
+        flags["attacks"] = [a.strip() for a in kw["attacks"].split(",") if a.strip()]
+    spec = RunSpec.from_dict(merge(spec_dict, flags))
+    result = run_one(spec, Path(kw["runs_dir"]), audit=not kw["no_audit"], save_checkpoint=kw["save_checkpoint"])
+    from dpbench.summary import print_summary
+
+    print_summary(result, Path(kw["runs_dir"]) / result["run_id"])
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(["methods", "tasks", "attacks", "models"]))
+def list_(kind: str) -> None:
+    """List the registered methods, tasks, attacks or models."""
+    registry = _registry(kind)
+    for name in registry.names():
+        doc = (registry.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name:16s} {doc[0] if doc else ''}")
+
+
+def _registry(kind: str):
+    if kind == "methods":
+        from dpbench.methods.base import METHODS as r
+    elif kind == "tasks":
+        from dpbench.tasks.base import TASKS as r
+    elif kind == "attacks":
+        from dpbench.attacks.base import ATTACKS as r
+    else:
+        from dpbench.models.registry import MODELS as r
+    return r
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def validate(files: tuple[str, ...]) -> None:
+    """Check result files against the schema; list every error with its JSON path."""
+    from dpbench.results import load_result
+
+    bad = 0
+    for f in files:
+        try:
+            load_result(f)
+            click.echo(f"{f}: valid")
+        except DpbenchError as e:
+            bad += 1
+            click.echo(str(e), err=True)
+    if bad:
+        sys.exit(1)
+
+
+def _add_plugin_commands() -> None:
+    from dpbench.leaderboard.cli import leaderboard_command
+    from dpbench.sweep import sweep_command
+
+    cli.add_command(leaderboard_command, "leaderboard")
+    cli.add_command(sweep_command, "sweep")
+
+
+_add_plugin_commands()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except DpbenchError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

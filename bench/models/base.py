@@ -1,0 +1,197 @@
+"""A vision-language model with its processor, and the few operations dpbench needs of it.
+
+Everything model-specific a method or task touches goes through here: encoding examples to
+tensors, per-example losses (the DP privacy unit is one example), choice log-likelihoods,
+and which parameter groups are trainable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from dpbench.errors import DpbenchError
+from dpbench.tasks.base import Example
+
+
+@lru_cache(maxsize=8192)
+def load_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise DpbenchError(f"unreadable image {path}: {e}") from None
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    source: str  # "embedded-pretrained" or "local"
+    path: str | None
+    architecture: str
+
+
+class VisionLanguageModel:
+    """Wraps an HF image-text-to-text model (LLaVA family) and its processor."""
+
+    # parameter groups selectable with `--trainable`, as module-name prefixes
+    PARAMETER_GROUPS = {
+        "vision_tower": ("model.vision_tower.",),
+        "projector": ("model.multi_modal_projector.",),
+        "language_model": ("model.language_model.", "lm_head."),
+    }
+
+    def __init__(self, model, processor, info: ModelInfo, device: str = "cpu"):
+        self.model = model.to(device)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.info = info
+        self.device = torch.device(device)
+        self.image_token_id = model.config.image_token_index
+        self.tokens_encoded = 0  # non-padding tokens handed to the model, for throughput
+        self.visual_tokens_kept = self.visual_tokens_per_image  # token pruning lowers it
+
+    # -- encoding -------------------------------------------------------------------------
+    def prompt_text(self, example: Example) -> str:
+        content = ([{"type": "image"}] if example.image is not None else []) + [
+            {"type": "text", "text": example.prompt}
+        ]
+        return self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+
+    def encode(self, examples: Sequence[Example], targets: Sequence[str] | None = None) -> dict:
+        """Left-padded batch; `labels` mark only the target tokens (-100 elsewhere).
+
+        Prompt and target are tokenised apart and concatenated (as lm-eval does), so the
+        target's tokens are exactly those scored, whatever the tokenizer merges across them.
+        """
+        images = [load_image(e.image) for e in examples if e.image is not None]
+        texts = [self.prompt_text(e) for e in examples]
+        enc = self.processor(text=texts, images=images or None, return_tensors=None, padding=False)
+        rows, label_rows = [], []
+        for i, ids in enumerate(enc["input_ids"]):
+            target_ids = self._target_ids(targets[i]) if targets else []
+            rows.append(list(ids) + target_ids)
+            label_rows.append([-100] * len(ids) + target_ids)
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        labels = torch.tensor([[-100] * (width - len(r)) + r for r in label_rows])
+        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        self.tokens_encoded += int(attention_mask.sum())
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            # positions count real tokens only, so left padding changes nothing
+            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+            "labels": labels,
+        }
+        if images:
+            pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            batch["pixel_values"] = pixels
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    @lru_cache(maxsize=4096)
+    def _target_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # -- losses and scores ----------------------------------------------------------------
+    def forward_target_logits(self, batch: dict, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits that predict each target position, and those targets (B, T, V), (B, T).
+
+        Targets sit at the end of each left-padded row, so only the last T+1 positions'
+        logits are computed: the LM head never runs over the prompt.
+        """
+        labels = batch["labels"]
+        n_target = int((labels != -100).sum(-1).max())
+        if n_target == 0:
+            raise ValueError("batch has no target tokens")
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        out = (model or self.model)(**inputs, logits_to_keep=n_target + 1)
+        return out.logits[:, :-1].float(), labels[:, -n_target:]
+
+    def per_example_loss(self, batch: dict, model=None) -> torch.Tensor:
+        """Mean negative log-likelihood over each example's own target tokens, shape (B,)."""
+        logits, targets = self.forward_target_logits(batch, model)
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        mask = (targets != -100).float()
+        return (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+    def token_logprobs(self, batch: dict, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of every target token (B, T) and its mask, for token-level attacks."""
+        logits, targets = self.forward_target_logits(batch, model)
+        logp = torch.log_softmax(logits, -1)
+        mask = targets != -100
+        picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return picked * mask, mask
+
+    @torch.no_grad()
+    def text_token_stats(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per text token (prompt and target; no pads, no image placeholders): the token's
+        log-probability and the mean and std of log p under the model's own next-token
+        distribution (what Min-K%++ normalises by). Tensors of shape (B, L-1) with a mask."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, -1)
+        nxt = batch["input_ids"][:, 1:]
+        mask = (batch["attention_mask"][:, 1:] == 1) & (nxt != self.image_token_id)
+        probs = logp.exp()
+        mu = (probs * logp).sum(-1)
+        sigma = ((probs * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=1e-12).sqrt()
+        token = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
+        return {"logp": token, "mu": mu, "sigma": sigma, "mask": mask}
+
+    @torch.no_grad()
+    def choice_loglikelihoods(self, examples: Sequence[Example]) -> list[list[float]]:
+        """Sum log-likelihood of each choice continuation (lm-eval's multiple-choice rule)."""
+        self.model.eval()
+        single = all(len(self._target_ids(c)) == 1 for e in examples for c in e.choices)
+        if single:  # one forward over the prompt; the next-token distribution scores every choice
+            batch = self.encode(examples)
+            logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=1).logits
+            logp = torch.log_softmax(logits[:, -1].float(), -1)
+            return [[float(logp[i, self._target_ids(c)[0]]) for c in e.choices] for i, e in enumerate(examples)]
+        flat_ex, flat_target = [], []
+        for e in examples:
+            flat_ex += [e] * len(e.choices)
+            flat_target += list(e.choices)
+        batch = self.encode(flat_ex, flat_target)
+        logp, mask = self.token_logprobs(batch)
+        totals = logp.sum(-1).tolist()
+        out, i = [], 0
+        for e in examples:
+            out.append(totals[i : i + len(e.choices)])
+            i += len(e.choices)
+        return out
+
+    # -- parameters -----------------------------------------------------------------------
+    def set_trainable(self, groups: Iterable[str]) -> list[str]:
+        groups = [g.strip() for g in groups if g.strip()]
+        unknown = [g for g in groups if g not in self.PARAMETER_GROUPS]
+        if unknown:
+            raise DpbenchError(
+                f"unknown trainable group(s) {', '.join(unknown)}; choose from {', '.join(self.PARAMETER_GROUPS)}"
+            )
+        prefixes = tuple(p for g in groups for p in self.PARAMETER_GROUPS[g])
+        names = []
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name.startswith(prefixes))
+            if param.requires_grad:
+                names.append(name)
+        return names
+
+    def parameter_counts(self) -> tuple[int, int]:
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+    @property
+    def visual_tokens_per_image(self) -> int:
+        return int(self.model.config.image_seq_length)

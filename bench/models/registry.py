@@ -1,0 +1,106 @@
+"""Model loaders: registered names (the embedded default) and any local LLaVA-family checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dpbench.cache import cache_dir
+from dpbench.errors import DpbenchError
+from dpbench.models.base import ModelInfo, VisionLanguageModel
+from dpbench.registry import Registry
+
+
+class ModelLoader:
+    name: str  # set by the registry decorator
+
+    def load(self, device: str) -> VisionLanguageModel:
+        raise NotImplementedError
+
+
+MODELS: Registry[type[ModelLoader]] = Registry("model", base=ModelLoader)
+
+PRETRAIN = dict(steps=1500, batch_size=32, lr=1.5e-3, seed=0)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _build_tiny_llava(path: str) -> None:
+    """Build, pre-train and save the embedded model (runs in its own process)."""
+    _quiet_transformers()
+    from dpbench.models import pretrain, tiny_llava
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=path.parent))
+    (tmp / "images").mkdir()
+    examples = pretrain.corpus(tmp / "images")
+    tokenizer = tiny_llava.build_tokenizer(pretrain.tokenizer_corpus(examples))
+    processor = tiny_llava.build_processor(tokenizer)
+    model = tiny_llava.build_model(tokenizer, seed=PRETRAIN["seed"])
+    wrapper = VisionLanguageModel(model, processor, ModelInfo("tiny-llava", "embedded-pretrained", None, "llava"))
+    losses = pretrain.pretrain(wrapper, examples, **PRETRAIN)
+    tiny_llava.save(model, processor, tmp / "model")
+    (tmp / "model" / "pretrain_loss.txt").write_text("\n".join(f"{x:.5f}" for x in losses))
+    os.replace(tmp / "model", path)  # atomic: a crash leaves no half-built cache entry
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_hf(path: str | Path, device: str, info: ModelInfo) -> VisionLanguageModel:
+    _quiet_transformers()
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise DpbenchError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+    model.config._attn_implementation = "eager"
+    model.eval()
+    return VisionLanguageModel(model, processor, info, device=device)
+
+
+@MODELS.register("tiny-llava")
+class TinyLlava(ModelLoader):
+    """~0.7 M-parameter LLaVA (CLIP vision, Llama LM), pre-trained on public digit images."""
+
+    def path(self) -> Path:
+        from dpbench.models import pretrain, tiny_llava
+
+        return cache_dir() / f"tiny-llava-{tiny_llava.config_key(pretrain.CORPUS_VERSION)}"
+
+    def ensure_built(self) -> Path:
+        path = self.path()
+        if not path.exists():
+            print(f"Building the embedded tiny-llava in {path} (once; about two minutes on 2 CPU cores)")
+            # its own process, so the training process's memory high-water mark stays clean
+            proc = multiprocessing.get_context("spawn").Process(target=_build_tiny_llava, args=(str(path),))
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0 or not path.exists():
+                raise DpbenchError(f"building tiny-llava failed (exit {proc.exitcode}); see the output above")
+        return path
+
+    def load(self, device: str) -> VisionLanguageModel:
+        path = self.ensure_built()
+        return load_hf(path, device, ModelInfo(self.name, "embedded-pretrained", str(path), "llava"))
+
+
+def load_model(name_or_path: str, device: str) -> VisionLanguageModel:
+    """A registered model name, or a local checkpoint folder / hub-cache id (offline)."""
+    if name_or_path in MODELS:
+        return MODELS.get(name_or_path)().load(device)
+    if Path(name_or_path).is_dir():
+        return load_hf(name_or_path, device, ModelInfo(name_or_path, "local", str(Path(name_or_path).resolve()), "llava"))
+    if "/" in name_or_path:  # a hub id: only from the local cache, never downloaded
+        return load_hf(name_or_path, device, ModelInfo(name_or_path, "local", None, "llava"))
+    MODELS.get(name_or_path)  # raises the unknown-name error with close matches
+    raise AssertionError("unreachable")

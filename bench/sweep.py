@@ -1,0 +1,170 @@
+"""`dpbench sweep FILE.yaml`: run a grid of tasks x methods x epsilons x seeds, resumably.
+
+Each run goes to its own process (a crash or a leaked CUDA allocation cannot affect the next),
+through the same `dpbench run` a user would type. A run is skipped only when its folder holds a
+valid result whose spec equals the spec the sweep would run now, so editing the grid or its
+`base:` re-runs exactly the runs it changes.
+
+Example file::
+
+    base: {model: tiny-llava, training: {steps: 150}}
+    tasks: [scienceqa]
+    methods: [nonprivate, dpsgd, {name: dualpriv, options: {keep_ratio: 0.1}}]
+    epsilons: [1, 3, 8]
+    seeds: [0, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from dpbench.errors import DpbenchError
+from dpbench.results import validation_errors
+from dpbench.spec import RunSpec, load_spec_file, merge
+
+GRID_KEYS = ("tasks", "methods", "epsilons", "seeds")
+NON_PRIVATE_METHODS = ("nonprivate",)  # run once per seed; the epsilon axis does not apply
+
+# Runs one command line, returns its exit status. Tests pass a fake; the default spawns a process.
+CommandRunner = Callable[[list[str]], int]
+
+
+def subprocess_runner(argv: list[str]) -> int:
+    return subprocess.run(argv, check=False).returncode
+
+
+def as_list(grid: dict[str, Any], key: str) -> list[Any]:
+    value = grid[key]
+    if not isinstance(value, list) or not value:
+        raise DpbenchError(f"sweep `{key}` must be a non-empty list, got {value!r}")
+    return value
+
+
+def method_entry(entry: Any) -> tuple[str, dict[str, Any]]:
+    """A `methods` entry: a name, or {name: ..., options: {...}}."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str) and set(entry) <= {"name", "options"}:
+        options = entry.get("options") or {}
+        if isinstance(options, dict):
+            return entry["name"], options
+    raise DpbenchError(f"sweep method entry must be a name or {{name: ..., options: {{...}}}}, got {entry!r}")
+
+
+def expand(grid: dict[str, Any]) -> list[RunSpec]:
+    """Every RunSpec of the grid, in file order, each once (all validated before anything runs)."""
+    if not isinstance(grid, dict):
+        raise DpbenchError("a sweep file must hold a mapping with tasks, methods, epsilons and seeds")
+    unknown = set(grid) - {*GRID_KEYS, "base"}
+    missing = [k for k in GRID_KEYS if k not in grid]
+    if unknown or missing:
+        raise DpbenchError(f"sweep file: unknown key(s) {sorted(unknown)}, missing key(s) {missing}; "
+                           f"expected {', '.join(GRID_KEYS)} and optional base")
+    base = grid.get("base") or {}
+    if not isinstance(base, dict):
+        raise DpbenchError("sweep `base` must be a mapping of run-spec fields")
+    try:  # YAML reads `3` as int; one float keeps run ids equal to a `--epsilon 3` run's
+        epsilons = [float(e) for e in as_list(grid, "epsilons")]
+    except (TypeError, ValueError):
+        raise DpbenchError(f"sweep `epsilons` must be numbers, got {grid['epsilons']!r}") from None
+    seeds = as_list(grid, "seeds")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise DpbenchError(f"sweep `seeds` must be integers, got {seeds!r}")
+    specs: dict[str, RunSpec] = {}
+    for task in as_list(grid, "tasks"):
+        for name, options in map(method_entry, as_list(grid, "methods")):
+            for eps in [None] if name in NON_PRIVATE_METHODS else epsilons:
+                for seed in seeds:
+                    override = {"task": task, "method": name, "privacy": {"epsilon": eps},
+                                "training": {"seed": seed}, "method_options": options}
+                    spec = RunSpec.from_dict(merge(base, override))
+                    specs.setdefault(spec.run_id(), spec)
+    return list(specs.values())
+
+
+def result_path(runs_dir: str | Path, spec: RunSpec) -> Path:
+    return Path(runs_dir) / spec.run_id() / "result.json"
+
+
+def is_done(runs_dir: str | Path, spec: RunSpec) -> bool:
+    """A valid result for exactly this spec exists (a crash leaves none: results are written atomically)."""
+    path = result_path(runs_dir, spec)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    # Compare through JSON so tuples and lists (attacks) compare as the file stores them.
+    return not validation_errors(result) and result.get("spec") == json.loads(json.dumps(spec.to_dict()))
+
+
+def run_command(config: Path, runs_dir: str | Path) -> list[str]:
+    return [sys.executable, "-m", "dpbench.cli", "run", "--config", str(config), "--runs-dir", str(runs_dir)]
+
+
+@dataclass
+class SweepSummary:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "run-id: why"
+    planned: list[str] = field(default_factory=list)  # dry run: would run
+
+    def line(self) -> str:
+        total = len(self.ran) + len(self.skipped) + len(self.failed) + len(self.planned)
+        parts = [f"{len(self.ran)} ran", f"{len(self.skipped)} skipped (already done)", f"{len(self.failed)} failed"]
+        if self.planned:
+            parts.insert(0, f"{len(self.planned)} to run")
+        return f"sweep: {total} run(s): " + ", ".join(parts)
+
+
+def run_sweep(specs: list[RunSpec], runs_dir: str | Path, *, runner: CommandRunner = subprocess_runner,
+              dry_run: bool = False, echo: Callable[[str], None] = lambda _: None) -> SweepSummary:
+    summary = SweepSummary()
+    for i, spec in enumerate(specs, 1):
+        run_id = spec.run_id()
+        prefix = f"[{i}/{len(specs)}] {run_id}"
+        if is_done(runs_dir, spec):
+            summary.skipped.append(run_id)
+            echo(f"{prefix}: done, skipped")
+            continue
+        if dry_run:
+            summary.planned.append(run_id)
+            echo(f"{prefix}: would run")
+            continue
+        echo(f"{prefix}: running")
+        with tempfile.TemporaryDirectory(prefix="dpbench-sweep-") as tmp:
+            config = Path(tmp) / f"{run_id}.yaml"
+            config.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+            status = runner(run_command(config, runs_dir))
+        if status != 0:
+            summary.failed.append(f"{run_id}: exit status {status}")
+        elif not is_done(runs_dir, spec):  # the run claims success: hold it to that
+            summary.failed.append(f"{run_id}: exited 0 but left no valid result for this spec at "
+                                  f"{result_path(runs_dir, spec)}")
+        else:
+            summary.ran.append(run_id)
+    return summary
+
+
+@click.command("sweep")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Each run writes <runs-dir>/<run-id>/result.json.")
+@click.option("--dry-run", is_flag=True, help="List which runs would run and which are done; run nothing.")
+def sweep_command(file: str, runs_dir: str, dry_run: bool) -> None:
+    """Run a grid of tasks x methods x epsilons x seeds from FILE; finished runs are skipped."""
+    specs = expand(load_spec_file(file))
+    summary = run_sweep(specs, runs_dir, runner=subprocess_runner, dry_run=dry_run, echo=click.echo)
+    click.echo(summary.line())
+    for failure in summary.failed:
+        click.echo(f"  failed: {failure}", err=True)
+    if summary.failed:
+        raise SystemExit(1)

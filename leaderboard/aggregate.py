@@ -1,0 +1,182 @@
+"""Group results that differ only by seed and summarise each figure as mean ± std over seeds.
+
+A configuration is (task, method, model, target ε, dataset source, method options) as the
+leaderboard promises, plus the device the run measured on: peak memory and throughput from an
+H100 and from a laptop CPU cannot be averaged into one number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+NON_PRIVATE = None  # target ε of a non-private configuration
+
+# Methods shown in this order (baseline first, the paper's method last); others follow by name.
+METHOD_ORDER = ("nonprivate", "dpsgd", "dpzo", "dualpriv")
+MIB = 1024 * 1024
+TPR_FPR = 0.01  # the leaderboard reports TPR at 1% FPR
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean over seeds; `std` is the sample standard deviation, None for a single seed."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat | None:
+        xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+        if not xs:
+            return None
+        return cls(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One leaderboard row: one configuration, its figures aggregated over seeds."""
+
+    task: str
+    method: str
+    method_options: str  # canonical JSON, "" when none
+    model: str
+    target_epsilon: float | None
+    dataset_source: str
+    model_source: str
+    device: str  # device name as recorded (e.g. "NVIDIA H100 80GB HBM3")
+    device_type: str  # cpu / cuda / mps
+    primary_metric: str
+    higher_is_better: bool
+    utility: Stat | None
+    epsilon: Stat | None
+    delta: Stat | None
+    eps_hat: Stat | None
+    eps_hat_attack: str | None
+    auc: Stat | None
+    auc_attack: str | None
+    tpr_at_1pct_fpr: Stat | None
+    peak_memory_mib: Stat | None
+    memory_kind: str | None
+    train_samples_per_s: Stat | None
+    seeds: tuple[int, ...]
+    run_ids: tuple[str, ...]
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.run_ids)
+
+    @property
+    def private(self) -> bool:
+        return self.target_epsilon is not NON_PRIVATE
+
+
+def primary_memory(result: dict[str, Any]) -> dict[str, Any]:
+    """The peak-memory entry of the device the run trained on (the first when none matches)."""
+    entries = result["systems"]["peak_memory"]
+    device = result["systems"]["device"]
+    return next((m for m in entries if m["device"] == device), entries[0])
+
+
+def device_label(result: dict[str, Any]) -> tuple[str, str]:
+    """(device name, device type) of the run's training device."""
+    mem = primary_memory(result)
+    dtype = mem["device"].split(":")[0]
+    name = mem.get("name")
+    if not name:
+        devices = result["environment"]["devices"]
+        name = next((d["name"] for d in devices if d["type"] == dtype), mem["device"])
+    return name, dtype
+
+
+def target_epsilon(result: dict[str, Any]) -> float | None:
+    if not result["privacy"]["private"] or result["spec"]["method"] == "nonprivate":
+        return NON_PRIVATE
+    eps = result["spec"]["privacy"]["epsilon"]
+    return NON_PRIVATE if eps is None else float(eps)
+
+
+def config_key(result: dict[str, Any]) -> tuple:
+    spec = result["spec"]
+    options = json.dumps(spec["method_options"], sort_keys=True) if spec["method_options"] else ""
+    eps = target_epsilon(result)
+    # (False, 0) sorts non-private before every ε inside a tuple without comparing None.
+    eps_sort = (False, 0.0) if eps is NON_PRIVATE else (True, eps)
+    return (spec["task"], spec["model"], method_rank(spec["method"]), spec["method"], options, eps_sort,
+            result["dataset"]["source"], *device_label(result))
+
+
+def method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def tpr_at(attack: dict[str, Any], fpr: float) -> float | None:
+    return next((p["tpr"] for p in attack["tpr_at_fpr"] if math.isclose(p["fpr"], fpr)), None)
+
+
+def best_attack(results: list[dict[str, Any]], figure: Callable[[dict], float | None]) -> tuple[Stat | None, str | None]:
+    """The attack whose mean figure over seeds is highest (the strongest attack), with that mean.
+
+    Picking one attack and averaging it over seeds (rather than the max per seed) keeps the
+    figure tied to a named attack; ties go to the attack name that sorts first.
+    """
+    per_attack: dict[str, list[float | None]] = defaultdict(list)
+    for r in results:
+        for name, attack in (r["audit"] or {}).get("attacks", {}).items():
+            per_attack[name].append(figure(attack))
+    best: tuple[Stat | None, str | None] = (None, None)
+    for name in sorted(per_attack):
+        stat = Stat.of(per_attack[name])
+        if stat is not None and (best[0] is None or stat.mean > best[0].mean):
+            best = (stat, name)
+    return best
+
+
+def make_row(results: list[dict[str, Any]]) -> Row:
+    first = results[0]
+    spec = first["spec"]
+    device, device_type = device_label(first)
+    metric = first["utility"]["primary_metric"]
+    eps_hat, eps_hat_attack = best_attack(results, lambda a: a["epsilon_lower_bound"])
+    auc, auc_attack = best_attack(results, lambda a: a["auc"])
+    tpr, _ = best_attack(results, lambda a: tpr_at(a, TPR_FPR))
+    mems = [primary_memory(r) for r in results]
+    return Row(
+        task=spec["task"],
+        method=spec["method"],
+        method_options=json.dumps(spec["method_options"], sort_keys=True) if spec["method_options"] else "",
+        model=spec["model"],
+        target_epsilon=target_epsilon(first),
+        dataset_source=first["dataset"]["source"],
+        model_source=first["model"]["source"],
+        device=device,
+        device_type=device_type,
+        primary_metric=metric,
+        higher_is_better=first["utility"].get("higher_is_better", True),
+        utility=Stat.of(r["utility"]["metrics"].get(metric) for r in results),
+        epsilon=Stat.of(r["privacy"]["epsilon"] for r in results),
+        delta=Stat.of(r["privacy"]["delta"] for r in results),
+        eps_hat=eps_hat,
+        eps_hat_attack=eps_hat_attack,
+        auc=auc,
+        auc_attack=auc_attack,
+        tpr_at_1pct_fpr=tpr,
+        peak_memory_mib=Stat.of(m["peak_bytes"] / MIB for m in mems),
+        memory_kind=", ".join(sorted({m["kind"] for m in mems})),
+        train_samples_per_s=Stat.of(r["systems"]["train"]["samples_per_s"] for r in results),
+        seeds=tuple(sorted(r["spec"]["training"]["seed"] for r in results)),
+        run_ids=tuple(sorted(r["run_id"] for r in results)),
+    )
+
+
+def aggregate(results: Iterable[dict[str, Any]]) -> list[Row]:
+    """Rows in a fixed order (task, model, method, options, ε, ...), independent of file order."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[config_key(r)].append(r)
+    return [make_row(sorted(groups[k], key=lambda r: r["run_id"])) for k in sorted(groups)]

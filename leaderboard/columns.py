@@ -1,0 +1,112 @@
+"""Leaderboard columns declared as data: title, which direction is better, and format.
+
+Markdown and HTML both render from this one table, so a column added here shows up in both,
+and the direction arrows can never disagree between them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dpbench.leaderboard.aggregate import Row, Stat
+
+HIGHER, LOWER = "higher", "lower"
+ARROWS = {HIGHER: " ↑", LOWER: " ↓", None: ""}
+MISSING = "—"
+
+# What the embedded defaults are, said plainly wherever a result used them.
+SOURCE_LABELS = {
+    "embedded-sample": "embedded sample (digits in the task's layout, not the real dataset)",
+    "embedded-pretrained": "embedded tiny LLaVA (built by dpbench, not a released model)",
+    "local": "local",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    attr: str  # Row attribute holding the value
+    title: str
+    fmt: str  # key of FORMATS
+    better: str | None = None  # HIGHER, LOWER, or None when direction is meaningless
+    description: str = ""
+
+    def value(self, row: Row) -> Any:
+        return getattr(row, self.attr)
+
+    def text(self, row: Row) -> str:
+        """The cell as plain, unescaped text; the renderer escapes it for its format."""
+        return FORMATS[self.fmt](self.value(row))
+
+    def sort_key(self, row: Row) -> float | str:
+        v = self.value(row)
+        if isinstance(v, Stat):
+            return v.mean
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        return "" if v is None else str(v)
+
+    @property
+    def header(self) -> str:
+        return self.title + ARROWS[self.better]
+
+
+def fmt_stat(digits: int) -> Callable[[Stat | None], str]:
+    def fmt(s: Stat | None) -> str:
+        if s is None:
+            return MISSING
+        return f"{s.mean:.{digits}f}" if s.std is None else f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
+
+    return fmt
+
+
+def fmt_delta(s: Stat | None) -> str:
+    return MISSING if s is None else f"{s.mean:.1e}"
+
+
+def fmt_target(eps: float | None) -> str:
+    return "non-private" if eps is None else f"{eps:g}"
+
+
+def fmt_options(options: str) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in json.loads(options).items()) if options else MISSING
+
+
+def fmt_text(v: Any) -> str:
+    return MISSING if v is None or v == "" else str(v)
+
+
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "stat1": fmt_stat(1),
+    "stat2": fmt_stat(2),
+    "stat3": fmt_stat(3),
+    "delta": fmt_delta,
+    "target": fmt_target,
+    "options": fmt_options,
+    "source": lambda v: SOURCE_LABELS.get(v, str(v)),
+    "text": fmt_text,
+    "int": str,
+}
+
+COLUMNS: tuple[Column, ...] = (
+    Column("method", "Method", "text"),
+    Column("method_options", "Options", "options", description="method options of the run spec"),
+    Column("model", "Model", "text"),
+    Column("target_epsilon", "Target ε", "target", description="privacy.epsilon of the run spec"),
+    Column("utility", "Utility", "stat3", HIGHER, "the task's primary metric on the test split"),
+    Column("epsilon", "ε (accounted)", "stat2", LOWER, "privacy spent, from the accountant"),
+    Column("delta", "δ", "delta"),
+    Column("eps_hat", "ε̂ (audit)", "stat2", LOWER, "empirical ε lower bound of the strongest attack"),
+    Column("eps_hat_attack", "ε̂ attack", "text", description="the attack giving the best ε̂"),
+    Column("auc", "Best AUC", "stat3", LOWER, "highest membership-inference AUC over attacks (0.5 = chance)"),
+    Column("tpr_at_1pct_fpr", "TPR@1%FPR", "stat3", LOWER, "highest true-positive rate at 1% false positives"),
+    Column("peak_memory_mib", "Peak memory (MiB)", "stat1", LOWER,
+           "training peak memory on the device (CPU: resident-memory high-water mark above the "
+           "pre-training baseline; CUDA: torch max allocated)"),
+    Column("device", "Device", "text"),
+    Column("train_samples_per_s", "Train samples/s", "stat1", HIGHER, "training throughput"),
+    Column("dataset_source", "Dataset", "source"),
+    Column("model_source", "Model source", "source"),
+    Column("n_seeds", "Seeds", "int", description="number of seeds averaged (mean ± sample std)"),
+)

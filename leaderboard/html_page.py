@@ -1,0 +1,108 @@
+"""The static leaderboard page: one self-contained HTML file, usable offline.
+
+No CDN, no external fonts or scripts; plots are inline base64 PNGs and sorting is a few lines of
+inline JavaScript. Every string that came from a result file goes through `html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+
+from dpbench.leaderboard import plots
+from dpbench.leaderboard.aggregate import Row
+from dpbench.leaderboard.columns import COLUMNS, Column
+from dpbench.leaderboard.render import NOTE, TITLE, header, task_note, tasks
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: left; }
+th { background: #f3f3f3; cursor: pointer; user-select: none; }
+th[aria-sort="ascending"]::after { content: " ▲"; }
+th[aria-sort="descending"]::after { content: " ▼"; }
+tbody tr:nth-child(even) { background: #fafafa; }
+img { max-width: 100%; display: block; margin: 1em 0; }
+.note { color: #555; max-width: 60em; }
+"""
+
+# Click a header to sort by it; a second click reverses. Numeric cells sort by data-sort.
+SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach(function (th, col) {
+  th.addEventListener("click", function () {
+    var table = th.closest("table"), body = table.tBodies[0];
+    var asc = th.getAttribute("aria-sort") !== "ascending";
+    table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+    var key = function (tr) {
+      var td = tr.cells[th.cellIndex], v = td.getAttribute("data-sort");
+      return v === null ? td.textContent : (v === "" ? NaN : parseFloat(v));
+    };
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (typeof x === "number" || typeof y === "number") {
+        if (isNaN(x)) return 1; if (isNaN(y)) return -1;  // missing values last either way
+        return asc ? x - y : y - x;
+      }
+      return asc ? String(x).localeCompare(y) : String(y).localeCompare(x);
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
+"""
+
+
+NUMERIC_FORMATS = {"stat1", "stat2", "stat3", "delta", "target", "int"}
+
+
+def cell(col: Column, row: Row) -> str:
+    sort = ""
+    if col.fmt in NUMERIC_FORMATS:
+        key = col.sort_key(row)
+        if col.fmt == "target" and row.target_epsilon is None:
+            key = float("inf")  # non-private: no privacy guarantee at all
+        # data-sort="" (a missing value) becomes NaN in the script and sorts last.
+        value = "Infinity" if key == float("inf") else (repr(key) if isinstance(key, float) else "")
+        sort = f' data-sort="{value}"'
+    return f"<td{sort}>{escape(col.text(row))}</td>"
+
+
+def table(rows: list[Row]) -> str:
+    head = "".join(f'<th scope="col">{escape(header(c, rows))}</th>' for c in COLUMNS)
+    body = "\n".join("<tr>" + "".join(cell(c, r) for c in COLUMNS) + "</tr>" for r in rows)
+    return f'<table class="sortable">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+
+
+def image(plot: plots.Plot) -> str:
+    data = base64.b64encode(plots.draw(plot)).decode("ascii")
+    return (f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
+            f'src="data:image/png;base64,{data}">')
+
+
+def render_html(rows: list[Row], n_results: int) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        '<head><meta charset="utf-8">',
+        f"<title>{escape(TITLE)}</title>",
+        f"<style>{STYLE}</style></head>",
+        "<body>",
+        f"<h1>{escape(TITLE)}</h1>",
+        f'<p class="note">{escape(NOTE)}</p>',
+        f"<p>{n_results} result file(s), {len(rows)} configuration(s).</p>",
+    ]
+    if not rows:
+        parts.append("<p>No results yet.</p>")
+    for task in tasks(rows):
+        task_rows = [r for r in rows if r.task == task]
+        parts += [f"<h2>{escape(task)}</h2>", f'<p class="note">{escape(task_note(task_rows))}</p>',
+                  table(task_rows), image(plots.frontier_data(rows, task))]
+    device_types = sorted({r.device_type for r in rows})
+    if device_types:
+        parts.append("<h2>Memory and throughput per device type</h2>")
+        parts += [image(plots.systems_data(rows, d)) for d in device_types]
+    parts.append("<h2>Columns</h2>\n<ul>")
+    parts += [f"<li><b>{escape(c.header)}</b>: {escape(c.description)}</li>" for c in COLUMNS if c.description]
+    parts += ["</ul>", f"<script>{SCRIPT}</script>", "</body>", "</html>", ""]
+    return "\n".join(parts)

@@ -1,0 +1,49 @@
+"""The method interface: train a model on private data and report what it spent."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpbench.models.base import VisionLanguageModel
+from dpbench.privacy import PrivacyReport
+from dpbench.registry import Registry
+from dpbench.spec import RunSpec
+from dpbench.tasks.base import Example
+
+
+@dataclass
+class TrainReport:
+    steps: int
+    epochs: float
+    losses: list[float]
+    privacy: PrivacyReport
+    samples: int = 0  # examples processed (per forward, counted once per example per step)
+    tokens: int = 0  # non-padding input tokens processed, visual tokens included
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    name: str  # set by the registry decorator
+    private: bool = True
+    options: dict[str, Any] = {}  # option name -> default; unknown options are an error
+
+    def __init__(self, **options: Any):
+        from dpbench.errors import DpbenchError
+
+        unknown = set(options) - set(self.options)
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise DpbenchError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; known: {known}")
+        self.opts = {**self.options, **options}
+
+    def prepare(self, model: VisionLanguageModel) -> None:
+        """Change the model before training and evaluation (e.g. install token pruning)."""
+
+    @abstractmethod
+    def train(self, model: VisionLanguageModel, data: list[Example], spec: RunSpec, delta: float) -> TrainReport:
+        """Train `model` in place on `data`; `delta` is the run's δ."""
+
+
+METHODS: Registry[type[Method]] = Registry("method", base=Method, plugins="dpbench.methods")

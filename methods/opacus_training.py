@@ -1,0 +1,99 @@
+"""DP-SGD training through Opacus, shared by `dpsgd` and `dualpriv`.
+
+Opacus does the DP work: per-sample gradients, per-example clipping, Gaussian noise, Poisson
+sampling and accounting. Logical batches (Poisson, expected size `batch_size`) are split
+into physical batches by Opacus' BatchMemoryManager, so memory is bounded whatever the draw.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from opacus import PrivacyEngine
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch.utils.data import DataLoader
+
+from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rule)
+from dpbench.methods.base import TrainReport
+from dpbench.methods.loop import IndexDataset, count_tokens, make_optimizer, trainable_parameters
+from dpbench.privacy import PrivacyReport, calibrate_noise
+from dpbench.progress import progress
+
+# Called with the trainable parameters once their .grad holds the noisy, scaled DP gradient
+# and before the optimiser consumes it: anything here is post-processing of a DP release.
+PostNoiseHook = Callable[[list[torch.nn.Parameter]], None]
+
+
+def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostNoiseHook | None = None,
+                 secure_rng: bool = False) -> TrainReport:
+    t, p = spec.training, spec.privacy
+    torch.manual_seed(t.seed)
+    sample_rate = t.batch_size / len(data)
+    sigma = calibrate_noise(
+        target_epsilon=p.epsilon, delta=delta, sample_rate=sample_rate, steps=t.steps, accountant=p.accountant
+    )
+    params = trainable_parameters(model.model)
+    engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
+    module, optimizer, loader = engine.make_private(
+        module=model.model,
+        optimizer=make_optimizer(params, spec),
+        data_loader=DataLoader(IndexDataset(len(data)), batch_size=t.batch_size),
+        noise_multiplier=sigma,
+        max_grad_norm=p.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="hooks",
+    )
+    module.train()
+    losses, samples, tokens, step, running = [], 0, 0, 0, 0.0
+    with progress() as bar, BatchMemoryManager(
+        data_loader=loader, max_physical_batch_size=t.physical_batch_size, optimizer=optimizer
+    ) as physical_batches:
+        task = bar.add_task(f"training ({label}, σ={sigma:.3f})", total=t.steps)
+        while step < t.steps:
+            for idx in physical_batches:
+                idx = idx.tolist()
+                if idx:
+                    batch = model.encode([data[i] for i in idx], [data[i].target for i in idx])
+                    per_example = model.per_example_loss(batch, model=module)
+                    per_example.mean().backward()
+                    running += per_example.sum().item()
+                    samples += len(idx)
+                    tokens += count_tokens(batch)
+                else:  # an empty Poisson draw still releases noise: give Opacus empty samples
+                    for q in params:
+                        q.grad_sample = torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)
+                if optimizer.pre_step():  # clip + accumulate; at a logical batch's end, noise
+                    if post_noise_hook is not None:
+                        post_noise_hook(params)
+                    optimizer.original_optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    losses.append(running / max(1.0, t.batch_size))
+                    running, step = 0.0, step + 1
+                    bar.update(task, advance=1, description=f"training ({label}, σ={sigma:.3f}) loss {losses[-1]:.3f}")
+                    if step == t.steps:
+                        break
+                else:
+                    optimizer.zero_grad(set_to_none=True)  # keeps summed_grad across physical batches
+    module.remove_hooks()
+    module.eval()
+    epsilon = engine.accountant.get_epsilon(delta=delta)
+    privacy = PrivacyReport(
+        private=True,
+        epsilon=float(epsilon),
+        target_epsilon=p.epsilon,
+        delta=delta,
+        noise_multiplier=sigma,
+        sample_rate=sample_rate,
+        steps=step,
+        accountant=p.accountant,
+        max_grad_norm=p.max_grad_norm,
+        notes=(
+            ("noise from a cryptographically secure generator",)
+            if secure_rng
+            else ("noise from torch's generator seeded by the spec's seed: reproducible, not for deployment",)
+        ),
+    )
+    return TrainReport(
+        steps=step, epochs=step * sample_rate, losses=losses, privacy=privacy, samples=samples, tokens=tokens
+    )

@@ -1,0 +1,173 @@
+"""ScienceQA-IMG: multiple-choice science questions that come with an image.
+
+Reads the real dataset in both published layouts, or the embedded digit sample written in
+layout (a) by `scienceqa_embedded`:
+  (a) `problems.json` + `pid_splits.json` + `images/<split>/<pid>/image.png` (the original);
+  (b) Hugging Face parquet files (`*train*.parquet`, `*val*.parquet`, `*test*.parquet`) with
+      columns image, question, choices, answer, hint, ... (images are extracted once to disk).
+The prompt is lmms-eval's ScienceQA-IMG prompt; accuracy picks the option letter of highest
+likelihood, as lm-eval scores multiple choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dpbench.cache import cache_dir
+from dpbench.errors import DpbenchError
+from dpbench.tasks import scienceqa_embedded
+from dpbench.tasks.base import TASKS, Example, Task, TaskData
+
+ENV_VAR = "DPBENCH_SCIENCEQA_DIR"
+POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+
+
+def build_prompt(hint: str, question: str, choices: list[str]) -> str:
+    context = f"Context: {hint}\n" if hint else ""
+    options = "\n".join(f"{chr(ord('A') + i)}. {c}" for i, c in enumerate(choices))
+    return f"{context}{question}\n{options}{POST_PROMPT}"
+
+
+def _example(uid: str, problem: dict, image: Path, group: str) -> Example:
+    choices = [str(c) for c in problem["choices"]]
+    answer = int(problem["answer"])
+    if not 0 <= answer < len(choices):
+        raise DpbenchError(f"problem {uid}: answer index {answer} outside its {len(choices)} choices")
+    letters = tuple(chr(ord("A") + i) for i in range(len(choices)))
+    return Example(
+        uid=uid,
+        prompt=build_prompt(problem.get("hint") or "", problem["question"], choices),
+        target=letters[answer],
+        image=image,
+        choices=letters,
+        answer=answer,
+        group=group,
+        meta={"subject": problem.get("subject"), "topic": problem.get("topic")},
+    )
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise DpbenchError(f"cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise DpbenchError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-download it") from None
+
+
+def read_layout_a(root: Path) -> dict[str, list[Example]]:
+    problems = _read_json(root / "problems.json")
+    pid_splits = _read_json(root / "pid_splits.json")
+    out: dict[str, list[Example]] = {}
+    for split, aliases in SPLIT_NAMES.items():
+        pids = next((pid_splits[a] for a in aliases if a in pid_splits), None)
+        if pids is None:
+            raise DpbenchError(f"{root / 'pid_splits.json'} has no {split!r} split")
+        examples = []
+        for pid in pids:
+            p = problems.get(str(pid))
+            if p is None:
+                raise DpbenchError(f"{root}: pid {pid} of split {split} is missing from problems.json")
+            if not p.get("image"):
+                continue  # ScienceQA-IMG keeps only the problems that have an image
+            image = root / "images" / str(pid) / p["image"]
+            if not image.exists():
+                image = root / "images" / split / str(pid) / p["image"]
+            if not image.exists():
+                raise DpbenchError(f"missing image for problem {pid}: expected {image}")
+            examples.append(_example(str(pid), p, image, group=_file_digest(image)))
+        out[split] = examples
+    return out
+
+
+def read_layout_b(root: Path) -> dict[str, list[Example]]:
+    import pyarrow.parquet as pq
+
+    files = sorted(root.rglob("*.parquet"))
+    out: dict[str, list[Example]] = {}
+    for split, aliases in SPLIT_NAMES.items():
+        chosen = [f for f in files if any(a in f.name for a in aliases)]
+        if split == "train":  # "train" must not also match e.g. "minitrain"-free names only
+            chosen = [f for f in chosen if "val" not in f.name and "test" not in f.name]
+        if not chosen:
+            raise DpbenchError(f"{root}: no parquet file for the {split!r} split (names must contain one of {aliases})")
+        examples = []
+        for f in chosen:
+            try:
+                rows = pq.read_table(f).to_pylist()
+            except Exception as e:  # pyarrow raises several types for a corrupt file
+                raise DpbenchError(f"cannot read parquet file {f}: {e}") from None
+            image_dir = cache_dir() / "scienceqa-parquet" / hashlib.sha1(str(f.resolve()).encode()).hexdigest()[:12]
+            image_dir.mkdir(parents=True, exist_ok=True)
+            for i, row in enumerate(rows):
+                img = row.get("image")
+                if not img:
+                    continue
+                data = img.get("bytes") if isinstance(img, dict) else img
+                digest = hashlib.sha1(data).hexdigest()[:16]
+                path = image_dir / f"{digest}.png"
+                if not path.exists():
+                    from PIL import Image
+
+                    try:
+                        Image.open(io.BytesIO(data)).convert("RGB").save(path)
+                    except OSError as e:
+                        raise DpbenchError(f"{f}: row {i} has an unreadable image: {e}") from None
+                examples.append(_example(f"{f.stem}-{i}", row, path, group=digest))
+        out[split] = examples
+    return out
+
+
+def read_scienceqa(root: Path) -> tuple[dict[str, list[Example]], str]:
+    if not root.is_dir():
+        raise DpbenchError(f"ScienceQA data dir {root} does not exist")
+    if (root / "problems.json").exists():
+        return read_layout_a(root), "problems.json"
+    if any(root.rglob("*.parquet")):
+        return read_layout_b(root), "parquet"
+    raise DpbenchError(
+        f"{root} holds neither problems.json + pid_splits.json nor parquet files; point --data-dir at a ScienceQA folder"
+    )
+
+
+@TASKS.register("scienceqa")
+class ScienceQA(Task):
+    primary_metric = "accuracy"
+
+    def load(self, data_dir: str | None) -> TaskData:
+        data_dir = data_dir or os.environ.get(ENV_VAR)
+        if data_dir:
+            splits, layout = read_scienceqa(Path(data_dir))
+            source, path = "local", str(Path(data_dir).resolve())
+        else:
+            root = scienceqa_embedded.build(cache_dir() / f"scienceqa-embedded-v{scienceqa_embedded.FORMAT_VERSION}")
+            print("Notice: no ScienceQA data given (--data-dir or $DPBENCH_SCIENCEQA_DIR); using the embedded "
+                  "digit-image sample in ScienceQA's format. It is NOT ScienceQA; results say so.")
+            splits, layout = read_layout_a(root), "problems.json"
+            source, path = "embedded-sample", None
+        train_groups = {e.group for e in splits["train"]}
+        # an image seen in training would make a "non-member" a member in all but name
+        nonmembers = [e for e in splits["val"] if e.group not in train_groups]
+        for name in ("train", "test"):
+            if not splits[name]:
+                raise DpbenchError(f"the ScienceQA {name} split has no problem with an image")
+        return TaskData(splits["train"], nonmembers, splits["test"], source, path, layout)
+
+    def evaluate(self, model, examples: list[Example], batch_size: int = 64) -> dict[str, float]:
+        correct = []
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            for e, scores in zip(chunk, model.choice_loglikelihoods(chunk)):
+                correct.append(int(np.argmax(scores)) == e.answer)
+        return {"accuracy": float(np.mean(correct)) if correct else 0.0}

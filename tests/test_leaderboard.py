@@ -1,0 +1,173 @@
+"""Leaderboard: validation of every file, seed aggregation, escaping, determinism, --check."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dpbench.leaderboard.aggregate import Stat, aggregate
+from dpbench.leaderboard.cli import leaderboard_command
+from dpbench.leaderboard.render import build, render_markdown
+from dpbench.results import validation_errors, write_json_atomic
+from dpbench.spec import RunSpec
+
+FIXTURES = Path(__file__).parent / "fixtures" / "results"
+FIXTURE = FIXTURES / "scienceqa-dpsgd-eps3-tiny-llava-s0-9d29bea0e58e.json"
+HOSTILE = "<script>alert(1)</script>"
+
+
+def make_result(method: str = "dpsgd", epsilon: float | None = 3.0, seed: int = 0, accuracy: float = 0.7,
+                model: str = "tiny-llava", **spec_changes) -> dict:
+    """The fixture result with its spec (and the fields that follow from it) replaced."""
+    r = copy.deepcopy(json.loads(FIXTURE.read_text()))
+    spec = RunSpec.from_dict(r["spec"]).replace(method=method, model=model, **{
+        "privacy.epsilon": epsilon, "training.seed": seed, **spec_changes})
+    r["spec"] = spec.to_dict()
+    r["run_id"] = re.sub(r"[^A-Za-z0-9._+-]", "", spec.run_id())  # hostile names are not valid ids
+    r["utility"]["metrics"]["accuracy"] = accuracy
+    if method == "nonprivate":
+        r["privacy"].update(private=False, epsilon=None, target_epsilon=None, delta=None, noise_multiplier=None)
+        r["audit"] = None
+    assert validation_errors(r) == []
+    return r
+
+
+def write_results(folder: Path, results: list[dict]) -> Path:
+    for r in results:
+        write_json_atomic(folder / f"{r['run_id']}.json", r)
+    return folder
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(leaderboard_command, list(args))
+
+
+def test_fixture_is_schema_valid():
+    assert validation_errors(json.loads(FIXTURE.read_text())) == []
+
+
+def test_valid_fixture_renders_and_then_checks_clean(tmp_path):
+    out = tmp_path / "board"
+    result = invoke("--results", str(FIXTURES), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    readme = (out / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| dpsgd"))
+    for cell in ("tiny-llava", "0.700", "2.98", "1.0e-04", "0.35", "zlib", "0.560", "0.030", "512.0",
+                 "x86_64 CPU (2 cores)", "32.0", "embedded sample", "not the real dataset", "embedded tiny LLaVA"):
+        assert cell in row, cell
+    page = (out / "index.html").read_text()
+    assert "<td>dpsgd</td>" in page and 'class="sortable"' in page
+    assert "http://" not in page and "https://" not in page  # offline: nothing fetched
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 2  # the task's frontier and the cpu memory/throughput bars
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert invoke("--results", str(FIXTURES), "--out", str(out), "--check").exit_code == 0
+
+
+def test_schema_errors_fail_check_and_name_every_file_and_path(tmp_path):
+    results = tmp_path / "results"
+    write_results(results, [make_result()])
+    bad = make_result(seed=1)
+    bad["utility"]["metrics"]["accuracy"] = "high"
+    bad["privacy"]["sample_rate"] = 2
+    write_json_atomic(results / "bad.json", bad)
+    (results / "run-x").mkdir()
+    (results / "run-x" / "result.json").write_text("{not json")
+    result = invoke("--results", str(results), "--out", str(tmp_path / "board"), "--check")
+    assert result.exit_code == 1
+    assert re.search(r"bad\.json: \$\.utility\.metrics\.accuracy: 'high' is not of type 'number'", result.output)
+    assert re.search(r"bad\.json: \$\.privacy\.sample_rate: ", result.output)
+    assert re.search(r"run-x/result\.json: \$: not valid JSON", result.output)
+    # Without --check an invalid result also stops the render: nothing is written.
+    assert invoke("--results", str(results), "--out", str(tmp_path / "board")).exit_code == 1
+    assert not (tmp_path / "board").exists()
+
+
+def test_hostile_strings_are_escaped_in_html_and_markdown(tmp_path):
+    results = write_results(tmp_path / "results", [
+        make_result(method=HOSTILE + " $\\frac{$", model="evil|model", method_options={"x": "</td><b>"}),
+        make_result(method="nonprivate", epsilon=None, model="evil|model"),
+    ])
+    board = build([results])
+    readme, page = board.files["README.md"], board.files["index.html"]
+    for text in (readme, page):
+        assert HOSTILE not in text and "</td><b>" not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert page.count("<script>") == 1  # only the page's own sorting script
+    row = next(line for line in readme.splitlines() if "alert" in line)
+    header = next(line for line in readme.splitlines() if line.startswith("| Method"))
+    cells = re.split(r"(?<!\\)\|", row)  # an unescaped | in the model name would add a cell
+    assert len(cells) == len(re.split(r"(?<!\\)\|", header))
+    assert "evil\\|model" in row
+
+
+def test_seeds_aggregate_to_mean_and_sample_std():
+    results = [make_result(seed=s, accuracy=a) for s, a in ((0, 0.5), (1, 0.7), (2, 0.9))]
+    for r, eps in zip(results, (2.9, 3.0, 3.1)):
+        r["privacy"]["epsilon"] = eps
+    other_eps = make_result(epsilon=8.0, accuracy=0.1)
+    baseline = make_result(method="nonprivate", epsilon=None, accuracy=0.95)
+    rows = aggregate([other_eps, *results, baseline])
+    assert [(r.method, r.target_epsilon, r.n_seeds) for r in rows] == [
+        ("nonprivate", None, 1), ("dpsgd", 3.0, 3), ("dpsgd", 8.0, 1)]
+    row = rows[1]
+    assert row.utility.mean == pytest.approx(0.7) and row.utility.std == pytest.approx(0.2)
+    assert row.epsilon.mean == pytest.approx(3.0) and row.epsilon.std == pytest.approx(0.1)
+    assert row.seeds == (0, 1, 2)
+    assert rows[2].utility == Stat(0.1, None, 1)  # one seed: no spread to report
+    readme = render_markdown(rows, 5)
+    assert "| 0.700 ± 0.200 | 3.00 ± 0.10 |" in readme
+    baseline_row = next(line for line in readme.splitlines() if line.startswith("| nonprivate"))
+    assert "| non-private | 0.950 | — | — | — | — | — | — | 512.0 |" in baseline_row  # no accounting, no audit
+
+
+def test_best_attack_is_the_one_with_highest_mean_over_seeds():
+    a, b = make_result(seed=0), make_result(seed=1)
+    a["audit"]["attacks"]["loss"]["epsilon_lower_bound"] = 1.0  # best in one seed only
+    a["audit"]["attacks"]["zlib"]["epsilon_lower_bound"] = 0.6
+    b["audit"]["attacks"]["loss"]["epsilon_lower_bound"] = 0.0
+    b["audit"]["attacks"]["zlib"]["epsilon_lower_bound"] = 0.6
+    (row,) = aggregate([a, b])
+    assert row.eps_hat_attack == "zlib" and row.eps_hat.mean == pytest.approx(0.6)
+    assert row.tpr_at_1pct_fpr.mean == pytest.approx(0.03)  # loss attack's TPR at fpr 0.01
+
+
+def test_check_detects_modified_or_missing_files(tmp_path):
+    results = write_results(tmp_path / "results", [make_result(), make_result(seed=1, accuracy=0.8)])
+    out = tmp_path / "board"
+    assert invoke("--results", str(results), "--out", str(out)).exit_code == 0
+    readme = out / "README.md"
+    readme.write_text(readme.read_text().replace("0.750", "0.990"))
+    result = invoke("--results", str(results), "--out", str(out), "--check")
+    assert result.exit_code == 1 and "README.md" in result.output and "index.html" not in result.output
+    assert invoke("--results", str(results), "--out", str(out)).exit_code == 0
+    # A new result changes both files, plots included, so check fails until re-rendered.
+    write_results(results, [make_result(seed=2, accuracy=0.1)])
+    result = invoke("--results", str(results), "--out", str(out), "--check")
+    assert result.exit_code == 1 and "README.md" in result.output and "index.html" in result.output
+
+
+def test_output_is_deterministic_and_independent_of_folder_order(tmp_path):
+    one = write_results(tmp_path / "one", [make_result(seed=0), make_result(method="dualpriv")])
+    two = write_results(tmp_path / "two", [make_result(seed=1), make_result(method="nonprivate", epsilon=None)])
+    assert build([one, two]).files == build([two, one]).files
+
+
+def test_a_run_in_both_results_and_runs_counts_once(tmp_path):
+    r = make_result()
+    results = write_results(tmp_path / "results", [r])
+    write_json_atomic(tmp_path / "runs" / r["run_id"] / "result.json", r)
+    result = invoke("--results", str(results), "--include-runs", str(tmp_path / "runs"),
+                    "--out", str(tmp_path / "board"))
+    assert result.exit_code == 0 and "1 result(s)" in result.output and "skipped duplicate" in result.output
+
+
+def test_missing_results_folder_is_a_one_line_error(tmp_path):
+    result = invoke("--results", str(tmp_path / "nope"), "--out", str(tmp_path / "board"))
+    assert result.exit_code != 0 and "does not exist" in str(result.exception)
