@@ -130,9 +130,10 @@ def _add_plugin_commands() -> None:
 _add_plugin_commands()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: a DpbenchError becomes one line on stderr and exit code 2."""
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(args=argv, prog_name="dpbench", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -145,6 +146,7 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ class IndexDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.tensor(i)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor]:
+        return (torch.tensor(i),)  # a tuple: Opacus builds empty Poisson batches from item shapes
 
 
 def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:

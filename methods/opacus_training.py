@@ -34,6 +34,7 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
         target_epsilon=p.epsilon, delta=delta, sample_rate=sample_rate, steps=t.steps, accountant=p.accountant
     )
     params = trainable_parameters(model.model)
+    model.model.train()  # Opacus validates in training mode, and its hooks skip eval mode
     engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
     module, optimizer, loader = engine.make_private(
         module=model.model,
@@ -51,7 +52,7 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
     ) as physical_batches:
         task = bar.add_task(f"training ({label}, σ={sigma:.3f})", total=t.steps)
         while step < t.steps:
-            for idx in physical_batches:
+            for (idx,) in physical_batches:
                 idx = idx.tolist()
                 if idx:
                     batch = model.encode([data[i] for i in idx], [data[i].target for i in idx])

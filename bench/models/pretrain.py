@@ -1,10 +1,14 @@
-"""Public pre-training of the embedded tiny LLaVA, cached on disk.
+"""Public pre-training of the embedded tiny LLaVA, cached on disk, in LLaVA's own stages.
 
-The corpus uses only the *public* digit pool (never the private task's images) plus
-text-only items, and teaches the separate skills a small instruction-tuned MLLM would have:
-reading a digit from an image (captions, short questions), and text-only number facts and
-multiple-choice answering. The private ScienceQA-format task combines them in a format and
-with question types the model has not seen together, so fine-tuning has work to do.
+Stage 1 (the vision encoder, as CLIP is trained before LLaVA exists): the vision tower
+learns to tell the ten digit classes apart on the public images, with shifted copies as
+augmentation. Stage 2 (LLaVA's alignment + instruction tuning, vision tower frozen): the
+projector and language model learn captions and short questions about the public images,
+plus text-only number facts and multiple-choice answering.
+
+Only the *public* digit pool is used (never the private task's images). The private
+ScienceQA-format task combines the skills in a format and with question types the model has
+not seen together, so fine-tuning has work to do.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dpbench.cache import cache_dir
 from dpbench.tasks.base import Example
 from dpbench.tasks.digits import WORDS, public_digits
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
+SHIFTS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCDE"
 
@@ -28,7 +33,7 @@ def _image_examples(folder: Path, rng: random.Random, views: int = 3) -> list[Ex
     out = []
     for d in public_digits():
         for v in range(views):  # the original and shifted copies: a ViT this small overfits otherwise
-            view = d if v == 0 else d.shifted(rng.choice((-1, 0, 1)), rng.choice((-1, 0, 1)))
+            view = d if v == 0 else d.shifted(*rng.choice(SHIFTS))
             path = folder / f"public_{d.index}_{v}.png"
             if not path.exists():
                 view.image().save(path)
@@ -93,18 +98,54 @@ def tokenizer_corpus(examples: list[Example]) -> list[str]:
     ]
 
 
-def pretrain(model_wrapper, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
+def pretrain_vision(model_wrapper, steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
+    """Stage 1: a linear read-out of the mean patch feature must name the digit class."""
     from dpbench.progress import progress
 
     torch.manual_seed(seed)
+    digits = [d.shifted(dx, dy) for d in public_digits() for dx, dy in SHIFTS]
+    images = [d.image() for d in digits]
+    pixels = model_wrapper.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    labels = torch.tensor([d.label for d in digits])
+    tower = model_wrapper.model.model.vision_tower
+    head = torch.nn.Linear(tower.config.hidden_size, 10)
+    params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    tower.train()
+    with progress() as bar:
+        task = bar.add_task("pre-training stage 1: vision encoder", total=steps)
+        for _ in range(steps):
+            idx = torch.randint(0, len(digits), (batch_size,), generator=gen)
+            features = tower(pixel_values=pixels[idx]).last_hidden_state[:, 1:].mean(1)
+            loss = torch.nn.functional.cross_entropy(head(features), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, description=f"pre-training stage 1: vision encoder loss {losses[-1]:.3f}")
+    tower.eval()
+    return losses
+
+
+def pretrain(model_wrapper, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
+    from dpbench.progress import progress
+
+    """Stage 2: projector + language model on the multimodal and text corpus, vision frozen."""
+    torch.manual_seed(seed)
     model = model_wrapper.model
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.model.vision_tower.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed)
     losses = []
     with progress() as bar:
-        task = bar.add_task("pre-training tiny-llava (public data)", total=steps)
+        task = bar.add_task("pre-training stage 2: projector + language model", total=steps)
         for step in range(steps):
             batch_ex = rng.sample(examples, batch_size)
             # image and text-only examples go in separate forwards: LLaVA wants a pixel tensor
@@ -116,10 +157,11 @@ def pretrain(model_wrapper, examples: list[Example], steps: int, batch_size: int
                     loss = loss + model_wrapper.per_example_loss(batch).sum() / batch_size
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             losses.append(loss.item())
-            bar.update(task, advance=1, description=f"pre-training tiny-llava (public data) loss {loss:.3f}")
+            bar.update(task, advance=1, description=f"pre-training stage 2: projector + language model loss {loss:.3f}")
     model.eval()
+    model.model.vision_tower.requires_grad_(True)
     return losses

@@ -24,7 +24,8 @@ class ModelLoader:
 
 MODELS: Registry[type[ModelLoader]] = Registry("model", base=ModelLoader)
 
-PRETRAIN = dict(steps=1500, batch_size=32, lr=1.5e-3, seed=0)
+PRETRAIN_VISION = dict(steps=1000, batch_size=64, lr=2e-3, seed=0)
+PRETRAIN = dict(steps=1000, batch_size=32, lr=2e-3, seed=0)
 
 
 def _quiet_transformers() -> None:
@@ -47,9 +48,11 @@ def _build_tiny_llava(path: str) -> None:
     processor = tiny_llava.build_processor(tokenizer)
     model = tiny_llava.build_model(tokenizer, seed=PRETRAIN["seed"])
     wrapper = VisionLanguageModel(model, processor, ModelInfo("tiny-llava", "embedded-pretrained", None, "llava"))
+    vision_losses = pretrain.pretrain_vision(wrapper, **PRETRAIN_VISION)
     losses = pretrain.pretrain(wrapper, examples, **PRETRAIN)
     tiny_llava.save(model, processor, tmp / "model")
-    (tmp / "model" / "pretrain_loss.txt").write_text("\n".join(f"{x:.5f}" for x in losses))
+    for name, curve in (("pretrain_vision_loss.txt", vision_losses), ("pretrain_loss.txt", losses)):
+        (tmp / "model" / name).write_text("\n".join(f"{x:.5f}" for x in curve))
     os.replace(tmp / "model", path)  # atomic: a crash leaves no half-built cache entry
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -75,7 +78,7 @@ class TinyLlava(ModelLoader):
     def path(self) -> Path:
         from dpbench.models import pretrain, tiny_llava
 
-        return cache_dir() / f"tiny-llava-{tiny_llava.config_key(pretrain.CORPUS_VERSION)}"
+        return cache_dir() / f"tiny-llava-{tiny_llava.config_key(pretrain.CORPUS_VERSION, PRETRAIN_VISION, PRETRAIN)}"
 
     def ensure_built(self) -> Path:
         path = self.path()

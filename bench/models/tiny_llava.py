@@ -43,9 +43,9 @@ ARCH = dict(
 )
 
 
-def config_key(corpus_version: int) -> str:
-    """Cache key: a change of architecture, tokenizer or pre-training corpus rebuilds."""
-    blob = json.dumps([ARCH, IMAGE_SIZE, PATCH_SIZE, CHAT_TEMPLATE, corpus_version], sort_keys=True)
+def config_key(*pretraining) -> str:
+    """Cache key: a change of architecture, tokenizer or pre-training recipe rebuilds."""
+    blob = json.dumps([ARCH, IMAGE_SIZE, PATCH_SIZE, CHAT_TEMPLATE, *pretraining], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -1,0 +1,122 @@
+"""Shared fixtures: a tiny *random* LLaVA (seconds to build) for unit tests, and an isolated
+cache so tests never touch the user's ~/.cache/dpbench (except the pre-trained model,
+which the slow end-to-end tests reuse on purpose)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+import pytest
+
+from dpbench.models.base import ModelInfo, VisionLanguageModel
+from dpbench.models.registry import _quiet_transformers
+from dpbench.tasks.base import Example
+from dpbench.tasks.digits import private_digits
+
+CORPUS = [
+    "USER: Which digit is shown in the image? A. 3 B. 7 Answer with the option's letter from the given choices directly. ASSISTANT: B",
+    "Context: The image shows a handwritten digit. Is the number even or odd? yes no",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> VisionLanguageModel:
+    _quiet_transformers()
+    from dpbench.models import tiny_llava
+
+    tok = tiny_llava.build_tokenizer(CORPUS * 5)
+    model = tiny_llava.build_model(tok, seed=0)
+    model.eval()
+    return VisionLanguageModel(model, tiny_llava.build_processor(tok), ModelInfo("tiny-random", "local", None, "llava"))
+
+
+@pytest.fixture(scope="session")
+def digit_examples(tmp_path_factory) -> list[Example]:
+    folder = tmp_path_factory.mktemp("digits")
+    out = []
+    for i, d in enumerate(private_digits()[:12]):
+        path = folder / f"{i}.png"
+        d.image().save(path)
+        wrong = (d.label + 1) % 10
+        choices = [str(d.label), str(wrong)] if i % 2 else [str(wrong), str(d.label)]
+        out.append(
+            Example(
+                uid=str(i),
+                prompt=f"Which digit is shown in the image?\nA. {choices[0]}\nB. {choices[1]}\nAnswer with the option's letter from the given choices directly.",
+                target="AB"[choices.index(str(d.label))],
+                image=path,
+                choices=("A", "B"),
+                answer=choices.index(str(d.label)),
+                group=str(d.index),
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+
+# -- ScienceQA fixtures in both published layouts -----------------------------------------
+PROBLEMS = {
+    "1": {"question": "Which animal is a mammal?", "choices": ["frog", "whale", "shark"], "answer": 1,
+          "hint": "Mammals breathe air.", "image": "image.png", "split": "train", "subject": "natural science"},
+    "2": {"question": "Which is a solid?", "choices": ["ice", "steam"], "answer": 0, "hint": "",
+          "image": "image.png", "split": "val"},
+    "3": {"question": "What is 2 + 2?", "choices": ["3", "4"], "answer": 1, "hint": "", "image": None, "split": "val"},
+    "4": {"question": "Which color is the sky?", "choices": ["blue", "green", "red", "black"], "answer": 0,
+          "hint": "Look up.", "image": "image.png", "split": "test"},
+    "5": {"question": "Same picture as problem 1?", "choices": ["yes", "no"], "answer": 0, "hint": "",
+          "image": "image.png", "split": "val"},
+}
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_layout_a(root):
+    colors = {"1": (255, 0, 0), "2": (0, 255, 0), "4": (0, 0, 255), "5": (255, 0, 0)}  # 5 reuses 1's image
+    for pid, p in PROBLEMS.items():
+        if p["image"]:
+            folder = root / "images" / p["split"] / pid
+            folder.mkdir(parents=True)
+            (folder / "image.png").write_bytes(_png(colors[pid]))
+    (root / "problems.json").write_text(json.dumps(PROBLEMS))
+    splits = {"train": ["1"], "val": ["2", "3", "5"], "test": ["4"]}
+    (root / "pid_splits.json").write_text(json.dumps(splits))
+    return root
+
+
+def _write_layout_b(root):
+    root.mkdir(parents=True, exist_ok=True)
+    for split, name in (("train", "train-00000-of-00001.parquet"), ("val", "validation-00000-of-00001.parquet"),
+                        ("test", "test-00000-of-00001.parquet")):
+        rows = [dict(p, image={"bytes": _png((i * 40, 10, 10)), "path": None} if p["image"] else None,
+                     task="closed choice", grade="grade2", topic="t", category="c", skill="s", lecture="", solution="")
+                for i, (pid, p) in enumerate(PROBLEMS.items()) if p["split"] == split]
+        for r in rows:
+            r.pop("split")
+        pq.write_table(pa.Table.from_pylist(rows), root / "data" / name if (root / "data").exists() else root / name)
+    return root
+
+
+
+@pytest.fixture
+def write_layout_a():
+    return _write_layout_a
+
+
+@pytest.fixture
+def write_layout_b():
+    return _write_layout_b

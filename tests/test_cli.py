@@ -1,0 +1,88 @@
+"""Bad input: one clear line on stderr, exit code 2, no traceback and no result file."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from dpbench.cli import main
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def dpbench(capsys, monkeypatch):
+    """Run the CLI in-process (as the console script does) and capture what it prints."""
+
+    def call(*args, cwd):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main(list(args))
+        out = capsys.readouterr()
+        return Outcome(info.value.code, out.out, out.err)
+
+    return call
+
+
+def assert_one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--method", "dpsdg"], "Did you mean dpsgd"),
+        (["--task", "sciencqa"], "Did you mean scienceqa"),
+        (["--model", "tiny-lava"], "unknown model"),
+        (["--epsilon", "0"], "epsilon must be a positive"),
+        (["--epsilon", "-3"], "epsilon must be a positive"),
+        (["--delta", "1.5"], "delta must lie in"),
+        (["--option", "nonsense"], "KEY=VALUE"),
+        (["--option", "bogus=1"], "has no option"),
+        (["--attacks", "loss,lirra"], "unknown attack"),
+        (["--data-dir", "/nonexistent/sqa"], "does not exist"),
+    ],
+)
+def test_bad_run_input(tmp_path, args, fragment, dpbench):
+    proc = dpbench("run", *args, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert_one_line_error(proc, fragment)
+    assert not list(tmp_path.glob("runs/*/result.json"))
+
+
+def test_corrupt_data_and_unreadable_image(tmp_path, write_layout_a, dpbench):
+    root = write_layout_a(tmp_path / "sqa")
+    (root / "images" / "train" / "1" / "image.png").write_bytes(b"not a png")
+    assert_one_line_error(dpbench("run", "--data-dir", str(root), cwd=tmp_path), "unreadable image")
+    (root / "problems.json").write_text("{")
+    assert_one_line_error(dpbench("run", "--data-dir", str(root), cwd=tmp_path), "not valid JSON")
+
+
+def test_delta_above_one_over_n_is_rejected_once_n_is_known(tmp_path, dpbench):
+    proc = dpbench("run", "--delta", "0.01", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert_one_line_error(proc, "training examples")  # 0.01 > 1/n for the embedded sample
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_lists_every_error_with_its_path(tmp_path, dpbench):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema_version": 1, "run_id": "x y", "audit": None}))
+    proc = dpbench("validate", str(bad), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "$.run_id" in proc.stderr and "'spec' is a required property" in proc.stderr
+    (tmp_path / "junk.json").write_text("{")
+    proc = dpbench("validate", str(tmp_path / "junk.json"), cwd=tmp_path)
+    assert proc.returncode == 1 and "not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_list_shows_registered_names(tmp_path, dpbench):
+    proc = dpbench("list", "methods", cwd=tmp_path)
+    assert proc.returncode == 0 and "dpsgd" in proc.stdout and "nonprivate" in proc.stdout

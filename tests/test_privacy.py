@@ -1,0 +1,38 @@
+"""Accounting checked against an independent implementation (Google's dp-accounting)."""
+
+import dp_accounting
+import pytest
+from dp_accounting import rdp
+
+from dpbench.errors import DpbenchError
+from dpbench.privacy import calibrate_noise, check_delta, default_delta, spent_epsilon
+
+
+def google_rdp_epsilon(sigma, q, steps, delta):
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("sigma, q, steps", [(0.8, 0.05, 150), (1.2, 0.01, 1000), (3.0, 0.1, 50)])
+def test_rdp_epsilon_matches_dp_accounting_within_one_percent(sigma, q, steps):
+    delta = 1e-5
+    ours = spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=q, steps=steps, accountant="rdp")
+    assert ours == pytest.approx(google_rdp_epsilon(sigma, q, steps, delta), rel=0.01)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+@pytest.mark.parametrize("target", [1.0, 8.0])
+def test_calibrated_sigma_spends_at_most_the_target(accountant, target):
+    kw = dict(delta=1e-5, sample_rate=0.05, steps=200, accountant=accountant)
+    sigma = calibrate_noise(target_epsilon=target, **kw)
+    spent = spent_epsilon(noise_multiplier=sigma, **kw)
+    assert spent <= target and spent == pytest.approx(target, rel=0.02)
+    # a little less noise would overspend: sigma is not needlessly large
+    assert spent_epsilon(noise_multiplier=sigma * 0.97, **kw) > target
+
+
+def test_delta_must_be_below_one_over_n():
+    check_delta(default_delta(1000), 1000)
+    with pytest.raises(DpbenchError, match="1/n_train"):
+        check_delta(1 / 999, 1000)

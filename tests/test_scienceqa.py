@@ -1,0 +1,84 @@
+"""ScienceQA in both published layouts (fixtures written here), the embedded sample, prompts."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from dpbench.errors import DpbenchError
+from dpbench.tasks import scienceqa_embedded
+from dpbench.tasks.scienceqa import ScienceQA, build_prompt, read_scienceqa
+
+def test_prompt_is_lmms_eval_scienceqa_img():
+    assert build_prompt("Mammals breathe air.", "Which animal is a mammal?", ["frog", "whale"]) == (
+        "Context: Mammals breathe air.\nWhich animal is a mammal?\nA. frog\nB. whale\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    assert build_prompt("", "Q?", ["x", "y"]).startswith("Q?\nA. x")
+
+
+def test_layout_a_reads_image_problems_only_and_keeps_splits_image_disjoint(tmp_path, write_layout_a):
+    data = ScienceQA().load(str(write_layout_a(tmp_path)))
+    assert [e.uid for e in data.train] == ["1"]
+    # problem 3 has no image (not ScienceQA-IMG); problem 5 shows problem 1's training image
+    assert [e.uid for e in data.nonmembers] == ["2"]
+    assert [e.uid for e in data.test] == ["4"]
+    e = data.train[0]
+    assert (e.target, e.choices, e.answer) == ("B", ("A", "B", "C"), 1)
+    assert data.source == "local" and data.layout == "problems.json"
+
+
+def test_layout_b_parquet(tmp_path, isolated_cache, write_layout_b):
+    data = ScienceQA().load(str(write_layout_b(tmp_path / "hf")))
+    assert len(data.train) == 1 and len(data.test) == 1 and len(data.nonmembers) == 2
+    assert data.layout == "parquet"
+    assert data.test[0].prompt.startswith("Context: Look up.\nWhich color is the sky?\nA. blue")
+    assert Image.open(data.test[0].image).size == (20, 20)
+
+
+def test_both_layouts_run_through_evaluation(tmp_path, isolated_cache, tiny_model, write_layout_a, write_layout_b):
+    for root in (write_layout_a(tmp_path / "a"), write_layout_b(tmp_path / "b")):
+        data = ScienceQA().load(str(root))
+        acc = ScienceQA().evaluate(tiny_model, data.train + data.nonmembers + data.test)["accuracy"]
+        assert 0.0 <= acc <= 1.0
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: (r / "problems.json").write_text("{not json"), "not valid JSON"),
+        (lambda r: (r / "images" / "train" / "1" / "image.png").unlink(), "missing image"),
+        (lambda r: (r / "pid_splits.json").write_text('{"train": ["1"]}'), "no 'val' split"),
+    ],
+)
+def test_corrupt_data_is_one_clear_error(tmp_path, damage, message, write_layout_a):
+    root = write_layout_a(tmp_path)
+    damage(root)
+    with pytest.raises(DpbenchError, match=message):
+        read_scienceqa(root)
+
+
+def test_missing_dir_and_foreign_dir(tmp_path):
+    with pytest.raises(DpbenchError, match="does not exist"):
+        read_scienceqa(tmp_path / "nope")
+    with pytest.raises(DpbenchError, match="neither problems.json"):
+        read_scienceqa(tmp_path)
+
+
+def test_embedded_sample_is_large_varied_and_image_disjoint(isolated_cache):
+    root = scienceqa_embedded.build(isolated_cache / "sqa")
+    problems = json.loads((root / "problems.json").read_text())
+    splits = json.loads((root / "pid_splits.json").read_text())
+    assert len(problems) >= 2000
+    assert {len(p["choices"]) for p in problems.values()} == {2, 3, 4, 5}
+    assert len({p["question"].split(" than ")[0] for p in problems.values()}) >= 4
+    assert any(p["hint"] for p in problems.values()) and any(not p["hint"] for p in problems.values())
+    images = {s: {problems[pid]["source_image"] for pid in splits[s]} for s in ("train", "val", "test")}
+    assert not images["train"] & images["val"] and not images["train"] & images["test"] and not images["val"] & images["test"]
+    # no image of the public pre-training pool appears in the private task
+    from dpbench.tasks.digits import public_digits
+
+    public = {f"sklearn-digits/{d.index}" for d in public_digits()}
+    assert not public & set().union(*images.values())
+    data = ScienceQA().load(None)
+    assert data.source == "embedded-sample" and len(data.train) == len(splits["train"])

@@ -1,0 +1,48 @@
+import pytest
+
+from dpbench.errors import DpbenchError
+from dpbench.spec import RunSpec, load_spec_file, merge
+
+
+def test_round_trip_and_stable_hash():
+    spec = RunSpec().replace(**{"privacy.epsilon": 3.0, "method_options": {"k": 2}})
+    again = RunSpec.from_dict(spec.to_dict())
+    assert again == spec and again.spec_hash() == spec.spec_hash()
+    assert spec.replace(**{"training.seed": 1}).run_id() != spec.run_id()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"privacy.epsilon": 0.0}, "epsilon"),
+        ({"privacy.epsilon": -1.0}, "epsilon"),
+        ({"privacy.epsilon": float("inf")}, "epsilon"),
+        ({"privacy.delta": 1.5}, "delta"),
+        ({"privacy.delta": 0.0}, "delta"),
+        ({"privacy.accountant": "gdp"}, "accountant"),
+        ({"training.steps": 0}, "steps"),
+        ({"training.lr": 0.0}, "lr"),
+    ],
+)
+def test_invalid_values_are_rejected_with_a_clear_message(change, message):
+    with pytest.raises(DpbenchError, match=message):
+        RunSpec().replace(**change)
+
+
+def test_unknown_fields_are_rejected():
+    with pytest.raises(DpbenchError, match="unknown run-spec field"):
+        RunSpec.from_dict({"mehtod": "dpsgd"})
+    with pytest.raises(DpbenchError, match="bad run spec"):
+        RunSpec.from_dict({"privacy": {"epsilonn": 1}})
+
+
+def test_yaml_and_toml_configs(tmp_path):
+    (tmp_path / "a.yaml").write_text("method: nonprivate\ntraining:\n  steps: 5\n")
+    (tmp_path / "b.toml").write_text('method = "dpsgd"\n[privacy]\nepsilon = 2.0\n')
+    a = RunSpec.from_dict(load_spec_file(tmp_path / "a.yaml"))
+    b = RunSpec.from_dict(merge(load_spec_file(tmp_path / "b.toml"), {"training": {"seed": 4}}))
+    assert (a.method, a.training.steps) == ("nonprivate", 5)
+    assert (b.method, b.privacy.epsilon, b.training.seed, b.training.steps) == ("dpsgd", 2.0, 4, RunSpec().training.steps)
+    (tmp_path / "c.yaml").write_text("- not a mapping\n")
+    with pytest.raises(DpbenchError, match="mapping"):
+        load_spec_file(tmp_path / "c.yaml")
