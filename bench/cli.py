@@ -79,6 +79,19 @@ def run(**kw) -> None:
     print_summary(result, Path(kw["runs_dir"]) / result["run_id"])
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--attacks", help="Comma-separated attacks (needs the run's checkpoint).")
+def audit(run_dir: str, attacks: str | None) -> None:
+    """Audit a finished run again; rewrite its audit section and report."""
+    from dpbench.reaudit import reaudit
+    from dpbench.summary import print_summary
+
+    names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
+    result = reaudit(Path(run_dir), names)
+    print_summary(result, Path(run_dir))
+
+
 @cli.command("list")
 @click.argument("kind", type=click.Choice(["methods", "tasks", "attacks", "models"]))
 def list_(kind: str) -> None:

@@ -18,7 +18,7 @@ from dpbench.privacy import check_delta, default_delta
 from dpbench.results import write_json_atomic, write_result
 from dpbench.spec import RunSpec
 from dpbench.systems import PeakMemory, environment, throughput
-from dpbench.tasks.base import TASKS
+from dpbench.tasks.base import TASKS, Example, TaskData
 
 
 def check_names(spec: RunSpec) -> None:
@@ -34,6 +34,27 @@ def check_names(spec: RunSpec) -> None:
             ATTACKS.get(name)
 
 
+def training_examples(spec: RunSpec, data: TaskData) -> list[Example]:
+    train = data.train
+    if spec.training.n_train is not None:
+        if spec.training.n_train > len(train):
+            raise DpbenchError(f"n_train = {spec.training.n_train} exceeds the {len(train)} training examples")
+        train = random.Random(spec.training.seed).sample(train, spec.training.n_train)
+    return train
+
+
+def run_delta(spec: RunSpec, n_train: int) -> float:
+    """The run's δ; a non-private run uses it only for the audit's ε lower bounds."""
+    return spec.privacy.delta if spec.privacy.delta is not None else default_delta(n_train)
+
+
+def audit_sets(spec: RunSpec, train: list[Example], data: TaskData) -> tuple[list[Example], list[Example]]:
+    """Equal-size members and non-members (so AUC and the ε bound weigh both alike),
+    reproducible from the spec, so a re-audit scores the same examples."""
+    n = min(len(train), len(data.nonmembers))
+    return random.Random(spec.training.seed + 1).sample(train, n), data.nonmembers[:n]
+
+
 def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: bool = False, log=print) -> dict:
     started = time.perf_counter()
     check_names(spec)
@@ -41,12 +62,8 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     method = METHODS.get(spec.method)(**spec.method_options)
 
     data = task.load(spec.data_dir)
-    train = data.train
-    if spec.training.n_train is not None:
-        if spec.training.n_train > len(train):
-            raise DpbenchError(f"n_train = {spec.training.n_train} exceeds the {len(train)} training examples")
-        train = random.Random(spec.training.seed).sample(train, spec.training.n_train)
-    delta = spec.privacy.delta if spec.privacy.delta is not None else default_delta(len(train))
+    train = training_examples(spec, data)
+    delta = run_delta(spec, len(train))
     if method.private:
         check_delta(delta, len(train))
     test = data.test[: spec.eval_limit] if spec.eval_limit else data.test
@@ -81,12 +98,9 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     if audit and spec.attacks:
         from dpbench.attacks.audit import score_attacks, summarise
 
-        # equal-size member and non-member sets, so AUC and the ε bound weigh both alike
-        n = min(len(train), len(data.nonmembers))
-        members = random.Random(spec.training.seed + 1).sample(train, n)
-        nonmembers = data.nonmembers[:n]
+        members, nonmembers = audit_sets(spec, train, data)
         scores = score_attacks(spec.attacks, model, base, members, nonmembers, run_dir)
-        audit_section = summarise(scores, delta if method.private else default_delta(len(train)))
+        audit_section = summarise(scores, delta)
 
     total, trainable = model.parameter_counts()
     result = {

@@ -23,7 +23,7 @@ from dpbench.cache import cache_dir
 from dpbench.tasks.base import Example
 from dpbench.tasks.digits import WORDS, public_digits
 
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
 SHIFTS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCDE"
@@ -38,11 +38,15 @@ def _image_examples(folder: Path, rng: random.Random, views: int = 3) -> list[Ex
             if not path.exists():
                 view.image().save(path)
             w = WORDS[d.label]
+            k = rng.choice([x for x in range(10) if x != d.label])
             pairs = [
                 ("Describe the image.", f"A handwritten digit {w}."),
                 ("What is written in the image?", f"The number {d.label}."),
                 ("What number is shown?", str(d.label)),
                 ("Write the number in the image as a word.", w),
+                # open-ended versions of the number facts, so each skill is grounded in images
+                ("Is this number even or odd?", "even" if d.label % 2 == 0 else "odd"),
+                (f"Is this number bigger than {k}?", "yes" if d.label > k else "no"),
             ]
             for prompt, target in pairs:
                 out.append(Example(uid=f"pub-{d.index}-{len(out)}", prompt=prompt, target=target, image=path))

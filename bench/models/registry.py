@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -35,7 +36,7 @@ def _quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def _build_tiny_llava(path: str) -> None:
+def _build_tiny_llava(path: str, vision_recipe: dict, lm_recipe: dict) -> None:
     """Build, pre-train and save the embedded model (runs in its own process)."""
     _quiet_transformers()
     from dpbench.models import pretrain, tiny_llava
@@ -46,10 +47,10 @@ def _build_tiny_llava(path: str) -> None:
     examples = pretrain.corpus(tmp / "images")
     tokenizer = tiny_llava.build_tokenizer(pretrain.tokenizer_corpus(examples))
     processor = tiny_llava.build_processor(tokenizer)
-    model = tiny_llava.build_model(tokenizer, seed=PRETRAIN["seed"])
+    model = tiny_llava.build_model(tokenizer, seed=lm_recipe["seed"])
     wrapper = VisionLanguageModel(model, processor, ModelInfo("tiny-llava", "embedded-pretrained", None, "llava"))
-    vision_losses = pretrain.pretrain_vision(wrapper, **PRETRAIN_VISION)
-    losses = pretrain.pretrain(wrapper, examples, **PRETRAIN)
+    vision_losses = pretrain.pretrain_vision(wrapper, **vision_recipe)
+    losses = pretrain.pretrain(wrapper, examples, **lm_recipe)
     tiny_llava.save(model, processor, tmp / "model")
     for name, curve in (("pretrain_vision_loss.txt", vision_losses), ("pretrain_loss.txt", losses)):
         (tmp / "model" / name).write_text("\n".join(f"{x:.5f}" for x in curve))
@@ -82,15 +83,25 @@ class TinyLlava(ModelLoader):
 
     def ensure_built(self) -> Path:
         path = self.path()
+        if path.exists():
+            return path
+        # one builder at a time: concurrent runs (a sweep, a second terminal) wait for it
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._build(path)
+        return path
+
+    def _build(self, path: Path) -> None:
         if not path.exists():
             print(f"Building the embedded tiny-llava in {path} (once; about two minutes on 2 CPU cores)")
             # its own process, so the training process's memory high-water mark stays clean
-            proc = multiprocessing.get_context("spawn").Process(target=_build_tiny_llava, args=(str(path),))
+            proc = multiprocessing.get_context("spawn").Process(
+                target=_build_tiny_llava, args=(str(path), PRETRAIN_VISION, PRETRAIN)
+            )
             proc.start()
             proc.join()
             if proc.exitcode != 0 or not path.exists():
                 raise DpbenchError(f"building tiny-llava failed (exit {proc.exitcode}); see the output above")
-        return path
 
     def load(self, device: str) -> VisionLanguageModel:
         path = self.ensure_built()

@@ -1,0 +1,70 @@
+"""Membership-inference attacks on a real (tiny, random) LLaVA: each registered attack gives a
+finite score per example; memorised members are found; an untouched model leaks nothing."""
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from dpbench.attacks.audit import load_scores, score_attacks, summarise
+from dpbench.attacks.base import ATTACKS
+
+
+def memorise(model, examples, steps=80):
+    model.set_trainable(["projector", "language_model"])
+    opt = torch.optim.Adam([p for p in model.model.parameters() if p.requires_grad], lr=3e-3)
+    model.model.train()
+    for _ in range(steps):
+        loss = model.per_example_loss(model.encode(examples, [e.target for e in examples])).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def examples(digit_examples):
+    """Distinct prompts with arbitrary answers: only memorisation can fit the members."""
+    return [
+        replace(e, prompt=f"Item {i} of the list: which digit is shown?", target="ABCDE"[(i * 7) % 5],
+                choices=tuple("ABCDE"), answer=(i * 7) % 5)
+        for i, e in enumerate(digit_examples)
+    ]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model, examples):
+    reference = tiny_model
+    target = copy.deepcopy(tiny_model)
+    memorise(target, examples[:6])
+    return target, reference
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_every_attack_scores_every_example(name, models, examples, tmp_path):
+    target, reference = models
+    scores = score_attacks([name], target, reference, examples[:6], examples[6:12], tmp_path)
+    members, nonmembers = scores[name]
+    assert members.shape == nonmembers.shape == (6,)
+    assert np.isfinite(members).all() and np.isfinite(nonmembers).all()
+
+
+def test_memorised_members_are_separated_by_the_loss_attack(models, examples, tmp_path):
+    target, reference = models
+    scores = score_attacks(["loss", "reference"], target, reference, examples[:6], examples[6:12], tmp_path)
+    audit = summarise(scores, delta=1e-3)
+    assert audit["attacks"]["loss"]["auc"] >= 0.85
+    assert audit["attacks"]["reference"]["auc"] >= 0.85
+    # the saved scores reload to the same numbers (what `dpbench audit` summarises again)
+    again = load_scores(tmp_path)
+    np.testing.assert_array_equal(again["loss"][0], scores["loss"][0])
+
+
+def test_reference_and_image_attacks_see_nothing_when_target_is_the_reference(tiny_model, digit_examples, tmp_path):
+    scores = score_attacks(["reference", "image"], tiny_model, tiny_model, digit_examples[:6], digit_examples[6:12], tmp_path)
+    for name in ("reference", "image"):
+        members, nonmembers = scores[name]
+        assert np.allclose(members, 0, atol=1e-5) and np.allclose(nonmembers, 0, atol=1e-5)

@@ -1,0 +1,76 @@
+"""`dpbench run` end to end on a tiny random LLaVA saved as a local checkpoint (the same code
+path as `--model /path/to/llava`), and the embedded model's build-and-cache path."""
+
+import json
+
+import dp_accounting
+import pytest
+from dp_accounting import rdp
+
+from dpbench.cli import main
+from dpbench.models import registry
+from dpbench.results import validation_errors
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-random-llava")
+    tiny_model.model.save_pretrained(path)
+    tiny_model.processor.save_pretrained(path)
+    return path
+
+
+def run_cli(*args):
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return info.value.code
+
+
+def test_dpsgd_run_writes_a_valid_audited_result(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = run_cli("run", "--method", "dpsgd", "--model", str(checkpoint), "--steps", "3", "--batch-size", "16",
+                   "--n-train", "48", "--eval-limit", "24", "--epsilon", "3", "--attacks", "loss,reference")
+    assert code == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert validation_errors(result) == []
+    p = result["privacy"]
+    assert p["private"] and p["steps"] == 3 and p["epsilon"] <= 3.0
+    assert p["sample_rate"] == pytest.approx(16 / 48)
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.PoissonSampledDpEvent(p["sample_rate"], dp_accounting.GaussianDpEvent(p["noise_multiplier"])), p["steps"])
+    assert p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=0.01)
+    assert result["model"]["source"] == "local" and result["dataset"]["source"] == "embedded-sample"
+    assert set(result["audit"]["attacks"]) == {"loss", "reference"}
+    assert result["audit"]["n_members"] == result["audit"]["n_nonmembers"] == 48
+    mem = result["systems"]["peak_memory"][0]
+    assert mem["kind"] == "cpu-rss-above-baseline" and mem["peak_bytes"] > 0
+    assert result["systems"]["train"]["samples_per_s"] > 0
+    for name in ("spec.json", "audit.md", "audit.html", "audit_scores.npz"):
+        assert (run_dir / name).is_file()
+    # re-audit from the saved scores rewrites the same summary
+    assert run_cli("audit", str(run_dir)) == 0
+    again = json.loads((run_dir / "result.json").read_text())
+    assert again["audit"]["attacks"]["loss"] == result["audit"]["attacks"]["loss"]
+
+
+def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("run", "--method", "nonprivate", "--model", str(checkpoint), "--steps", "2", "--batch-size", "8",
+                   "--n-train", "16", "--eval-limit", "8", "--no-audit") == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["privacy"]["private"] is False and result["privacy"]["epsilon"] is None
+    assert result["audit"] is None
+
+
+def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
+    monkeypatch.setattr(registry, "PRETRAIN_VISION", dict(steps=2, batch_size=8, lr=1e-3, seed=0))
+    monkeypatch.setattr(registry, "PRETRAIN", dict(steps=2, batch_size=4, lr=1e-3, seed=0))
+    loader = registry.TinyLlava()
+    path = loader.ensure_built()
+    assert (path / "config.json").is_file() and (path / "pretrain_loss.txt").is_file()
+    stamp = (path / "config.json").stat().st_mtime_ns
+    model = loader.load("cpu")
+    assert model.info.source == "embedded-pretrained" and (path / "config.json").stat().st_mtime_ns == stamp
+    assert model.model.config.image_seq_length == model.visual_tokens_per_image
