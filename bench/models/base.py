@@ -57,6 +57,7 @@ class VisionLanguageModel:
         self.image_token_id = model.config.image_token_index
         self.tokens_encoded = 0  # non-padding tokens handed to the model, for throughput
         self.visual_tokens_kept = self.visual_tokens_per_image  # token pruning lowers it
+        self.last_batch: dict | None = None  # the latest `encode` output (text-guided pruning reads it)
 
     # -- encoding -------------------------------------------------------------------------
     def prompt_text(self, example: Example) -> str:
@@ -79,7 +80,8 @@ class VisionLanguageModel:
         rows, label_rows = [], []
         for i, ids in enumerate(enc["input_ids"]):
             target_ids = self._target_ids(targets[i]) if targets else []
-            rows.append(list(ids) + target_ids)
+            ids = self._keep_placeholders(list(ids))
+            rows.append(ids + target_ids)
             label_rows.append([-100] * len(ids) + target_ids)
         width = max(map(len, rows))
         pad = self.tokenizer.pad_token_id
@@ -97,7 +99,20 @@ class VisionLanguageModel:
         if images:
             pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
             batch["pixel_values"] = pixels
-        return {k: v.to(self.device) for k, v in batch.items()}
+        self.last_batch = {k: v.to(self.device) for k, v in batch.items()}
+        return self.last_batch
+
+    def _keep_placeholders(self, ids: list[int]) -> list[int]:
+        """Only `visual_tokens_kept` of each image's run of placeholders (token pruning)."""
+        n, k = self.visual_tokens_per_image, self.visual_tokens_kept
+        if k == n:
+            return ids
+        out, run = [], 0
+        for t in ids:
+            run = run + 1 if t == self.image_token_id else 0
+            if run == 0 or (run - 1) % n < k:
+                out.append(t)
+        return out
 
     @lru_cache(maxsize=4096)
     def _target_ids(self, text: str) -> list[int]:
