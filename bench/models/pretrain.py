@@ -23,9 +23,9 @@ from dpbench.cache import cache_dir
 from dpbench.tasks.base import Example
 from dpbench.tasks.digits import WORDS, public_digits
 
-CORPUS_VERSION = 3
+CORPUS_VERSION = 4
 SHIFTS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+MC_INSTRUCTION = "Reply with the option."
 LETTERS = "ABCDE"
 
 
@@ -47,6 +47,8 @@ def _image_examples(folder: Path, rng: random.Random, views: int = 3) -> list[Ex
                 # open-ended versions of the number facts, so each skill is grounded in images
                 ("Is this number even or odd?", "even" if d.label % 2 == 0 else "odd"),
                 (f"Is this number bigger than {k}?", "yes" if d.label > k else "no"),
+                _image_mc(d, rng),
+                _image_mc(d, rng),
             ]
             for prompt, target in pairs:
                 out.append(Example(uid=f"pub-{d.index}-{len(out)}", prompt=prompt, target=target, image=path))
@@ -54,8 +56,34 @@ def _image_examples(folder: Path, rng: random.Random, views: int = 3) -> list[Ex
 
 
 def _mc(question: str, options: list[str], answer: int) -> tuple[str, str]:
-    lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return f"{question}\n{lines}\n{MC_INSTRUCTION}", LETTERS[answer]
+    """Pre-training's own multiple-choice format: "(a) ..." options, "(b)" answers. The private
+    task asks in ScienceQA's format ("A. ..." options, a capital letter answer); adapting to
+    that format, and to its question wording, is part of what fine-tuning must learn."""
+    lines = "\n".join(f"({LETTERS[i].lower()}) {o}" for i, o in enumerate(options))
+    return f"{question}\n{lines}\n{MC_INSTRUCTION}", f"({LETTERS[answer].lower()})"
+
+
+def _options(rng: random.Random, truth, pool: list, low: int, high: int) -> tuple[list, int]:
+    opts = [truth] + rng.sample([x for x in pool if x != truth], rng.randint(low, high) - 1)
+    rng.shuffle(opts)
+    return opts, opts.index(truth)
+
+
+def _image_mc(d, rng: random.Random) -> tuple[str, str]:
+    """Multiple choice about a public image, in pre-training's format and wording."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        opts, i = _options(rng, d.label, list(range(10)), 2, 5)
+        return _mc("What number is shown?", [str(o) for o in opts], i)
+    if kind == 1:
+        opts, i = _options(rng, d.label, list(range(10)), 2, 5)
+        return _mc("What is this number as a word?", [WORDS[o] for o in opts], i)
+    if kind == 2:
+        opts = ["even", "odd"] if rng.random() < 0.5 else ["odd", "even"]
+        return _mc("Is this number even or odd?", opts, opts.index("even" if d.label % 2 == 0 else "odd"))
+    k = rng.choice([x for x in range(10) if x != d.label])
+    opts = ["yes", "no"] if rng.random() < 0.5 else ["no", "yes"]
+    return _mc(f"Is this number bigger than {k}?", opts, opts.index("yes" if d.label > k else "no"))
 
 
 def _text_examples(rng: random.Random, n: int) -> list[Example]:
