@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpbench.methods.token_pruning import TOKEN_PRUNING_OPTIONS, TokenPruner, TokenPruning, install_token_pruning
 from dpbench.models.base import VisionLanguageModel
 from dpbench.privacy import PrivacyReport
 from dpbench.registry import Registry
@@ -32,14 +33,20 @@ class Method(ABC):
     def __init__(self, **options: Any):
         from dpbench.errors import DpbenchError
 
-        unknown = set(options) - set(self.options)
+        defaults = {**TOKEN_PRUNING_OPTIONS, **self.options}  # every method can prune visual tokens
+        unknown = set(options) - set(defaults)
         if unknown:
-            known = ", ".join(self.options) or "none"
+            known = ", ".join(defaults)
             raise DpbenchError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; known: {known}")
-        self.opts = {**self.options, **options}
+        self.opts = {**defaults, **options}
+        self.token_pruning = TokenPruning.from_options(self.opts)  # None: off; bad values fail here
+        self.pruner: TokenPruner | None = None
 
     def prepare(self, model: VisionLanguageModel) -> None:
-        """Change the model before training and evaluation (e.g. install token pruning)."""
+        """Change the model before training and evaluation: installs visual-token pruning when
+        the options ask for it. Subclasses that override this call `super().prepare(model)`."""
+        if self.token_pruning is not None:
+            self.pruner = install_token_pruning(model, self.token_pruning)
 
     @abstractmethod
     def train(self, model: VisionLanguageModel, data: list[Example], spec: RunSpec, delta: float) -> TrainReport:

@@ -187,6 +187,25 @@ class VisionLanguageModel:
             i += len(e.choices)
         return out
 
+    @torch.no_grad()
+    def generate(self, examples: Sequence[Example], max_new_tokens: int) -> list[str]:
+        """Greedy continuation of each prompt (a left-padded batch): the new tokens only,
+        decoded without special tokens and stripped."""
+        self.model.eval()
+        batch = self.encode(examples)
+        # generate derives positions from the attention mask itself (left padding included)
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "position_ids")}
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
     # -- parameters -----------------------------------------------------------------------
     def set_trainable(self, groups: Iterable[str]) -> list[str]:
         groups = [g.strip() for g in groups if g.strip()]

@@ -1,0 +1,244 @@
+"""Visual-token pruning between the projector and the language model, usable by every method.
+
+A forward hook on the projector turns its (n_images, N, D) output into (n_images, k, D), and
+`VisionLanguageModel.encode` emits k image placeholders per image (positions are 1-D, so
+masks, position ids and labels stay consistent). Selection is per image, from that image's
+own vision features and its own prompt only: per-example gradients (and so Opacus' clipping)
+never mix examples. Kept tokens stay in their original order.
+
+Strategies (`STRATEGIES`, selected by name):
+  cls-attention  the patches the vision tower's [CLS] attends to most (heads averaged, at the
+                 layer whose output LLaVA uses as features)
+  text-guided    the projected tokens most cosine-similar to the mean input embedding of the
+                 example's prompt text (target tokens excluded)
+  merge          VisionZip: dominant tokens by [CLS] attention plus a few contextual tokens,
+                 each a centre + the mean of the remaining tokens most similar to it
+                 (54 : 10 as in VisionZip); the dualpriv default
+  random         a seeded control
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from dpbench.errors import DpbenchError
+from dpbench.registry import Registry
+
+TOKEN_PRUNING_OPTIONS: dict[str, Any] = {"token_pruning": None, "keep_ratio": 0.25, "keep_count": None}
+CONTEXTUAL_SHARE = 10 / 64  # VisionZip's 54 dominant + 10 contextual of 64 kept
+
+
+@dataclass(frozen=True)
+class TokenPruning:
+    strategy: str
+    keep_ratio: float = 0.25
+    keep_count: int | None = None  # wins over keep_ratio when set
+    seed: int = 0  # the random strategy's generator
+
+    def __post_init__(self):
+        STRATEGIES.get(self.strategy)  # unknown name: an error listing close matches
+        if not 0 < self.keep_ratio <= 1:
+            raise DpbenchError(f"keep_ratio must lie in (0, 1], got {self.keep_ratio}")
+        if self.keep_count is not None and (not isinstance(self.keep_count, int) or self.keep_count < 1):
+            raise DpbenchError(f"keep_count must be a positive integer, got {self.keep_count!r}")
+
+    @classmethod
+    def from_options(cls, opts: dict[str, Any]) -> TokenPruning | None:
+        if opts.get("token_pruning") in (None, False, "none"):
+            return None
+        return cls(str(opts["token_pruning"]), float(opts["keep_ratio"]), opts.get("keep_count"))
+
+    def kept(self, n: int) -> int:
+        return min(n, self.keep_count if self.keep_count is not None else max(1, round(self.keep_ratio * n)))
+
+
+class Images:
+    """One projector call's images, with the cues a strategy may ask for (computed on demand)."""
+
+    def __init__(self, tokens: torch.Tensor, pruner: TokenPruner):
+        self.tokens = tokens  # (n_images, N, D), the projector's output
+        self.pruner = pruner
+        self.generator = pruner.generator
+        self.noise_std = pruner.fused_noise_std if pruner.adapter.projector.training else 0.0
+
+    def cls_attention(self) -> torch.Tensor:
+        """(n_images, N): attention from [CLS] to each patch, heads averaged; without a dropped
+        [CLS] (feature strategy "full") the mean attention each token receives stands in."""
+        h, a = self.pruner.captured.get("vision"), self.pruner.adapter
+        if h is None or h.shape[0] != self.tokens.shape[0]:
+            raise DpbenchError("token pruning saw no vision-tower attention input for these images")
+        attn = a.vision_attention
+        with torch.no_grad():
+            n, t, _ = h.shape
+            heads = lambda x: x.view(n, x.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)  # noqa: E731
+            keys = heads(F.linear(h, attn.k_proj.weight, attn.k_proj.bias)).float()
+            queries = heads(F.linear(h[:, :1] if a.cls_dropped else h, attn.q_proj.weight, attn.q_proj.bias)).float()
+            weights = torch.softmax(queries @ keys.transpose(-1, -2) * attn.scale, -1).mean(1)  # (n, q, t)
+            scores = weights[:, 0, 1:] if a.cls_dropped else weights.mean(1)
+        return scores.to(self.tokens.device)
+
+    def text_query(self) -> torch.Tensor:
+        """(n_images, D): mean input embedding of the prompt text of each image's example."""
+        lm = self.pruner.captured.get("lm")
+        if lm is None:
+            raise DpbenchError("token pruning saw no input_ids for these images")
+        ids, mask = lm
+        model, image_id = self.pruner.model, self.pruner.model.image_token_id
+        text = (ids != image_id) if mask is None else (mask == 1) & (ids != image_id)
+        last = model.last_batch
+        if last is not None and last.get("input_ids") is ids:  # an `encode` batch: drop the targets
+            text &= last["labels"] == -100
+        with torch.no_grad():
+            table = self.pruner.adapter.embeddings.weight
+            rows, cols = text.nonzero(as_tuple=True)
+            sums = torch.zeros(ids.shape[0], table.shape[1], device=table.device, dtype=torch.float32)
+            sums.index_add_(0, rows.to(table.device), table[ids[rows, cols].to(table.device)].float())
+            means = sums / text.sum(-1, keepdim=True).clamp(min=1).to(sums)
+            per_row = (ids == image_id).sum(-1) // self.pruner.k
+            row_of_image = torch.repeat_interleave(torch.arange(ids.shape[0], device=per_row.device), per_row)
+        if row_of_image.numel() != self.tokens.shape[0]:
+            raise DpbenchError(f"{self.tokens.shape[0]} images but placeholders for {row_of_image.numel()} "
+                               f"(each image needs {self.pruner.k}); encode the batch with the pruned model")
+        return means[row_of_image.to(means.device)].to(self.tokens.device)
+
+
+Strategy = Callable[[Images, int], torch.Tensor]  # (images, k) -> (n_images, k, D)
+STRATEGIES: Registry[Strategy] = Registry("token-pruning strategy")
+
+
+def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """tokens[i, idx[i]] in ascending index order: kept tokens keep their original order."""
+    idx = idx.sort(-1).values.to(tokens.device)
+    return tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+@STRATEGIES.register("cls-attention")
+def cls_attention(images: Images, k: int) -> torch.Tensor:
+    return gather_tokens(images.tokens, images.cls_attention().topk(k, -1).indices)
+
+
+@STRATEGIES.register("text-guided")
+def text_guided(images: Images, k: int) -> torch.Tensor:
+    query = images.text_query()
+    similarity = F.cosine_similarity(images.tokens.detach().float(), query[:, None].float(), dim=-1)
+    return gather_tokens(images.tokens, similarity.topk(k, -1).indices)
+
+
+@STRATEGIES.register("random")
+def random_tokens(images: Images, k: int) -> torch.Tensor:
+    n, total = images.tokens.shape[:2]
+    idx = torch.stack([torch.randperm(total, generator=images.generator)[:k] for _ in range(n)])
+    return gather_tokens(images.tokens, idx)
+
+
+@STRATEGIES.register("merge")
+def merge(images: Images, k: int) -> torch.Tensor:
+    """VisionZip: dominant tokens by [CLS] attention + contextual tokens (centre + cluster mean)."""
+    tokens = images.tokens
+    n, total, dim = tokens.shape
+    n_ctx = round(k * CONTEXTUAL_SHARE)
+    dominant = images.cls_attention().topk(k - n_ctx, -1).indices.to(tokens.device)
+    if n_ctx == 0:
+        return gather_tokens(tokens, dominant)
+    is_dominant = torch.zeros(n, total, dtype=torch.bool, device=tokens.device).scatter_(1, dominant, True)
+    rest = (~is_dominant).nonzero()[:, 1].view(n, -1)  # the others, in order, (n, R)
+    step = max(1, rest.shape[1] // n_ctx)
+    is_centre = torch.zeros(rest.shape[1], dtype=torch.bool, device=tokens.device)
+    is_centre[torch.arange(0, rest.shape[1], step, device=tokens.device)[:n_ctx]] = True
+    centres, members = rest[:, is_centre], rest[:, ~is_centre]
+    take = lambda idx: tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim))  # noqa: E731
+    centre_tokens, member_tokens = take(centres), take(members)
+    with torch.no_grad():
+        sim = F.normalize(member_tokens.float(), dim=-1) @ F.normalize(centre_tokens.float(), dim=-1).transpose(1, 2)
+        assign = F.one_hot(sim.argmax(-1), n_ctx).to(tokens.dtype)  # (n, R - n_ctx, n_ctx)
+    counts = assign.sum(1).clamp(min=1).unsqueeze(-1)
+    contextual = centre_tokens + assign.transpose(1, 2) @ member_tokens / counts
+    if images.noise_std > 0:  # DESIGN: DP-scale noise on fused tokens (a heuristic, not accounted)
+        noise = torch.randn(contextual.shape, generator=images.generator).to(contextual)
+        contextual = contextual + images.noise_std * noise
+    order = torch.cat([dominant, centres], 1).argsort(-1)
+    merged = torch.cat([take(dominant), contextual], 1)
+    return merged.gather(1, order.unsqueeze(-1).expand(-1, -1, dim))
+
+
+# -- the per-architecture part -----------------------------------------------------------------
+class LlavaAdapter:
+    """LLaVA-1.5-style models: one projector call per batch of images, 1-D positions."""
+
+    def __init__(self, hf_model):
+        cfg, inner = hf_model.config, hf_model.model
+        self.projector = inner.multi_modal_projector
+        self.lm_entry = inner  # its input_ids are the (pruned) placeholders and the text
+        self.embeddings = hf_model.get_input_embeddings()
+        layer = cfg.vision_feature_layer
+        layer = layer[-1] if isinstance(layer, (list, tuple)) else layer
+        tower = getattr(inner.vision_tower, "vision_model", inner.vision_tower)  # older transformers nest it
+        layers = tower.encoder.layers
+        # hidden_states[0] is the embeddings, hidden_states[i] the output of layer i - 1
+        self.vision_attention = layers[len(layers) + layer if layer < 0 else max(layer - 1, 0)].self_attn
+        self.cls_dropped = cfg.vision_feature_select_strategy == "default"
+
+
+ADAPTERS = {"llava": LlavaAdapter}
+
+
+class TokenPruner:
+    """Installed token pruning: hooks on one model; `remove()` undoes it."""
+
+    def __init__(self, model, config: TokenPruning):
+        model_type = model.model.config.model_type
+        if model_type not in ADAPTERS:
+            raise DpbenchError(f"token pruning supports {', '.join(ADAPTERS)} models, not {model_type!r}")
+        self.model, self.config = model, config
+        self.adapter = ADAPTERS[model_type](model.model)
+        self.n = model.visual_tokens_per_image
+        self.k = config.kept(self.n)
+        self.strategy = STRATEGIES.get(config.strategy)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.fused_noise_std = 0.0  # merge: std of Gaussian noise on contextual tokens in training
+        self.captured: dict[str, Any] = {}
+        self.handles = [
+            self.adapter.vision_attention.register_forward_pre_hook(self._on_vision, with_kwargs=True),
+            self.adapter.lm_entry.register_forward_pre_hook(self._on_lm, with_kwargs=True),
+            self.adapter.projector.register_forward_hook(self._on_projector),
+        ]
+        model.visual_tokens_kept = self.k
+
+    def _on_vision(self, module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)  # the attention's input
+        if hidden is not None:
+            self.captured["vision"] = hidden.detach()
+
+    def _on_lm(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.captured["lm"] = None if ids is None else (ids, kwargs.get("attention_mask"))
+
+    def _on_projector(self, module, args, output: torch.Tensor) -> torch.Tensor:
+        try:
+            if output.shape[1] != self.n:
+                raise DpbenchError(f"projector gave {output.shape[1]} tokens per image, expected {self.n}")
+            return self.strategy(Images(output, self), self.k)  # keep 1.0 runs it too: tested identity
+        finally:
+            self.captured.clear()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.model.visual_tokens_kept = self.n
+
+    def details(self) -> dict[str, Any]:
+        d = {"strategy": self.config.strategy, "keep_ratio": self.config.keep_ratio,
+             "keep_count": self.config.keep_count, "visual_tokens_before": self.n, "visual_tokens_after": self.k}
+        if self.config.strategy == "merge":
+            n_ctx = round(self.k * CONTEXTUAL_SHARE)
+            d.update(dominant=self.k - n_ctx, contextual=n_ctx, fused_noise_std=self.fused_noise_std)
+        return d
+
+
+def install_token_pruning(model, config: TokenPruning) -> TokenPruner:
+    """Prune `model`'s visual tokens from now on (training and evaluation alike)."""
+    return TokenPruner(model, config)
