@@ -1,0 +1,72 @@
+"""Dual-Priv Pruning: DP-SGD with visual-token pruning and noisy-update pruning.
+
+Token pruning (VisionZip-style `merge` by default, keep 0.25 of the visual tokens) cuts the
+activations and per-example gradient work in the language model; update pruning keeps the
+top 30 % of each tensor's noisy gradient coordinates (post-processing: ε is unchanged). The
+two ablations share this class and change only their defaults.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+from dpbench.methods.base import METHODS, Method, TrainReport
+from dpbench.methods.opacus_training import train_dp_sgd
+from dpbench.methods.update_pruning import UpdatePruner
+from dpbench.privacy import calibrate_noise
+
+
+@METHODS.register("dualpriv")
+class DualPriv(Method):
+    """DP-SGD + visual-token pruning (VisionZip merge) + top-k pruning of the noisy update."""
+
+    options = {
+        "token_pruning": "merge",  # a strategy name, or null for none
+        "keep_ratio": 0.25,
+        "keep_count": None,
+        "fused_noise": False,  # Gaussian noise, std σ·C/B, on merged tokens in training (not accounted)
+        "update_keep": 0.3,  # null: no update pruning
+        "update_scope": "tensor",  # or "global"
+        "update_adam": "freeze",  # pruned coordinates neither move nor change Adam's moments; or "decay"
+        "secure_rng": False,
+    }
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.update_pruner()  # bad values fail here, before anything slow
+
+    def update_pruner(self) -> UpdatePruner | None:
+        o = self.opts
+        if o["update_keep"] is None:
+            return None
+        return UpdatePruner(float(o["update_keep"]), o["update_scope"], o["update_adam"])
+
+    def train(self, model, data, spec, delta) -> TrainReport:
+        t, p = spec.training, spec.privacy
+        self.update = self.update_pruner()
+        if self.pruner is not None and self.opts["fused_noise"]:
+            sigma = calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=t.batch_size / len(data),
+                                    steps=t.steps, accountant=p.accountant)
+            self.pruner.fused_noise_std = sigma * p.max_grad_norm / t.batch_size  # the averaged gradient's noise
+        with self.update or nullcontext():
+            report = train_dp_sgd(model, data, spec, delta, label=self.name, post_noise_hook=self.update,
+                                  secure_rng=self.opts["secure_rng"])
+        report.details.update(
+            token_pruning=self.pruner.details() if self.pruner is not None else None,
+            update_pruning=self.update.details() if self.update is not None else None,
+        )
+        return report
+
+
+@METHODS.register("dualpriv-token")
+class DualPrivToken(DualPriv):
+    """Ablation of dualpriv: DP-SGD + visual-token pruning only."""
+
+    options = {**DualPriv.options, "update_keep": None}
+
+
+@METHODS.register("dualpriv-update")
+class DualPrivUpdate(DualPriv):
+    """Ablation of dualpriv: DP-SGD + noisy-update pruning only."""
+
+    options = {**DualPriv.options, "token_pruning": None}
