@@ -3,7 +3,10 @@
 Token pruning (VisionZip-style `merge` by default, keep 0.25 of the visual tokens) cuts the
 activations and per-example gradient work in the language model; update pruning keeps the
 top 30 % of each tensor's noisy gradient coordinates (post-processing: ε is unchanged). The
-two ablations share this class and change only their defaults.
+two ablations share this class and change only their defaults. Clipping defaults to Opacus'
+ghost clipping (the same clipped gradient as per-example clipping, without materialising
+per-example gradients): the method's point is memory, and the paper compares its memory with
+zeroth-order methods.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.opacus_training import train_dp_sgd
+from dpbench.methods.opacus_training import check_clipping, train_dp_sgd
 from dpbench.methods.update_pruning import UpdatePruner
 from dpbench.privacy import calibrate_noise
 
@@ -29,11 +32,13 @@ class DualPriv(Method):
         "update_scope": "tensor",  # or "global"
         "update_adam": "freeze",  # pruned coordinates neither move nor change Adam's moments; or "decay"
         "secure_rng": False,
+        "clipping": "ghost",  # or "per-sample"
     }
 
     def __init__(self, **options):
         super().__init__(**options)
-        self.update_pruner()  # bad values fail here, before anything slow
+        check_clipping(self.opts["clipping"])  # bad values fail here, before anything slow
+        self.update_pruner()
 
     def update_pruner(self) -> UpdatePruner | None:
         o = self.opts
@@ -50,7 +55,7 @@ class DualPriv(Method):
             self.pruner.fused_noise_std = sigma * p.max_grad_norm / t.batch_size  # the averaged gradient's noise
         with self.update or nullcontext():
             report = train_dp_sgd(model, data, spec, delta, label=self.name, post_noise_hook=self.update,
-                                  secure_rng=self.opts["secure_rng"])
+                                  secure_rng=self.opts["secure_rng"], clipping=self.opts["clipping"])
         report.details.update(
             token_pruning=self.pruner.details() if self.pruner is not None else None,
             update_pruning=self.update.details() if self.update is not None else None,

@@ -1,13 +1,15 @@
 """Opacus per-sample-gradient rules for layers Opacus does not know.
 
 Without these, Opacus' hooks mode falls back to functorch for the Llama RMSNorm: correct
-but slower and heavier. Importing this module registers them.
+but slower and heavier. Ghost clipping asks for per-example gradient *norms*; the RMSNorm's
+per-example gradient is one small vector per example, so its norm rule just takes the norm of
+it. Importing this module registers them.
 """
 
 from __future__ import annotations
 
 import torch
-from opacus.grad_sample.utils import register_grad_sampler
+from opacus.grad_sample.utils import register_grad_sampler, register_norm_sampler
 from opacus.utils.tensor_utils import sum_over_all_but_batch_and_last_n
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -24,3 +26,9 @@ def llama_rms_norm_grad_sample(layer: LlamaRMSNorm, activations: list[torch.Tens
         return {}
     normed = _rms_normalise(activations[0], layer.variance_epsilon)
     return {layer.weight: sum_over_all_but_batch_and_last_n(normed * backprops, layer.weight.dim())}
+
+
+@register_norm_sampler(LlamaRMSNorm)
+def llama_rms_norm_norm_sample(layer: LlamaRMSNorm, activations: list[torch.Tensor], backprops: torch.Tensor):
+    grads = llama_rms_norm_grad_sample(layer, activations, backprops)
+    return {p: g.flatten(1).norm(2, dim=-1) for p, g in grads.items()}

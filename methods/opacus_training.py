@@ -3,6 +3,15 @@
 Opacus does the DP work: per-sample gradients, per-example clipping, Gaussian noise, Poisson
 sampling and accounting. Logical batches (Poisson, expected size `batch_size`) are split
 into physical batches by Opacus' BatchMemoryManager, so memory is bounded whatever the draw.
+
+Two ways to clip (`clipping`), the same DP gradient up to float error:
+  per-sample  Opacus' hooks mode: every trainable tensor's per-example gradient is
+              materialised (B copies of the parameters), clipped and summed.
+  ghost       Opacus' ghost clipping: per-example gradient *norms* are computed from
+              activations and backprops (Linear, Embedding; small layers such as RMSNorm
+              through their per-sample rule), then a second backward of the loss weighted by
+              each example's clipping factor gives the clipped sum directly. Twice the
+              backward work, but no per-example gradients in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ from opacus import PrivacyEngine
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader
 
-from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rule)
+from dpbench.errors import DpbenchError
+from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rules)
 from dpbench.methods.base import TrainReport
 from dpbench.methods.loop import IndexDataset, count_tokens, make_optimizer, trainable_parameters
 from dpbench.privacy import PrivacyReport, calibrate_noise
@@ -24,10 +34,31 @@ from dpbench.progress import progress
 # and before the optimiser consumes it: anything here is post-processing of a DP release.
 PostNoiseHook = Callable[[list[torch.nn.Parameter]], None]
 
+# our option value -> Opacus' grad_sample_mode
+CLIPPING_MODES = {"per-sample": "hooks", "ghost": "ghost"}
+
+
+def check_clipping(mode: str) -> str:
+    if mode not in CLIPPING_MODES:
+        raise DpbenchError(f"clipping must be one of {', '.join(CLIPPING_MODES)}, got {mode!r}")
+    return mode
+
+
+class PerExampleLoss:
+    """The criterion Opacus' ghost clipping wraps. Our model already returns one loss per
+    example, so this only reduces: Opacus sets `reduction = "none"` to get the vector, keeps it
+    for its second (clipping-weighted) backward, and reduces by the mean itself."""
+
+    reduction = "mean"
+
+    def __call__(self, per_example: torch.Tensor) -> torch.Tensor:
+        return per_example if self.reduction == "none" else per_example.mean()
+
 
 def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostNoiseHook | None = None,
-                 secure_rng: bool = False) -> TrainReport:
+                 secure_rng: bool = False, clipping: str = "per-sample") -> TrainReport:
     t, p = spec.training, spec.privacy
+    check_clipping(clipping)
     torch.manual_seed(t.seed)
     sample_rate = t.batch_size / len(data)
     sigma = calibrate_noise(
@@ -36,15 +67,20 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
     params = trainable_parameters(model.model)
     model.model.train()  # Opacus validates in training mode, and its hooks skip eval mode
     engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
-    module, optimizer, loader = engine.make_private(
+    private = engine.make_private(
         module=model.model,
         optimizer=make_optimizer(params, spec),
+        criterion=PerExampleLoss(),
         data_loader=DataLoader(IndexDataset(len(data)), batch_size=t.batch_size),
         noise_multiplier=sigma,
         max_grad_norm=p.max_grad_norm,
         poisson_sampling=True,
-        grad_sample_mode="hooks",
+        grad_sample_mode=CLIPPING_MODES[clipping],
     )
+    if clipping == "ghost":  # Opacus returns the wrapped criterion only in ghost mode
+        module, optimizer, criterion, loader = private
+    else:
+        (module, optimizer, loader), criterion = private, PerExampleLoss()
     module.train()
     losses, samples, tokens, step, running = [], 0, 0, 0, 0.0
     with progress() as bar, BatchMemoryManager(
@@ -57,13 +93,14 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
                 if idx:
                     batch = model.encode([data[i] for i in idx], [data[i].target for i in idx])
                     per_example = model.per_example_loss(batch, model=module)
-                    per_example.mean().backward()
-                    running += per_example.sum().item()
+                    criterion(per_example).backward()  # ghost: both backward passes
+                    running += per_example.detach().sum().item()
                     samples += len(idx)
                     tokens += count_tokens(batch)
-                else:  # an empty Poisson draw still releases noise: give Opacus empty samples
-                    for q in params:
+                else:  # an empty Poisson draw still releases noise: give Opacus an empty batch's
+                    for q in params:  # per-sample gradients (per-sample mode) and gradient (ghost)
                         q.grad_sample = torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)
+                        q.grad = torch.zeros_like(q)
                 if optimizer.pre_step():  # clip + accumulate; at a logical batch's end, noise
                     if post_noise_hook is not None:
                         post_noise_hook(params)
@@ -96,5 +133,6 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
         ),
     )
     return TrainReport(
-        steps=step, epochs=step * sample_rate, losses=losses, privacy=privacy, samples=samples, tokens=tokens
+        steps=step, epochs=step * sample_rate, losses=losses, privacy=privacy, samples=samples, tokens=tokens,
+        details={"clipping": clipping},
     )
