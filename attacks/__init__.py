@@ -3,4 +3,4 @@
 Importing this package registers every attack.
 """
 
-from dpbench.attacks import image, loss, mink, minkpp, reference, zlib  # noqa: F401
+from dpbench.attacks import image, lira, loss, mink, minkpp, reference, rmia, zlib  # noqa: F401

@@ -12,6 +12,7 @@ from dpbench.registry import Registry
 
 class Attack(ABC):
     name: str  # set by the registry decorator
+    needs_references: bool = False  # reads `signals.reference_losses()`: skipped without reference models
 
     @abstractmethod
     def score(self, signals: Signals) -> np.ndarray:

@@ -86,16 +86,16 @@ def verdict(result: Mapping[str, Any]) -> str:
     as a probable bug; below it, the audit is merely consistent with the guarantee.
     """
     attacks = _audit(result).get("attacks") or {}
-    if not attacks:
+    bounds = _lower_bounds(result)
+    if not bounds:
         return (
             "No membership-inference attack was run, so there is no empirical evidence "
             "either way."
         )
     eps, _ = _accounted(result)
     conf = _audit(result).get("confidence", 0.95)
-    bounds = _lower_bounds(result)
     worst_name, worst = max(bounds.items(), key=lambda kv: kv[1])
-    leak = _leakage(attacks)
+    leak = _leakage(attacks) if attacks else "Only the one-run canary audit was run"
     if eps is None:
         tail = (
             f"the largest empirical lower bound is ε̂ = {worst:.2f} ({worst_name}) at {conf:.0%} "
@@ -135,6 +135,10 @@ def _table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([_esc(name), _fmt(a.get("auc")), *[_fmt(tprs.get(f)) for f in fprs],
                      _fmt(a.get("balanced_accuracy")), _fmt(a.get("epsilon_lower_bound"), 2),
                      _fmt(eps, 2)])
+    canary = _audit(result).get("canary")
+    if rows and isinstance(canary, Mapping):  # no ROC: the one-run audit only bounds ε
+        rows.append(["one-run canary audit", *["n/a"] * (len(header) - 3),
+                     _fmt(canary.get("epsilon_lower_bound"), 2), _fmt(eps, 2)])
     return header, rows
 
 
@@ -212,14 +216,46 @@ def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Members / non-members",
          f"{_esc(audit.get('n_members', 'n/a'))} / {_esc(audit.get('n_nonmembers', 'n/a'))}"),
         ("Confidence of ε̂", _esc(audit.get("confidence", "n/a"))),
+        *_reference_facts(audit),
     ]
+
+
+def _reference_facts(audit: Mapping[str, Any]) -> list[tuple[str, str]]:
+    refs = audit.get("references")
+    if not isinstance(refs, Mapping):
+        return []
+    return [("Reference models (lira, rmia)",
+             f"{_esc(refs.get('models', 'n/a'))} × {_esc(refs.get('steps', 'n/a'))} non-private steps on "
+             f"{_esc(refs.get('examples_per_model', 'n/a'))} examples; "
+             f"{_esc(refs.get('population_samples', 'n/a'))} population samples")]
+
+
+def _notes(result: Mapping[str, Any]) -> list[str]:
+    """Audit notes and utility notes (e.g. a canary-trained model), escaped."""
+    notes = list(_audit(result).get("notes") or []) + list((result.get("utility") or {}).get("notes") or [])
+    return [_esc(n) for n in notes]
+
+
+_CANARY_LABELS = {
+    "m": "Canaries (each in training with probability ½)",
+    "included": "Included in training",
+    "guesses": "Guesses made (the rest abstained)",
+    "correct": "Correct guesses",
+    "epsilon_lower_bound": "ε̂ (one-run lower bound)",
+    "confidence": "Confidence",
+    "score": "Canary score",
+    "seed": "Seed",
+    "note": "Note",
+}
 
 
 def _canary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     canary = _audit(result).get("canary")
     if not isinstance(canary, Mapping):
         return []
-    return [(_esc(k), _fmt(v, 3) if isinstance(v, float) else _esc(v)) for k, v in canary.items()]
+    known = [k for k in _CANARY_LABELS if k in canary] + [k for k in canary if k not in _CANARY_LABELS]
+    return [(_esc(_CANARY_LABELS.get(k, k)), _fmt(canary[k], 3) if isinstance(canary[k], float) else _esc(canary[k]))
+            for k in known]
 
 
 def _markdown(result: Mapping[str, Any], plots: bool) -> str:
@@ -235,6 +271,8 @@ def _markdown(result: Mapping[str, Any], plots: bool) -> str:
         out.append("No attacks were run.")
     if canary := _canary_rows(result):
         out += ["", "## One-run canary audit", ""] + [f"- **{k}**: {cell(v)}" for k, v in canary]
+    if notes := _notes(result):
+        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     out += ["", "## Plots", ""]
     out += (["![ROC curves (log-log)](audit_roc.png)", "", "![Score histograms](audit_hist.png)"]
             if plots else ["No member/non-member scores were given, so there are no plots."])
@@ -261,6 +299,8 @@ def _html(result: Mapping[str, Any], roc: bytes | None, hist: bytes | None) -> s
     if canary := _canary_rows(result):
         parts.append("<h2>One-run canary audit</h2><dl>"
                      + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in canary) + "</dl>")
+    if notes := _notes(result):
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Plots</h2>")
     if roc is not None and hist is not None:
         for alt, png in (("ROC curves (log-log)", roc), ("Score histograms", hist)):

@@ -2,12 +2,13 @@
 
 Every attack scores the same examples (members then non-members) from a few signals: the
 fine-tuned (target) model's per-example loss, the same under the public base (reference)
-model, per-token statistics, and losses with the image blanked out.
+model, per-token statistics, losses with the image blanked out, and, for the attacks that
+need them (lira, rmia), losses of reference models trained on population data.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,51 @@ from dpbench.models.base import VisionLanguageModel
 from dpbench.tasks.base import Example
 
 
+def per_example_losses(model: VisionLanguageModel, examples: list[Example], batch_size: int = 64) -> np.ndarray:
+    """Mean NLL of each example's target tokens under `model`, shape (n,)."""
+    model.model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            batch = model.encode(chunk, [e.target for e in chunk])
+            out.append(model.per_example_loss(batch).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ReferenceLosses:
+    """Losses of K reference models that never trained on the audited examples.
+
+    `losses` (K, n) are on the audited examples, by `uids`; `population` are population
+    samples (RMIA's z) that neither the target nor any reference trained on, and
+    `population_losses` (K, m) the references' losses on them.
+    """
+
+    uids: tuple[str, ...]
+    losses: np.ndarray
+    population: tuple[Example, ...]
+    population_losses: np.ndarray
+    offline_a: float | None = None  # RMIA's a, estimated on the references' own data (None: its default)
+    info: dict = field(default_factory=dict, compare=False)  # how they were trained, for the result
+
+    def __post_init__(self):
+        k, m = len(self.losses), len(self.population)
+        if self.losses.shape != (k, len(self.uids)) or self.population_losses.shape != (k, m) or k < 1:
+            raise ValueError(f"reference losses {self.losses.shape} / {self.population_losses.shape} do not "
+                             f"match {len(self.uids)} examples and {m} population samples")
+
+
 class Signals:
     def __init__(self, target: VisionLanguageModel, reference: VisionLanguageModel, examples: list[Example],
-                 work_dir: Path, batch_size: int = 64):
+                 work_dir: Path, batch_size: int = 64, references: ReferenceLosses | None = None):
+        if references is not None and references.uids != tuple(e.uid for e in examples):
+            raise ValueError("reference losses were computed on other examples than the ones audited")
         self.models = {"target": target, "reference": reference}
         self.examples = examples
         self.work_dir = work_dir
         self.batch_size = batch_size
+        self.references = references
         self._cache: dict[tuple, object] = {}
 
     def _batches(self, examples: list[Example]):
@@ -36,16 +75,20 @@ class Signals:
         """Per-example mean NLL of the target tokens, shape (n,)."""
         key = ("loss", role, blank_image)
         if key not in self._cache:
-            model = self.models[role]
-            model.model.eval()
             examples = self._blanked() if blank_image else self.examples
-            out = []
-            with torch.no_grad():
-                for chunk in self._batches(examples):
-                    batch = model.encode(chunk, [e.target for e in chunk])
-                    out.append(model.per_example_loss(batch).cpu().numpy())
-            self._cache[key] = np.concatenate(out)
+            self._cache[key] = per_example_losses(self.models[role], examples, self.batch_size)
         return self._cache[key]
+
+    def reference_losses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(K, n) reference losses on the examples, (m,) target and (K, m) reference losses
+        on the population samples."""
+        if self.references is None:
+            raise ValueError("this attack needs reference models (audit.references > 0)")
+        key = ("population", "target")
+        if key not in self._cache:
+            self._cache[key] = per_example_losses(self.models["target"], list(self.references.population),
+                                                  self.batch_size)
+        return self.references.losses, self._cache[key], self.references.population_losses
 
     def token_stats(self, role: str = "target") -> list[dict[str, np.ndarray]]:
         """Per example: arrays `logp`, `mu`, `sigma` over its text tokens (prompt + target)."""

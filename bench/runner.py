@@ -63,9 +63,15 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
 
     data = task.load(spec.data_dir)
     train = training_examples(spec, data)
-    delta = run_delta(spec, len(train))
+    canaries, utility_notes = None, []
+    if spec.audit.canaries:  # opt-in: the one-run audit changes the training set
+        from dpbench.attacks.canary_audit import UTILITY_NOTE, make_canaries
+
+        canaries, utility_notes = make_canaries(train, spec.audit.canaries, spec.training.seed), [UTILITY_NOTE]
+    fit = train + canaries.included_examples() if canaries else train  # what the method trains on
+    delta = run_delta(spec, len(fit))
     if method.private:
-        check_delta(delta, len(train))
+        check_delta(delta, len(fit))
     test = data.test[: spec.eval_limit] if spec.eval_limit else data.test
 
     model = load_model(spec.model, spec.device)
@@ -74,11 +80,11 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     run_dir = runs_dir / spec.run_id()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "spec.json", spec.to_dict())
-    log(f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(train)} training examples, {data.source})")
+    log(f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(fit)} training examples, {data.source})")
 
     with PeakMemory(spec.device) as memory:
         t0 = time.perf_counter()
-        report = method.train(model, train, spec, delta)
+        report = method.train(model, fit, spec, delta)
         train_wall = time.perf_counter() - t0
 
     tokens_before = model.tokens_encoded
@@ -95,12 +101,13 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     zero_shot = task.evaluate(base, test)
 
     audit_section, scores = None, {}
-    if audit and spec.attacks:
-        from dpbench.attacks.audit import score_attacks, summarise
+    if audit and (spec.attacks or canaries):
+        from dpbench.attacks.audit import audit_run
 
         members, nonmembers = audit_sets(spec, train, data)
-        scores = score_attacks(spec.attacks, model, base, members, nonmembers, run_dir)
-        audit_section = summarise(scores, delta)
+        audit_section, scores = audit_run(spec, spec.attacks, model, base, members, nonmembers, data.test,
+                                          delta=delta, target_epochs=report.epochs, run_dir=run_dir,
+                                          canaries=canaries, log=log)
 
     total, trainable = model.parameter_counts()
     result = {
@@ -114,7 +121,8 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
             "source": data.source,
             "path": data.path,
             "layout": data.layout,
-            "n_train": len(train),
+            "n_train": len(fit),
+            "n_canaries": len(fit) - len(train),
             "n_members": audit_section["n_members"] if audit_section else 0,
             "n_nonmembers": audit_section["n_nonmembers"] if audit_section else 0,
             "n_test": len(test),
@@ -133,6 +141,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
             "higher_is_better": task.higher_is_better,
             "metrics": metrics,
             "unavailable": task.unavailable_metrics(),
+            "notes": utility_notes,
         },
         "privacy": report.privacy.to_dict(),
         "training": {

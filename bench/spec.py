@@ -42,6 +42,13 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class AuditSpec:
+    references: int = 2  # reference models for lira / rmia (trained on the test split); 0: skip those attacks
+    reference_steps: int | None = None  # None: as many epochs over their data as the target had
+    canaries: int = 0  # one-run canary audit; > 0 CHANGES the training set (each canary in w.p. 1/2)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     task: str = "scienceqa"
     method: str = "dpsgd"
@@ -51,7 +58,8 @@ class RunSpec:
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     method_options: dict[str, Any] = field(default_factory=dict)
-    attacks: tuple[str, ...] = ("loss", "zlib", "mink", "mink++", "reference", "image")
+    attacks: tuple[str, ...] = ("loss", "zlib", "mink", "mink++", "reference", "image", "lira", "rmia")
+    audit: AuditSpec = field(default_factory=AuditSpec)
     eval_limit: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,10 +76,11 @@ class RunSpec:
         try:
             privacy = PrivacySpec(**d.pop("privacy", {}))
             training = TrainingSpec(**d.pop("training", {}))
+            audit = AuditSpec(**d.pop("audit", {}))
         except TypeError as e:
             raise DpbenchError(f"bad run spec: {e}") from None
         d["attacks"] = tuple(d.get("attacks", cls.attacks))
-        return cls(privacy=privacy, training=training, **d).validated()
+        return cls(privacy=privacy, training=training, audit=audit, **d).validated()
 
     def replace(self, **changes: Any) -> RunSpec:
         """A copy with top-level or dotted (`privacy.epsilon`) fields changed."""
@@ -101,6 +110,13 @@ class RunSpec:
             raise DpbenchError(f"lr must be positive, got {t.lr}")
         if t.n_train is not None and t.n_train < 2:
             raise DpbenchError(f"n_train must be at least 2, got {t.n_train}")
+        a = self.audit
+        if a.references < 0:
+            raise DpbenchError(f"audit.references must be >= 0, got {a.references}")
+        if a.canaries < 0 or a.canaries == 1:
+            raise DpbenchError(f"audit.canaries must be 0 (off) or at least 2, got {a.canaries}")
+        if a.reference_steps is not None and a.reference_steps < 1:
+            raise DpbenchError(f"audit.reference_steps must be at least 1, got {a.reference_steps}")
         return self
 
     def spec_hash(self) -> str:

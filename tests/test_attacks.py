@@ -10,6 +10,7 @@ import torch
 
 from dpbench.attacks.audit import load_scores, score_attacks, summarise
 from dpbench.attacks.base import ATTACKS
+from dpbench.attacks.population import losses_from_models
 
 
 def memorise(model, examples, steps=80):
@@ -44,12 +45,20 @@ def models(tiny_model, examples):
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
-def test_every_attack_scores_every_example(name, models, examples, tmp_path):
+def test_every_attack_scores_every_example(name, models, examples, digit_examples, tmp_path):
     target, reference = models
-    scores = score_attacks([name], target, reference, examples[:6], examples[6:12], tmp_path)
+    # stand-in reference models (the base model twice): only the shapes matter here
+    refs = losses_from_models([reference, reference], examples[:12], digit_examples[:4])
+    scores = score_attacks([name], target, reference, examples[:6], examples[6:12], tmp_path, references=refs)
     members, nonmembers = scores[name]
     assert members.shape == nonmembers.shape == (6,)
     assert np.isfinite(members).all() and np.isfinite(nonmembers).all()
+
+
+def test_attacks_needing_references_are_skipped_without_them(models, examples, tmp_path):
+    target, reference = models
+    scores = score_attacks(["loss", "lira", "rmia"], target, reference, examples[:6], examples[6:12], tmp_path)
+    assert set(scores) == {"loss"}
 
 
 def test_memorised_members_are_separated_by_the_loss_attack(models, examples, tmp_path):

@@ -1,0 +1,116 @@
+"""The one-run canary audit around a training run (Steinke, Nasr & Jagielski 2023).
+
+`m` canaries, mislabelled copies of training examples, are each added to the training set
+independently with probability ½ (seeded). After training, each canary is scored and the
+most and least member-like are guessed "in" / "out"; `canary.one_run_epsilon_lower_bound`
+turns the right guesses into an ε lower bound. This changes what the method trains on, so
+it is opt-in (`audit.canaries`) and the result says utility came from a canary-trained run.
+
+Why mislabelled: a wrong answer is something only training on the canary can teach, so
+the canary's loss moves far more when it is included than a typical example's would.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
+from dpbench.attacks.signals import per_example_losses
+from dpbench.errors import DpbenchError
+from dpbench.tasks.base import Example
+
+CANARIES_FILE = "audit_canaries.npz"
+CONFIDENCE = 0.95
+# Fractions of the canaries guessed (half "in", half "out"). The best is reported, so each
+# is tested at (1 − confidence) / (number of distinct guess counts) (Bonferroni): the
+# maximum stays a sound bound.
+GUESS_FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
+SCORE = "base-model loss minus target-model loss on the canary's wrong target"
+UTILITY_NOTE = ("utility was measured on a model trained with canaries (mislabelled copies of training "
+                "examples) inserted for the one-run audit")
+
+
+@dataclass(frozen=True)
+class Canaries:
+    examples: tuple[Example, ...]
+    included: np.ndarray  # bool (m,): which canaries the training set holds
+    seed: int
+
+    def included_examples(self) -> list[Example]:
+        return [e for e, keep in zip(self.examples, self.included) if keep]
+
+
+def mislabel(example: Example, others: list[Example], rng: random.Random, index: int) -> Example:
+    """A copy of `example` whose target is a wrong answer: another option for multiple
+    choice, else another training example's (different) target."""
+    if example.choices and example.answer is not None and len(example.choices) > 1:
+        wrong = rng.choice([i for i in range(len(example.choices)) if i != example.answer])
+        target, answer = example.choices[wrong], wrong
+    else:  # a few random draws, not a scan: captioning sets are large and mostly distinct
+        target = next((t for t in (rng.choice(others).target for _ in range(100)) if t != example.target), None)
+        if target is None:
+            raise DpbenchError("canaries need training examples with distinct targets")
+        answer = None
+    return replace(example, uid=f"canary-{index}-{example.uid}", target=target, answer=answer, references=())
+
+
+def make_canaries(train: list[Example], m: int, seed: int) -> Canaries:
+    """`m` canaries from distinct training examples; inclusion ~ Bernoulli(½), i.i.d., from
+    its own seeded stream (so it does not depend on how the canaries were built)."""
+    if m > len(train):
+        raise DpbenchError(f"audit.canaries = {m} exceeds the {len(train)} training examples")
+    rng = random.Random(f"canaries-{seed}")
+    bases = rng.sample(range(len(train)), m)
+    examples = tuple(mislabel(train[b], train, rng, i) for i, b in enumerate(bases))
+    coin = random.Random(f"canary-inclusion-{seed}")
+    included = np.array([coin.random() < 0.5 for _ in range(m)], dtype=bool)
+    return Canaries(examples, included, seed)
+
+
+def score_canaries(canaries: Canaries, target, base) -> np.ndarray:
+    """Higher = more likely included. The base model's loss cancels how unlikely each wrong
+    answer already was before fine-tuning (the `reference` attack's calibration)."""
+    examples = list(canaries.examples)
+    return per_example_losses(base, examples) - per_example_losses(target, examples)
+
+
+def one_run_audit(scores, included, delta: float, confidence: float = CONFIDENCE) -> dict:
+    """Guess the top and bottom scored canaries, abstain on the rest; the best ε̂ over
+    GUESS_FRACTIONS (each at a Bonferroni-corrected confidence)."""
+    scores = np.asarray(scores, dtype=float)
+    m = scores.size
+    if m < 2:
+        raise ValueError(f"the one-run audit needs at least 2 canaries, got {m}")
+    per_side = sorted({max(1, int(f * m / 2)) for f in GUESS_FRACTIONS})
+    level = 1.0 - (1.0 - confidence) / len(per_side)
+    best = {"epsilon_lower_bound": 0.0, "guesses": 0, "correct": 0}
+    for k in per_side:
+        r, v = count_correct(guess_from_scores(scores, k, k), included)
+        eps = one_run_epsilon_lower_bound(m, r, v, delta, level)
+        if eps > best["epsilon_lower_bound"] or best["guesses"] == 0:
+            best = {"epsilon_lower_bound": eps, "guesses": r, "correct": v}
+    return {"m": int(m), "included": int(np.sum(included)), **best, "confidence": confidence,
+            "guess_fractions": list(GUESS_FRACTIONS), "score": SCORE}
+
+
+def canary_section(included, scores, seed: int, delta: float) -> dict:
+    """The result's `audit.canary`."""
+    return {**one_run_audit(scores, included, delta), "seed": seed, "note": UTILITY_NOTE}
+
+
+def save_canary_scores(run_dir: Path, canaries: Canaries, scores: np.ndarray) -> None:
+    np.savez(run_dir / CANARIES_FILE, uids=np.array([e.uid for e in canaries.examples]),
+             included=canaries.included, scores=scores)
+
+
+def load_canary_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(included, scores) as saved by the run."""
+    path = run_dir / CANARIES_FILE
+    if not path.exists():
+        raise DpbenchError(f"{run_dir} has no saved canary scores ({CANARIES_FILE})")
+    data = np.load(path)
+    return data["included"], data["scores"]

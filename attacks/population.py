@@ -1,0 +1,145 @@
+"""Reference models for the offline attacks (lira, rmia): trained once per run, losses cached.
+
+Offline LiRA and RMIA need models that never trained on the audited examples but otherwise
+look like the target. They are trained here with the method-free non-private recipe, from
+the same base model, on population data: the task's `test` split, which the task keeps
+disjoint (image-disjoint too) from `train` (members) and `nonmembers`. Half of the test
+split's images train the references; the other half are RMIA's population samples z, which
+no model trains on. Utility is also measured on the test split: that is harmless, because
+the references only serve the audit and never touch the target model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from dpbench.attacks.base import ATTACKS
+from dpbench.attacks.rmia import estimate_offline_a
+from dpbench.attacks.signals import ReferenceLosses, per_example_losses
+from dpbench.errors import DpbenchError
+from dpbench.tasks.base import Example
+
+REFERENCES_FILE = "audit_references.npz"
+SEED_OFFSET = 7919  # reference k trains with seed + SEED_OFFSET + k: never the target's own seed
+
+
+def needing_references(attacks) -> list[str]:
+    return [a for a in attacks if ATTACKS.get(a).needs_references]
+
+
+def skipped_notes(attacks, n_references: int) -> list[str]:
+    """Why requested attacks were not run (recomputable from the spec, e.g. by a re-audit)."""
+    skipped = needing_references(attacks)
+    if skipped and n_references == 0:
+        return [f"{', '.join(skipped)} not run: audit.references = 0 (they need reference models "
+                "fine-tuned on population data)"]
+    return []
+
+
+def _group(e: Example) -> str:
+    return e.group or e.uid
+
+
+def halves(examples: list[Example], seed) -> tuple[list[Example], list[Example]]:
+    """A seeded random half of the image groups and the rest: problems that share an image
+    stay on one side, so "OUT" never means "saw the same picture"."""
+    groups = sorted({_group(e) for e in examples})
+    first = set(random.Random(seed).sample(groups, len(groups) // 2))
+    return [e for e in examples if _group(e) in first], [e for e in examples if _group(e) not in first]
+
+
+def split_population(test: list[Example], seed: int) -> tuple[list[Example], list[Example]]:
+    """The test split into (reference training pool, population samples z)."""
+    return halves(test, f"population-{seed}")
+
+
+def reference_steps(spec, target_epochs: float, n_data: int) -> int:
+    """`audit.reference_steps`, else as many epochs over the reference's data as the target
+    made over its own: how often an example was seen is what shapes IN/OUT behaviour."""
+    if spec.audit.reference_steps is not None:
+        return spec.audit.reference_steps
+    return max(1, round(target_epochs * n_data / min(spec.training.batch_size, n_data)))
+
+
+def train_reference(spec, data: list[Example], seed: int, steps: int):
+    from dpbench.methods.base import METHODS
+    from dpbench.models.registry import load_model
+
+    ref_spec = spec.replace(**{"method": "nonprivate", "method_options": {}, "training.seed": seed,
+                               "training.steps": steps, "training.n_train": None})
+    model = load_model(spec.model, spec.device)
+    model.set_trainable(spec.training.trainable.split(","))
+    METHODS.get("nonprivate")().train(model, data, ref_spec, None)  # δ: unused without privacy
+    return model
+
+
+def losses_from_models(models, audited: list[Example], population: list[Example]) -> ReferenceLosses:
+    """Reference losses of given models (no training, RMIA's default a): for tests and experiments."""
+    return ReferenceLosses(
+        uids=tuple(e.uid for e in audited),
+        losses=np.stack([per_example_losses(m, audited) for m in models]),
+        population=tuple(population),
+        population_losses=np.stack([per_example_losses(m, population) for m in models]),
+    )
+
+
+def reference_losses(spec, attacks, test: list[Example], audited: list[Example], target_epochs: float,
+                     run_dir: Path, log=print) -> ReferenceLosses | None:
+    """The run's reference losses: from `run_dir`'s cache if it matches, else trained now.
+    None when none of `attacks` needs them or `audit.references` is 0."""
+    k = spec.audit.references
+    if k == 0 or not needing_references(attacks):
+        return None
+    pool, population = split_population(test, spec.training.seed)
+    if len({_group(e) for e in pool}) < 2 or not population:  # a reference needs IN and OUT pool examples
+        raise DpbenchError(f"the test split ({len(test)} examples) is too small to train reference models")
+    cached = load_references(run_dir, population)
+    if cached is not None and cached.uids == tuple(e.uid for e in audited) and len(cached.losses) == k:
+        return cached
+    losses, population_losses, pool_losses, pool_in, sizes = [], [], [], [], []
+    steps = reference_steps(spec, target_epochs, max(1, len(pool) // 2))
+    for i in range(k):
+        seed = spec.training.seed + SEED_OFFSET + i
+        data, _ = halves(pool, seed)  # each a random half: references differ as datasets do
+        log(f"audit: training reference model {i + 1}/{k} ({steps} steps on {len(data)} test-split examples)")
+        model = train_reference(spec, data, seed, steps)
+        losses.append(per_example_losses(model, audited))
+        population_losses.append(per_example_losses(model, population))
+        pool_losses.append(per_example_losses(model, pool))  # the other half is OUT: gives RMIA's a
+        inside = {e.uid for e in data}
+        pool_in.append([e.uid in inside for e in pool])
+        sizes.append(len(data))
+        del model
+    a = estimate_offline_a(np.exp(-np.stack(pool_losses)), pool_in)
+    info = {"models": k, "steps": steps, "examples_per_model": round(sum(sizes) / k),
+            "population_samples": len(population),
+            "rmia_offline_a": a,
+            "data": "test split: half of its images train the references (each a random half of those), "
+                    "the other half are RMIA's population samples z"}
+    refs = ReferenceLosses(tuple(e.uid for e in audited), np.stack(losses), tuple(population),
+                           np.stack(population_losses), a, info)
+    save_references(run_dir, refs)
+    return refs
+
+
+def save_references(run_dir: Path, refs: ReferenceLosses) -> None:
+    np.savez(run_dir / REFERENCES_FILE, uids=np.array(refs.uids), losses=refs.losses,
+             population_uids=np.array([e.uid for e in refs.population]),
+             population_losses=refs.population_losses, info=np.array(json.dumps(refs.info)))  # info holds a
+
+
+def load_references(run_dir: Path, population: list[Example]) -> ReferenceLosses | None:
+    """The cached losses, or None when there are none or they were for other population samples."""
+    path = run_dir / REFERENCES_FILE
+    if not path.exists():
+        return None
+    data = np.load(path)
+    if [str(u) for u in data["population_uids"]] != [e.uid for e in population]:
+        return None
+    info = json.loads(str(data["info"]))
+    return ReferenceLosses(tuple(str(u) for u in data["uids"]), data["losses"], tuple(population),
+                           data["population_losses"], info.get("rmia_offline_a"), info)
