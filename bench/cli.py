@@ -52,6 +52,8 @@ def cli() -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--attacks", help="Comma-separated membership-inference attacks for the audit.")
 @click.option("--no-audit", is_flag=True, help="Skip the membership-inference audit.")
+@click.option("--audit-references", type=int, help="Reference models for lira/rmia (0 skips them). [default: 2]")
+@click.option("--canaries", type=int, help="One-run canary audit with this many canaries (changes the training set). [default: 0]")
 @click.option("--eval-limit", type=int, help="Evaluate on the first N test examples only.")
 @click.option("--config", type=click.Path(dir_okay=False), help="YAML/TOML run spec; flags override it.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
@@ -67,7 +69,8 @@ def run(**kw) -> None:
     training = {
         k: kw[k] for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable") if kw[k] is not None
     }
-    flags = {**top, "privacy": privacy, "training": training}
+    audit = {k: kw[f] for k, f in (("references", "audit_references"), ("canaries", "canaries")) if kw[f] is not None}
+    flags = {**top, "privacy": privacy, "training": training, "audit": audit}
     if kw["options"]:
         flags["method_options"] = _parse_options(kw["options"])
     if kw["attacks"] is not None:
@@ -133,9 +136,11 @@ def validate(files: tuple[str, ...]) -> None:
 
 
 def _add_plugin_commands() -> None:
+    from dpbench.benchmark import bench_command
     from dpbench.leaderboard.cli import leaderboard_command
     from dpbench.sweep import sweep_command
 
+    cli.add_command(bench_command, "bench")
     cli.add_command(leaderboard_command, "leaderboard")
     cli.add_command(sweep_command, "sweep")
 

@@ -1,0 +1,270 @@
+"""`dpbench bench`: peak training memory and throughput of methods, as ratios to non-private.
+
+Every measurement trains one method for a few steps in a fresh process
+(`dpbench.benchmark_worker`), so allocator caches and leaked tensors never carry over. Cases
+are interleaved and repeated: each round runs every case once, and each round starts one case
+later, so no case always runs first (cold file cache) or right after the same neighbour. Per
+case the median over rounds is reported, and its ratio to `nonprivate`'s median at the same
+batch size from the same invocation: absolute figures depend on the machine and its load,
+ratios measured side by side much less.
+
+A method entry is `NAME[:KEY=VALUE]...`, e.g. `dpsgd:clipping=ghost` or
+`dualpriv:clipping=per-sample:update_keep=null`; values are YAML scalars as in `--option`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from dpbench.errors import DpbenchError
+
+DEFAULT_METHODS = "nonprivate,dpsgd,dpsgd:clipping=ghost,dpzo,dualpriv"
+KEEP_OPTIONS = ("keep_ratio", "keep_count")  # an entry that sets one is not swept over --keep-ratios
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()  # in the order typed: the label reads as the input
+
+    @property
+    def label(self) -> str:
+        return self.name + "".join(f":{k}={_scalar(v)}" for k, v in self.options)
+
+
+BASELINE = MethodEntry("nonprivate")
+
+
+def _scalar(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def parse_method_entry(text: str) -> MethodEntry:
+    name, *pairs = (part.strip() for part in text.split(":"))
+    if not name:
+        raise DpbenchError(f"method entry {text!r} has no method name; expected NAME[:KEY=VALUE]...")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = (s.strip() for s in pair.partition("="))
+        if not sep or not key:
+            raise DpbenchError(f"method entry {text!r}: {pair!r} is not KEY=VALUE")
+        if key in options:
+            raise DpbenchError(f"method entry {text!r} sets {key!r} twice")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise DpbenchError(f"method entry {text!r}: cannot read the value of {key!r}") from None
+    return MethodEntry(name, tuple(options.items()))
+
+
+def parse_methods(text: str) -> list[MethodEntry]:
+    """Comma-separated entries; the plain `nonprivate` baseline is added first when missing."""
+    entries = [parse_method_entry(t) for t in text.split(",") if t.strip()]
+    if not entries:
+        raise DpbenchError("--methods lists no method")
+    labels = [e.label for e in entries]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise DpbenchError(f"--methods lists {', '.join(repeated)} more than once")
+    return entries if BASELINE in entries else [BASELINE, *entries]
+
+
+def parse_numbers(text: str, flag: str, kind: type, valid: Callable[[Any], bool], expected: str) -> list:
+    try:
+        values = [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise DpbenchError(f"{flag} takes comma-separated numbers ({expected}), got {text!r}") from None
+    bad = [v for v in values if not valid(v)]
+    if not values or bad or len(set(values)) < len(values):
+        raise DpbenchError(f"{flag} takes distinct comma-separated {expected}, got {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class Case:
+    entry: MethodEntry
+    batch_size: int
+    keep_ratio: float | None = None  # set only when swept by --keep-ratios
+
+    @property
+    def options(self) -> dict[str, Any]:
+        extra = {} if self.keep_ratio is None else {"keep_ratio": self.keep_ratio}
+        return {**dict(self.entry.options), **extra}
+
+    @property
+    def label(self) -> str:
+        return self.entry.label + ("" if self.keep_ratio is None else f":keep_ratio={self.keep_ratio:g}")
+
+
+def prunes_tokens(entry: MethodEntry) -> bool:
+    """Whether the method, with the entry's options, prunes visual tokens (bad options fail here)."""
+    from dpbench.methods.base import METHODS
+
+    return METHODS.get(entry.name)(**dict(entry.options)).token_pruning is not None
+
+
+def plan_cases(entries: list[MethodEntry], batch_sizes: list[int], keep_ratios: list[float] | None,
+               prunes: Callable[[MethodEntry], bool] = prunes_tokens) -> list[Case]:
+    cases = []
+    for b in batch_sizes:
+        for e in entries:
+            swept = prunes(e) and keep_ratios is not None and not set(KEEP_OPTIONS) & set(dict(e.options))
+            cases += [Case(e, b, r) for r in keep_ratios] if swept else [Case(e, b)]
+    return cases
+
+
+def case_spec(base: dict[str, Any], case: Case):
+    """The run spec of a case; the physical batch defaults to the logical one, so memory grows with it."""
+    from dpbench.spec import RunSpec, merge
+
+    training = {"batch_size": case.batch_size, "physical_batch_size": base["training"].get("physical_batch_size")
+                or case.batch_size}
+    return RunSpec.from_dict(merge(base, {"method": case.entry.name, "method_options": case.options,
+                                          "training": training, "attacks": []}))
+
+
+# -- running ------------------------------------------------------------------------------------
+class MeasurementFailed(Exception):
+    pass
+
+
+Worker = Callable[[Any], dict]  # RunSpec -> the worker's systems dict; raises MeasurementFailed
+
+
+def subprocess_worker(spec) -> dict:
+    with tempfile.TemporaryDirectory(prefix="dpbench-bench-") as tmp:
+        spec_path, out = Path(tmp) / "spec.json", Path(tmp) / "systems.json"
+        spec_path.write_text(json.dumps(spec.to_dict()))
+        proc = subprocess.run([sys.executable, "-m", "dpbench.benchmark_worker", str(spec_path), str(out)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not out.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise MeasurementFailed(f"exit status {proc.returncode}: {tail[0]}")
+        return json.loads(out.read_text())
+
+
+def run_rounds(cases: list[Case], specs: list, rounds: int, worker: Worker = subprocess_worker,
+               echo: Callable[[str], None] = lambda _: None) -> list[dict]:
+    measurements, total = [], rounds * len(cases)
+    for r in range(rounds):
+        shift = r % len(cases)
+        for i in list(range(len(cases)))[shift:] + list(range(len(cases)))[:shift]:
+            prefix = f"[{len(measurements) + 1}/{total}] round {r + 1}: {cases[i].label} B={cases[i].batch_size}"
+            try:
+                systems = worker(specs[i])
+                measurements.append({"case": i, "round": r, "systems": systems, "error": None})
+                echo(f"{prefix}: {systems['train']['samples_per_s']:.2f} samples/s")
+            except MeasurementFailed as e:
+                measurements.append({"case": i, "round": r, "systems": None, "error": str(e)})
+                echo(f"{prefix}: failed ({e})")
+    return measurements
+
+
+# -- summarising --------------------------------------------------------------------------------
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    return value / baseline if value is not None and baseline else None
+
+
+def case_medians(runs: list[dict]) -> dict[str, Any]:
+    """Median samples/s, and median peak bytes per device (devices in the order recorded)."""
+    devices: dict[str, dict[str, Any]] = {}
+    for s in runs:
+        for rec in s["peak_memory"]:
+            d = devices.setdefault(rec["device"], {"name": rec["name"], "kind": rec["kind"], "values": []})
+            d["values"].append(rec["peak_bytes"])
+    memory = {dev: {"name": d["name"], "kind": d["kind"], "peak_bytes": median(d["values"])}
+              for dev, d in devices.items()}
+    return {"samples_per_s": median([s["train"]["samples_per_s"] for s in runs]), "memory": memory,
+            "visual_tokens": runs[-1]["visual_tokens"] if runs else None}
+
+
+def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
+    """One row per case: medians over its successful runs and ratios to nonprivate at its batch size."""
+    medians = [case_medians([m["systems"] for m in measurements if m["case"] == i and m["systems"]])
+               for i in range(len(cases))]
+    rows = []
+    for i, case in enumerate(cases):
+        base_i = cases.index(Case(BASELINE, case.batch_size))
+        med, base = medians[i], medians[base_i]
+        rows.append({
+            "label": case.label, "method": case.entry.name, "options": case.options,
+            "batch_size": case.batch_size, "keep_ratio": case.keep_ratio,
+            "runs": sum(1 for m in measurements if m["case"] == i and m["systems"]),
+            "failed": sum(1 for m in measurements if m["case"] == i and m["error"]),
+            "visual_tokens": med["visual_tokens"],
+            "samples_per_s": med["samples_per_s"],
+            "throughput_ratio": ratio(med["samples_per_s"], base["samples_per_s"]),
+            "memory": {dev: {**m, "ratio": ratio(m["peak_bytes"], base["memory"].get(dev, {}).get("peak_bytes"))}
+                       for dev, m in med["memory"].items()},
+        })
+    return rows
+
+
+# -- the command --------------------------------------------------------------------------------
+@click.command("bench")
+@click.option("--model", default="tiny-llava", show_default=True, help="Registered model or local checkpoint folder.")
+@click.option("--task", default="scienceqa", show_default=True)
+@click.option("--data-dir", help="Local copy of the task's dataset; without it, the embedded sample.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--methods", default=DEFAULT_METHODS, show_default=True, metavar="NAME[:KEY=VALUE]...,...",
+              help="Comma-separated method entries; nonprivate (the baseline) is added when missing.")
+@click.option("--batch-sizes", default="64", show_default=True, help="Comma-separated expected batch sizes.")
+@click.option("--keep-ratios", help="Comma-separated visual keep ratios, for methods that prune visual tokens.")
+@click.option("--physical-batch-size", type=int, help="Largest physical batch. [default: the batch size]")
+@click.option("--steps", default=10, show_default=True, type=int, help="Training steps per measurement.")
+@click.option("--rounds", default=3, show_default=True, type=int, help="Measurements per case (interleaved).")
+@click.option("--epsilon", default=8.0, show_default=True, type=float, help="Target ε of the private methods.")
+@click.option("--n-train", type=int, help="Train on a random subset of this many examples.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out-dir", default="benchmarks", show_default=True, type=click.Path(file_okay=False))
+@click.option("--name", help="Output file stem. [default: bench-TASK-MODEL-DEVICE]")
+def bench_command(**kw) -> None:
+    """Median peak training memory and throughput per method, as ratios to nonprivate."""
+    from dpbench.benchmark_report import write_outputs
+    from dpbench.runner import check_names
+    from dpbench.systems import environment
+
+    if kw["rounds"] < 1 or kw["steps"] < 1:
+        raise DpbenchError("--rounds and --steps must be at least 1")
+    entries = parse_methods(kw["methods"])
+    batch_sizes = parse_numbers(kw["batch_sizes"], "--batch-sizes", int, lambda b: b >= 1, "positive integers")
+    keep_ratios = (parse_numbers(kw["keep_ratios"], "--keep-ratios", float, lambda r: 0 < r <= 1, "ratios in (0, 1]")
+                   if kw["keep_ratios"] else None)
+    base = {"model": kw["model"], "task": kw["task"], "data_dir": kw["data_dir"], "device": kw["device"],
+            "privacy": {"epsilon": kw["epsilon"]},
+            "training": {"steps": kw["steps"], "seed": kw["seed"], "n_train": kw["n_train"],
+                         "physical_batch_size": kw["physical_batch_size"]}}
+    cases = plan_cases(entries, batch_sizes, keep_ratios)
+    specs = [case_spec(base, c) for c in cases]  # every spec validated before anything runs
+    check_names(specs[0])
+    measurements = run_rounds(cases, specs, kw["rounds"], echo=click.echo)
+    result = {
+        "kind": "dpbench-bench",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "base": base, "rounds": kw["rounds"], "environment": environment(kw["device"]),
+        "cases": summarise(cases, measurements), "measurements": measurements,
+    }
+    model = Path(kw["model"]).name or kw["model"]
+    stem = kw["name"] or f"bench-{kw['task']}-{model}-{kw['device'].replace(':', '')}"
+    for path in write_outputs(result, Path(kw["out_dir"]), stem):
+        click.echo(f"wrote {path}")
+    failed = [m for m in measurements if m["error"]]
+    if failed:
+        for m in failed:
+            click.echo(f"  failed: {cases[m['case']].label} round {m['round'] + 1}: {m['error']}", err=True)
+        raise SystemExit(1)

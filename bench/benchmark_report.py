@@ -1,0 +1,99 @@
+"""`dpbench bench` outputs: a Markdown table, the JSON it is made from, and a bar plot of ratios."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+MIB = 2**20
+MEMORY_KINDS = {  # what PeakMemory's record kinds measure
+    "cpu-rss-above-baseline": "resident set above the process's baseline just before training (VmHWM)",
+    "cuda-max-allocated": "torch's max allocated bytes on the GPU (weights included)",
+}
+
+
+def devices(cases: list[dict]) -> dict[str, dict[str, str]]:
+    """Every device with a memory figure, in first-seen order: name and kind."""
+    out: dict[str, dict[str, str]] = {}
+    for c in cases:
+        for dev, m in c["memory"].items():
+            out.setdefault(dev, {"name": m["name"], "kind": m["kind"]})
+    return out
+
+
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cases, base = result["cases"], result["base"]
+    devs = devices(cases)
+    head = ["Method", "Batch", "Visual tokens"]
+    for dev in devs:
+        head += [f"Peak memory {dev} (MiB)", "× nonprivate"]
+    head += ["Train samples/s", "× nonprivate", "Runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for c in cases:
+        tokens = c["visual_tokens"]
+        row = [f"`{c['label']}`", str(c["batch_size"]), f"{tokens['after']}/{tokens['before']}" if tokens else "—"]
+        for dev in devs:
+            m = c["memory"].get(dev, {})
+            row += [fmt(m["peak_bytes"] / MIB if m.get("peak_bytes") is not None else None, ".1f"),
+                    fmt(m.get("ratio"), ".2f", "×")]
+        row += [fmt(c["samples_per_s"], ".2f"), fmt(c["throughput_ratio"], ".2f", "×"),
+                str(c["runs"]) + (f" ({c['failed']} failed)" if c["failed"] else "")]
+        lines.append("| " + " | ".join(row) + " |")
+    t = base["training"]
+    notes = [
+        f"# dpbench bench: {base['task']} on {base['model']} ({base['device']})",
+        "",
+        f"{t['steps']} training steps per measurement, each in a fresh process; {result['rounds']} interleaved "
+        f"round(s); medians over rounds. Ratios: a case's median over `nonprivate`'s median at the same batch "
+        f"size, both measured in this invocation ({result['created']}). Private methods target ε = "
+        f"{base['privacy']['epsilon']:g}. Throughput counts examples processed per second of training, set-up "
+        f"included.",
+        "",
+        *lines,
+        "",
+        *(f"- {dev}: {d['name']}; {MEMORY_KINDS.get(d['kind'], d['kind'])}." for dev, d in devs.items()),
+    ]
+    return "\n".join(notes) + "\n"
+
+
+def plot_png(result: dict[str, Any]) -> bytes:
+    """One panel per device's memory ratio and one for throughput ratio; 1.0 is nonprivate."""
+    from matplotlib.figure import Figure  # the Agg canvas, no pyplot global state
+
+    cases = result["cases"]
+    several_batches = len({c["batch_size"] for c in cases}) > 1
+    labels = [c["label"].replace("$", r"\$") + (f" B={c['batch_size']}" if several_batches else "") for c in cases]
+    panels = [(f"peak memory {dev} ÷ nonprivate", [c["memory"].get(dev, {}).get("ratio") for c in cases])
+              for dev in devices(cases)]
+    panels.append(("train samples/s ÷ nonprivate", [c["throughput_ratio"] for c in cases]))
+    fig = Figure(figsize=(4 + 4 * len(panels), 2 + 0.35 * len(cases)))
+    for k, (title, values) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        y = list(range(len(cases)))[::-1]  # first case on top
+        bars = ax.barh(y, [v or 0.0 for v in values], color="tab:blue")
+        ax.bar_label(bars, [fmt(v, ".2f", "×") for v in values], fontsize="small", padding=2)
+        ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+        ax.set_yticks(y, labels if k == 0 else [""] * len(y), fontsize="small")
+        ax.set_title(title, fontsize="medium")
+        ax.margins(x=0.2)
+    base = result["base"]
+    fig.suptitle(f"{base['task']} on {base['model']} ({base['device']}), medians of {result['rounds']} round(s)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def write_outputs(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    from dpbench.results import write_json_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
+    write_json_atomic(paths[0], result)
+    paths[1].write_text(markdown(result))
+    paths[2].write_bytes(plot_png(result))
+    return paths
