@@ -52,12 +52,16 @@ def test_per_example_gradients_of_the_llava_match_one_by_one_autograd(tiny_model
     params, reference = one_by_one_grads(tiny_model, examples)
     gsm = GradSampleModule(tiny_model.model, loss_reduction="sum").train()  # hooks skip eval mode
     batch = tiny_model.encode(examples, [e.target for e in examples])  # left-padded, mixed lengths
-    tiny_model.per_example_loss(batch, model=gsm).sum().backward()
-    for j, p in enumerate(params):
-        for i in range(len(examples)):
-            torch.testing.assert_close(p.grad_sample[i], reference[i][j], rtol=1e-4, atol=1e-6)
-    gsm._close()
-    tiny_model.model.eval()
+    try:
+        tiny_model.per_example_loss(batch, model=gsm).sum().backward()
+        for j, p in enumerate(params):
+            for i in range(len(examples)):
+                # float32 sums in a different order: agree to 1e-5 of the tensor's scale
+                scale = float(reference[i][j].abs().max())
+                torch.testing.assert_close(p.grad_sample[i], reference[i][j], rtol=1e-4, atol=1e-5 * scale + 1e-8)
+    finally:
+        gsm._close()
+        tiny_model.model.eval()
 
 
 def test_every_per_example_gradient_is_clipped_to_the_bound(tiny_model, digit_examples):
