@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+
 NON_PRIVATE = None  # target ε of a non-private configuration
 
 # Methods shown in this order (baseline first, the paper's method last); others follow by name.
@@ -108,7 +109,17 @@ def config_key(result: dict[str, Any]) -> tuple:
     # (False, 0) sorts non-private before every ε inside a tuple without comparing None.
     eps_sort = (False, 0.0) if eps is NON_PRIVATE else (True, eps)
     return (spec["task"], spec["model"], method_rank(spec["method"]), spec["method"], options, eps_sort,
-            result["dataset"]["source"], *device_label(result))
+            dataset_source(result), *device_label(result))
+
+
+CANARY_MARK = "+canaries"  # appended to a dataset source whose training set had canaries added
+
+
+def dataset_source(result: dict[str, Any]) -> str:
+    """The data's source, marked when canaries were added: such a run trained on a changed
+    training set, so it is neither averaged with nor presented as a plain run."""
+    source = result["dataset"]["source"]
+    return f"{source}{CANARY_MARK}" if result["dataset"].get("n_canaries") else source
 
 
 def method_rank(method: str) -> int:
@@ -152,7 +163,7 @@ def make_row(results: list[dict[str, Any]]) -> Row:
         method_options=json.dumps(spec["method_options"], sort_keys=True) if spec["method_options"] else "",
         model=spec["model"],
         target_epsilon=target_epsilon(first),
-        dataset_source=first["dataset"]["source"],
+        dataset_source=dataset_source(first),
         model_source=first["model"]["source"],
         device=device,
         device_type=device_type,

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dpbench.leaderboard.aggregate import Row, Stat
+from dpbench.leaderboard.aggregate import CANARY_MARK, Row, Stat
 
 HIGHER, LOWER = "higher", "lower"
 ARROWS = {HIGHER: " ↑", LOWER: " ↓", None: ""}
@@ -73,6 +73,12 @@ def fmt_options(options: str) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in json.loads(options).items()) if options else MISSING
 
 
+def fmt_source(v: str) -> str:
+    base = v.removesuffix(CANARY_MARK)
+    label = SOURCE_LABELS.get(base, base)
+    return label if base == v else f"{label}, with audit canaries in training"
+
+
 def fmt_text(v: Any) -> str:
     return MISSING if v is None or v == "" else str(v)
 
@@ -84,7 +90,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "delta": fmt_delta,
     "target": fmt_target,
     "options": fmt_options,
-    "source": lambda v: SOURCE_LABELS.get(v, str(v)),
+    "source": lambda v: fmt_source(str(v)),
     "text": fmt_text,
     "int": str,
 }

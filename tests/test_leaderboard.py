@@ -171,3 +171,16 @@ def test_a_run_in_both_results_and_runs_counts_once(tmp_path):
 def test_missing_results_folder_is_a_one_line_error(tmp_path):
     result = invoke("--results", str(tmp_path / "nope"), "--out", str(tmp_path / "board"))
     assert result.exit_code != 0 and "does not exist" in str(result.exception)
+
+
+def test_canary_trained_runs_are_a_row_of_their_own_and_say_so(tmp_path):
+    plain = make_result(seed=0, accuracy=0.7)
+    canary = make_result(seed=1, accuracy=0.1)
+    canary["dataset"]["n_canaries"] = 50
+    assert validation_errors(canary) == []
+    rows = aggregate([plain, canary])
+    assert sorted(r.utility.mean for r in rows) == [0.1, 0.7]  # a row each: never averaged together
+    out = tmp_path / "board"
+    assert invoke("--results", str(write_results(tmp_path / "results", [plain, canary])), "--out", str(out)).exit_code == 0
+    lines = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("| dpsgd")]
+    assert len(lines) == 2 and sum("with audit canaries in training" in line for line in lines) == 1
