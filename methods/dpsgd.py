@@ -11,6 +11,8 @@ from dpbench.methods.opacus_training import check_clipping, train_dp_sgd
 
 @METHODS.register("dpsgd")
 class DPSGD(Method):
+    """DP-SGD through Opacus: per-example clipping, Gaussian noise, Poisson sampling, accounting."""
+
     options = {"secure_rng": False, "clipping": "per-sample"}  # or "ghost"
 
     def __init__(self, **options):

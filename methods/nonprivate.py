@@ -12,6 +12,8 @@ from dpbench.progress import progress
 
 @METHODS.register("nonprivate")
 class NonPrivate(Method):
+    """Adam on the mean loss, no privacy: the utility ceiling (the audit still runs)."""
+
     private = False
 
     def train(self, model, data, spec, delta) -> TrainReport:
