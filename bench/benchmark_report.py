@@ -26,24 +26,37 @@ def fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{suffix}"
 
 
-def markdown(result: dict[str, Any]) -> str:
-    cases, base = result["cases"], result["base"]
+def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The results table as plain-text cells (header, rows): renderers escape and decorate them."""
+    cases = result["cases"]
     devs = devices(cases)
     head = ["Method", "Batch", "Visual tokens"]
     for dev in devs:
         head += [f"Peak memory {dev} (MiB)", "× nonprivate"]
     head += ["Train samples/s", "× nonprivate", "Runs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    rows = []
     for c in cases:
         tokens = c["visual_tokens"]
-        row = [f"`{c['label']}`", str(c["batch_size"]), f"{tokens['after']}/{tokens['before']}" if tokens else "—"]
+        row = [c["label"], str(c["batch_size"]), f"{tokens['after']}/{tokens['before']}" if tokens else "—"]
         for dev in devs:
             m = c["memory"].get(dev, {})
             row += [fmt(m["peak_bytes"] / MIB if m.get("peak_bytes") is not None else None, ".1f"),
                     fmt(m.get("ratio"), ".2f", "×")]
         row += [fmt(c["samples_per_s"], ".2f"), fmt(c["throughput_ratio"], ".2f", "×"),
                 str(c["runs"]) + (f" ({c['failed']} failed)" if c["failed"] else "")]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    return head, rows
+
+
+def device_notes(result: dict[str, Any]) -> list[str]:
+    return [f"{dev}: {d['name']}; {MEMORY_KINDS.get(d['kind'], d['kind'])}." for dev, d in devices(result["cases"]).items()]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    base = result["base"]
+    head, rows = table(result)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    lines += ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in rows]
     t = base["training"]
     notes = [
         f"# dpbench bench: {base['task']} on {base['model']} ({base['device']})",
@@ -56,7 +69,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         *lines,
         "",
-        *(f"- {dev}: {d['name']}; {MEMORY_KINDS.get(d['kind'], d['kind'])}." for dev, d in devs.items()),
+        *(f"- {note}" for note in device_notes(result)),
     ]
     return "\n".join(notes) + "\n"
 
@@ -91,6 +104,12 @@ def plot_png(result: dict[str, Any]) -> bytes:
 def write_outputs(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
     from dpbench.results import write_json_atomic
 
+    from dpbench.errors import DpbenchError
+    from dpbench.results import validation_errors
+
+    errors = validation_errors(result, "bench")
+    if errors:  # a bug in dpbench, not in the user's input: say where
+        raise DpbenchError("bench output does not match schema/bench.schema.json: " + "; ".join(errors))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
     write_json_atomic(paths[0], result)

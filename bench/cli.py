@@ -120,7 +120,7 @@ def _registry(kind: str):
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 def validate(files: tuple[str, ...]) -> None:
-    """Check result files against the schema; list every error with its JSON path."""
+    """Check result (or `dpbench bench`) files against their schema; list every error with its JSON path."""
     from dpbench.results import load_result
 
     bad = 0

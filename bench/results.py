@@ -11,24 +11,38 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from referencing import Registry, Resource
 
 from dpbench.errors import DpbenchError
 
 
-@lru_cache(maxsize=1)
-def schema() -> dict[str, Any]:
-    return json.loads(resources.files("dpbench").joinpath("schema/result.schema.json").read_text())
+@lru_cache(maxsize=None)
+def schema(name: str = "result") -> dict[str, Any]:
+    """A packaged schema: `result` (run results) or `bench` (`dpbench bench` outputs)."""
+    return json.loads(resources.files("dpbench").joinpath(f"schema/{name}.schema.json").read_text())
 
 
-def validation_errors(result: Any) -> list[str]:
-    """Every schema violation as `$.json.path: message`, in document order."""
-    validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
-    errors = sorted(validator.iter_errors(result), key=lambda e: list(map(str, e.absolute_path)))
+@lru_cache(maxsize=None)
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    # The bench schema reuses the result schema's definitions by $id; no network lookups.
+    registry = Registry().with_resources(
+        (schema(n)["$id"], Resource.from_contents(schema(n))) for n in ("result", "bench"))
+    return jsonschema.Draft202012Validator(schema(name), registry=registry, format_checker=jsonschema.FormatChecker())
+
+
+def validation_errors(document: Any, kind: str = "result") -> list[str]:
+    """Every violation of the `kind` schema as `$.json.path: message`, in document order."""
+    errors = sorted(_validator(kind).iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{e.json_path}: {e.message}" for e in errors]
 
 
+def document_kind(document: Any) -> str:
+    """Which schema a file answers to: `dpbench bench` outputs say so; anything else is a run result."""
+    return "bench" if isinstance(document, dict) and document.get("kind") == "dpbench-bench" else "result"
+
+
 def load_result(path: str | Path) -> dict[str, Any]:
-    """Read and validate one result file; a DpbenchError lists every problem in it."""
+    """Read and validate one result (or `dpbench bench`) file; a DpbenchError lists every problem in it."""
     path = Path(path)
     try:
         result = json.loads(path.read_text())
@@ -36,7 +50,7 @@ def load_result(path: str | Path) -> dict[str, Any]:
         raise DpbenchError(f"{path}: cannot read: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise DpbenchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    errors = validation_errors(result)
+    errors = validation_errors(result, document_kind(result))
     if errors:
         raise DpbenchError(f"{path}: {len(errors)} schema error(s):\n  " + "\n  ".join(errors))
     return result
@@ -59,7 +73,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
     """Validate, then write atomically: an invalid result is a bug and is never written."""
-    errors = validation_errors(result)
+    errors = validation_errors(result, document_kind(result))
     if errors:
         raise RuntimeError("refusing to write an invalid result:\n  " + "\n  ".join(errors))
     write_json_atomic(path, result)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dpbench.leaderboard.benchmarks import DEFAULT_DIR as DEFAULT_BENCHMARKS
 from dpbench.leaderboard.render import InvalidResults, build, stale_files, write
 
 DEFAULT_RESULTS = Path("leaderboard/results")
@@ -25,15 +26,20 @@ def results_dirs(results: tuple[str, ...], include_runs: tuple[str, ...]) -> lis
               help="Folder of committed results (*.json, */result.json); repeatable. [default: leaderboard/results]")
 @click.option("--include-runs", "include_runs", multiple=True, type=click.Path(file_okay=False),
               help="Also include run folders from this directory (e.g. runs); repeatable.")
+@click.option("--benchmarks", "benchmarks", multiple=True, type=click.Path(file_okay=False),
+              help="Folder of `dpbench bench` outputs (*.json); repeatable. [default: benchmarks, if present]")
 @click.option("--out", "out", default=str(DEFAULT_OUT), show_default=True, type=click.Path(file_okay=False),
               help="Where README.md and index.html are written.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if a result is invalid or the files are out of date.")
-def leaderboard_command(results: tuple[str, ...], include_runs: tuple[str, ...], out: str, check: bool) -> None:
-    """Validate result files and render the leaderboard (Markdown, HTML and plots)."""
+def leaderboard_command(results: tuple[str, ...], include_runs: tuple[str, ...], benchmarks: tuple[str, ...],
+                        out: str, check: bool) -> None:
+    """Validate result and benchmark files and render the leaderboard (Markdown, HTML and plots)."""
+    if not benchmarks:
+        benchmarks = (str(DEFAULT_BENCHMARKS),) if DEFAULT_BENCHMARKS.is_dir() else ()
     try:
-        board = build(results_dirs(results, include_runs))
+        board = build(results_dirs(results, include_runs), benchmarks)
     except InvalidResults as e:
-        click.echo(f"error: {len(e.errors)} problem(s) in result files:", err=True)
+        click.echo(f"error: {len(e.errors)} problem(s) in result or benchmark files:", err=True)
         for line in e.errors:
             click.echo(f"  {line}", err=True)
         raise SystemExit(1) from None

@@ -12,7 +12,8 @@ from html import escape
 from dpbench.leaderboard import plots
 from dpbench.leaderboard.aggregate import Row
 from dpbench.leaderboard.columns import COLUMNS, Column
-from dpbench.leaderboard.render import NOTE, TITLE, header, task_note, tasks
+from dpbench.leaderboard.benchmarks import Benchmark, device_types
+from dpbench.leaderboard.render import NOTE, SYSTEMS_NOTE, TITLE, header, task_note, tasks
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -74,13 +75,37 @@ def table(rows: list[Row]) -> str:
     return f'<table class="sortable">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
 
 
+def plain_table(head: list[str], rows: list[list[str]]) -> str:
+    """A sortable table of text cells; numeric-looking cells (`1.23×`, `64`) sort as numbers."""
+    def td(text: str) -> str:
+        number = text.rstrip("×").split(" ")[0].split("/")[0]
+        try:
+            return f'<td data-sort="{float(number)!r}">{escape(text)}</td>'
+        except ValueError:
+            return f"<td>{escape(text)}</td>"
+
+    th = "".join(f'<th scope="col">{escape(h)}</th>' for h in head)
+    body = "\n".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in rows)
+    return f'<table class="sortable">\n<thead><tr>{th}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+
+
+def systems_section(benchmarks: list[Benchmark]) -> list[str]:
+    parts = []
+    for device in device_types(benchmarks):
+        parts += [f"<h2>Systems benchmark: {escape(device)}</h2>", f'<p class="note">{escape(SYSTEMS_NOTE)}</p>']
+        for b in (b for b in benchmarks if b.device_type == device):
+            parts += [f"<h3>{escape(b.title)} <small>({escape(b.name)})</small></h3>", plain_table(*b.table()),
+                      "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in b.notes()) + "</ul>"]
+    return parts
+
+
 def image(plot: plots.Plot) -> str:
     data = base64.b64encode(plots.draw(plot)).decode("ascii")
     return (f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
             f'src="data:image/png;base64,{data}">')
 
 
-def render_html(rows: list[Row], n_results: int) -> str:
+def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = ()) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -102,6 +127,7 @@ def render_html(rows: list[Row], n_results: int) -> str:
     if device_types:
         parts.append("<h2>Memory and throughput per device type</h2>")
         parts += [image(plots.systems_data(rows, d)) for d in device_types]
+    parts += systems_section(list(benchmarks))
     parts.append("<h2>Columns</h2>\n<ul>")
     parts += [f"<li><b>{escape(c.header)}</b>: {escape(c.description)}</li>" for c in COLUMNS if c.description]
     parts += ["</ul>", f"<script>{SCRIPT}</script>", "</body>", "</html>", ""]

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from dpbench.errors import DpbenchError
 from dpbench.leaderboard.aggregate import Row, aggregate
+from dpbench.leaderboard.benchmarks import Benchmark, collect_benchmarks, device_types
 from dpbench.leaderboard.collect import Collection, collect, display_path
 from dpbench.leaderboard.columns import ARROWS, COLUMNS, HIGHER, LOWER, Column
 
@@ -69,7 +70,28 @@ def task_note(rows: list[Row]) -> str:
     return f"Utility: {', '.join(metrics)} ({better} is better)."
 
 
-def render_markdown(rows: list[Row], n_results: int) -> str:
+SYSTEMS_NOTE = (
+    "From `dpbench bench` (files in `benchmarks/`): each method trains for a few steps in a fresh "
+    "process, interleaved over rounds; medians, and ratios to `nonprivate` measured in the same invocation."
+)
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(escape_md(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return out + ["| " + " | ".join(escape_md(c) for c in row) + " |" for row in rows]
+
+
+def render_systems_markdown(benchmarks: list[Benchmark]) -> list[str]:
+    out = []
+    for device in device_types(benchmarks):
+        out += [f"## Systems benchmark: {escape_md(device)}", "", SYSTEMS_NOTE, ""]
+        for b in (b for b in benchmarks if b.device_type == device):
+            out += [f"**{escape_md(b.title)}** (`{escape_md(b.name)}`)", "", *markdown_table(*b.table()), ""]
+            out += [f"- {escape_md(note)}" for note in b.notes()] + [""]
+    return out
+
+
+def render_markdown(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = ()) -> str:
     out = [f"# {TITLE}", "", NOTE, "", f"{n_results} result file(s), {len(rows)} configuration(s).", ""]
     if not rows:
         out += ["No results yet: add result files to `leaderboard/results/`.", ""]
@@ -81,22 +103,25 @@ def render_markdown(rows: list[Row], n_results: int) -> str:
         for row in task_rows:
             out.append("| " + " | ".join(escape_md(c.text(row)) for c in COLUMNS) + " |")
         out.append("")
+    out += render_systems_markdown(list(benchmarks))
     out += ["## Columns", ""]
     out += [f"- **{escape_md(c.header)}**: {escape_md(c.description)}" for c in COLUMNS if c.description]
     out += ["", "See `index.html` for sortable tables and privacy–utility plots.", ""]
     return "\n".join(out)
 
 
-def build(results_dirs: Iterable[str | Path]) -> Leaderboard:
-    """Validate every result file, then render both files in memory; raise InvalidResults on any error."""
+def build(results_dirs: Iterable[str | Path], benchmark_dirs: Iterable[str | Path] = ()) -> Leaderboard:
+    """Validate every result and benchmark file, then render both pages in memory; raise
+    InvalidResults listing every error if any file is invalid."""
     collection: Collection = collect(results_dirs)
-    if collection.errors:
-        raise InvalidResults(collection.errors)
+    benchmarks, bench_errors = collect_benchmarks(benchmark_dirs)
+    if collection.errors or bench_errors:
+        raise InvalidResults(collection.errors + bench_errors)
     from dpbench.leaderboard.html_page import render_html  # matplotlib loads only when rendering
 
     rows = aggregate(r.data for r in collection.results)
     n = len(collection.results)
-    files = {README: render_markdown(rows, n), INDEX: render_html(rows, n)}
+    files = {README: render_markdown(rows, n, benchmarks), INDEX: render_html(rows, n, benchmarks)}
     return Leaderboard(rows, n, files, collection.duplicates)
 
 

@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr, exit code 2, no traceback and no result file."""
 
 import json
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -81,6 +82,17 @@ def test_validate_lists_every_error_with_its_path(tmp_path, dpbench):
     (tmp_path / "junk.json").write_text("{")
     proc = dpbench("validate", str(tmp_path / "junk.json"), cwd=tmp_path)
     assert proc.returncode == 1 and "not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validate_checks_bench_outputs_against_the_bench_schema(tmp_path, dpbench):
+    fixture = Path(__file__).parent / "fixtures" / "bench" / "bench-scienceqa-tiny-llava-cpu.json"
+    proc = dpbench("validate", str(fixture), cwd=tmp_path)
+    assert proc.returncode == 0 and "valid" in proc.stdout
+    bench = json.loads(fixture.read_text())
+    bench["cases"][0]["throughput_ratio"] = "fast"
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    proc = dpbench("validate", str(tmp_path / "bench.json"), cwd=tmp_path)
+    assert proc.returncode == 1 and "$.cases[0].throughput_ratio: 'fast' is not of type" in proc.stderr
 
 
 def test_list_shows_registered_names(tmp_path, dpbench):

@@ -44,6 +44,12 @@ def write_results(folder: Path, results: list[dict]) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def away_from_the_repository(tmp_path, monkeypatch):
+    """The command reads `leaderboard/results` and `benchmarks/` by default: keep the repo's out."""
+    monkeypatch.chdir(tmp_path)
+
+
 def invoke(*args: str):
     return CliRunner().invoke(leaderboard_command, list(args))
 
@@ -184,3 +190,51 @@ def test_canary_trained_runs_are_a_row_of_their_own_and_say_so(tmp_path):
     assert invoke("--results", str(write_results(tmp_path / "results", [plain, canary])), "--out", str(out)).exit_code == 0
     lines = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("| dpsgd")]
     assert len(lines) == 2 and sum("with audit canaries in training" in line for line in lines) == 1
+
+
+# -- the systems section: committed `dpbench bench` outputs ------------------------------------
+BENCH_FIXTURE = FIXTURES.parent / "bench" / "bench-scienceqa-tiny-llava-cpu.json"  # a real `dpbench bench` output
+
+
+def write_bench(folder: Path, name: str, changes=lambda b: None) -> Path:
+    bench = json.loads(BENCH_FIXTURE.read_text())
+    changes(bench)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(bench))
+    return folder
+
+
+def test_bench_outputs_render_per_device_type_with_their_ratios(tmp_path):
+    def on_gpu(b):
+        b["base"]["device"] = "cuda:0"
+        for case in b["cases"]:
+            case["memory"] = {"cuda:0": {**case["memory"]["cpu"], "name": "NVIDIA H100", "kind": "cuda-max-allocated"}}
+
+    benches = write_bench(tmp_path / "benchmarks", "cpu.json")
+    write_bench(benches, "gpu.json", on_gpu)
+    board = build([FIXTURES], [benches])
+    readme, page = board.files["README.md"], board.files["index.html"]
+    assert readme.index("## Systems benchmark: cpu") < readme.index("## Systems benchmark: cuda")
+    assert "| dualpriv | 64 | 16/64 | 639.3 | 0.81× | 65.51 | 0.72× | 3 |" in readme.splitlines()
+    assert "| Method | Batch | Visual tokens | Peak memory cuda:0 (MiB) |" in readme
+    assert "<h2>Systems benchmark: cuda</h2>" in page and "NVIDIA H100" in page
+    assert '<td data-sort="0.81">0.81×</td>' in page  # ratios sort as numbers
+
+
+def test_an_invalid_or_hostile_bench_file_fails_or_is_escaped(tmp_path):
+    def broken(b):
+        b["cases"][1]["memory"]["cpu"]["peak_bytes"] = -5
+        del b["rounds"]
+
+    bad = write_bench(tmp_path / "bad", "broken.json", broken)
+    result = invoke("--results", str(FIXTURES), "--benchmarks", str(bad), "--out", str(tmp_path / "board"), "--check")
+    assert result.exit_code == 1
+    assert re.search(r"broken\.json: \$\.cases\[1\]\.memory\.cpu\.peak_bytes: -5 is less than the minimum", result.output)
+    assert re.search(r"broken\.json: \$: 'rounds' is a required property", result.output)
+
+    hostile = write_bench(tmp_path / "hostile", "evil.json",
+                          lambda b: b["cases"][1].update(label=HOSTILE + "|x", method=HOSTILE))
+    board = build([FIXTURES], [hostile])
+    for text in board.files.values():
+        assert HOSTILE not in text
+    assert "&lt;script&gt;" in board.files["index.html"]

@@ -1,0 +1,71 @@
+"""The leaderboard's systems section: committed `dpbench bench` outputs, per device type.
+
+Training runs record memory and throughput too, but each run measures one method alone, on
+whatever load the machine had then; a `dpbench bench` file measures every method side by side
+in one invocation, as ratios to non-private, which is the comparison that survives a change of
+machine. Files are validated against `schema/bench.schema.json` like results are against theirs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from dpbench.benchmark_report import device_notes, table
+from dpbench.errors import DpbenchError
+from dpbench.leaderboard.collect import display_path
+from dpbench.results import validation_errors
+
+DEFAULT_DIR = Path("benchmarks")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str  # the file, as displayed
+    data: dict[str, Any]
+
+    @property
+    def device_type(self) -> str:
+        return self.data["base"]["device"].split(":")[0]  # cuda:1 -> cuda
+
+    @property
+    def title(self) -> str:
+        b, t = self.data["base"], self.data["base"]["training"]
+        return (f"{b['task']} on {b['model']}: {t['steps']} training steps per measurement, "
+                f"{self.data['rounds']} interleaved round(s), medians; {self.data['created'][:10]}")
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        return table(self.data)
+
+    def notes(self) -> list[str]:
+        return device_notes(self.data)
+
+
+def collect_benchmarks(folders: Iterable[str | Path]) -> tuple[list[Benchmark], list[str]]:
+    """Every `*.json` under `folders`, validated; (benchmarks sorted by file, errors as `file: $.path: message`)."""
+    found, errors = [], []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise DpbenchError(f"benchmarks folder {folder} does not exist")
+        for path in sorted(folder.glob("*.json"), key=lambda p: p.as_posix()):
+            name = display_path(path)
+            try:
+                data = json.loads(path.read_text())
+            except OSError as e:
+                errors.append(f"{name}: $: cannot read: {e.strerror}")
+                continue
+            except json.JSONDecodeError as e:
+                errors.append(f"{name}: $: not valid JSON ({e.msg} at line {e.lineno})")
+                continue
+            problems = validation_errors(data, "bench")
+            if problems:
+                errors.extend(f"{name}: {p}" for p in problems)
+            else:
+                found.append(Benchmark(name, data))
+    return found, errors
+
+
+def device_types(benchmarks: list[Benchmark]) -> list[str]:
+    return sorted({b.device_type for b in benchmarks})
