@@ -36,3 +36,18 @@ def test_delta_must_be_below_one_over_n():
     check_delta(default_delta(1000), 1000)
     with pytest.raises(DpbenchError, match="1/n_train"):
         check_delta(1 / 999, 1000)
+
+
+def test_calibration_is_cached_on_disk_by_its_arguments(isolated_cache, monkeypatch):
+    import dpbench.privacy as privacy
+
+    args = dict(target_epsilon=3.0, delta=1e-5, sample_rate=0.05, steps=40, accountant="rdp")
+    sigma = calibrate_noise(**args)
+    calls = []
+    real = privacy.get_noise_multiplier
+    monkeypatch.setattr(privacy, "get_noise_multiplier", lambda **kw: calls.append(kw) or real(**kw))
+    assert calibrate_noise(**args) == sigma and calls == []  # from the file
+    other = calibrate_noise(**{**args, "steps": 80})
+    assert len(calls) == 1 and other > sigma  # new arguments: computed, and more steps need more noise
+    (isolated_cache / privacy.CALIBRATION_CACHE).write_text("{corrupt")
+    assert calibrate_noise(**args) == sigma and len(calls) == 2  # an unreadable cache is recomputed

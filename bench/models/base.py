@@ -40,6 +40,8 @@ class ModelInfo:
 class VisionLanguageModel:
     """Wraps an HF image-text-to-text model (LLaVA family) and its processor."""
 
+    PIXEL_CACHE_BYTES = 256 * 2**20  # ~80k images at 16 px, ~180 at LLaVA-1.5's 336 px
+
     # parameter groups selectable with `--trainable`, as module-name prefixes
     PARAMETER_GROUPS = {
         "vision_tower": ("model.vision_tower.",),
@@ -58,6 +60,9 @@ class VisionLanguageModel:
         self.tokens_encoded = 0  # non-padding tokens handed to the model, for throughput
         self.visual_tokens_kept = self.visual_tokens_per_image  # token pruning lowers it
         self.last_batch: dict | None = None  # the latest `encode` output (text-guided pruning reads it)
+        self._prompt_ids_cache: dict[Example, tuple[int, ...]] = {}
+        self._pixel_cache: dict[Path, torch.Tensor] = {}
+        self._pixel_cache_bytes = 0
 
     # -- encoding -------------------------------------------------------------------------
     def prompt_text(self, example: Example) -> str:
@@ -74,11 +79,11 @@ class VisionLanguageModel:
         Prompt and target are tokenised apart and concatenated (as lm-eval does), so the
         target's tokens are exactly those scored, whatever the tokenizer merges across them.
         """
-        images = [load_image(e.image) for e in examples if e.image is not None]
-        texts = [self.prompt_text(e) for e in examples]
-        enc = self.processor(text=texts, images=images or None, return_tensors=None, padding=False)
-        rows, label_rows = [], []
-        for i, ids in enumerate(enc["input_ids"]):
+        rows, label_rows, pixels = [], [], []
+        for i, example in enumerate(examples):
+            ids, image = self._prompt_ids(example), self._pixels(example)
+            if image is not None:
+                pixels.append(image)
             target_ids = self._target_ids(targets[i]) if targets else []
             ids = self._keep_placeholders(list(ids))
             rows.append(ids + target_ids)
@@ -96,11 +101,37 @@ class VisionLanguageModel:
             "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
             "labels": labels,
         }
-        if images:
-            pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-            batch["pixel_values"] = pixels
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
         self.last_batch = {k: v.to(self.device) for k, v in batch.items()}
         return self.last_batch
+
+    # Training revisits every example each epoch and the audit scores each one several times;
+    # running the processor (chat template, tokenizer, image resizing) on every batch was a
+    # fifth of a non-private step's CPU time. Both halves are per-example functions, so caching
+    # them changes no tensor.
+    def _prompt_ids(self, example: Example) -> tuple[int, ...]:
+        """The prompt's token ids, each image placeholder expanded to its visual tokens."""
+        ids = self._prompt_ids_cache.get(example)
+        if ids is None:  # the processor itself expands the placeholders (its count is per model)
+            images = [load_image(example.image)] if example.image is not None else None
+            enc = self.processor(text=[self.prompt_text(example)], images=images, return_tensors=None, padding=False)
+            ids = self._prompt_ids_cache[example] = tuple(enc["input_ids"][0])
+        return ids
+
+    def _pixels(self, example: Example) -> torch.Tensor | None:
+        """The image's pixel values (1, C, H, W), kept while they fit `PIXEL_CACHE_BYTES`."""
+        if example.image is None:
+            return None
+        key = Path(example.image)
+        pixels = self._pixel_cache.get(key)
+        if pixels is None:
+            pixels = self.processor.image_processor([load_image(key)], return_tensors="pt")["pixel_values"]
+            size = pixels.numel() * pixels.element_size()
+            if self._pixel_cache_bytes + size <= self.PIXEL_CACHE_BYTES:
+                self._pixel_cache[key] = pixels
+                self._pixel_cache_bytes += size
+        return pixels
 
     def _keep_placeholders(self, ids: list[int]) -> list[int]:
         """Only `visual_tokens_kept` of each image's run of placeholders (token pruning)."""
