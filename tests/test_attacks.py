@@ -26,12 +26,19 @@ def memorise(model, examples, steps=80):
     return model
 
 
+def arbitrary_answer(i: int) -> int:
+    """Members (0-5) answer A or B, non-members (6-11) D or E: the answer has nothing to do with
+    the image, so only memorisation fits the members, and a model that generalises from them
+    (similar prompts, shared letters) cannot make non-members look like members by accident, as
+    it did on one CPU with letters shared across the two sets."""
+    return (0 if i < 6 else 3) + i % 2
+
+
 @pytest.fixture(scope="module")
 def examples(digit_examples):
-    """Distinct prompts with arbitrary answers: only memorisation can fit the members."""
     return [
-        replace(e, prompt=f"Item {i} of the list: which digit is shown?", target="ABCDE"[(i * 7) % 5],
-                choices=tuple("ABCDE"), answer=(i * 7) % 5)
+        replace(e, prompt=f"Item {i} of the list: which digit is shown?", target="ABCDE"[arbitrary_answer(i)],
+                choices=tuple("ABCDE"), answer=arbitrary_answer(i))
         for i, e in enumerate(digit_examples)
     ]
 
