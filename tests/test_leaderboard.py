@@ -238,3 +238,10 @@ def test_an_invalid_or_hostile_bench_file_fails_or_is_escaped(tmp_path):
     for text in board.files.values():
         assert HOSTILE not in text
     assert "&lt;script&gt;" in board.files["index.html"]
+
+
+def test_the_committed_leaderboard_is_current(monkeypatch):
+    """CI checks this too; failing here tells a contributor before they push."""
+    monkeypatch.chdir(Path(__file__).parents[1])
+    result = invoke("--check")
+    assert result.exit_code == 0, result.output
