@@ -154,6 +154,8 @@ def make_row(results: list[dict[str, Any]]) -> Row:
     device, device_type = device_label(first)
     metric = first["utility"]["primary_metric"]
     eps_hat, eps_hat_attack = best_attack(results, lambda a: a["epsilon_lower_bound"])
+    if eps_hat is not None and eps_hat.mean == 0:  # no attack gave evidence; naming the first of a tie would mislead
+        eps_hat_attack = None
     auc, auc_attack = best_attack(results, lambda a: a["auc"])
     tpr, _ = best_attack(results, lambda a: tpr_at(a, TPR_FPR))
     mems = [primary_memory(r) for r in results]

@@ -18,8 +18,8 @@ MISSING = "—"
 
 # What the embedded defaults are, said plainly wherever a result used them.
 SOURCE_LABELS = {
-    "embedded-sample": "embedded sample (digits in the task's layout, not the real dataset)",
-    "embedded-pretrained": "embedded tiny LLaVA (built by dpbench, not a released model)",
+    "embedded-sample": "embedded sample (not the real dataset)",
+    "embedded-pretrained": "embedded (not a released model)",
     "local": "local",
 }
 

@@ -65,7 +65,7 @@ def test_valid_fixture_renders_and_then_checks_clean(tmp_path):
     readme = (out / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| dpsgd"))
     for cell in ("tiny-llava", "0.700", "2.98", "1.0e-04", "0.35", "zlib", "0.560", "0.030", "512.0",
-                 "x86_64 CPU (2 cores)", "32.0", "embedded sample", "not the real dataset", "embedded tiny LLaVA"):
+                 "x86_64 CPU (2 cores)", "32.0", "embedded sample", "not the real dataset", "not a released model"):
         assert cell in row, cell
     page = (out / "index.html").read_text()
     assert "<td>dpsgd</td>" in page and 'class="sortable"' in page
@@ -142,6 +142,15 @@ def test_best_attack_is_the_one_with_highest_mean_over_seeds():
     (row,) = aggregate([a, b])
     assert row.eps_hat_attack == "zlib" and row.eps_hat.mean == pytest.approx(0.6)
     assert row.tpr_at_1pct_fpr.mean == pytest.approx(0.03)  # loss attack's TPR at fpr 0.01
+
+
+def test_no_attack_is_named_when_every_empirical_epsilon_is_zero():
+    r = make_result()
+    for attack in r["audit"]["attacks"].values():
+        attack["epsilon_lower_bound"] = 0.0
+    (row,) = aggregate([r])
+    assert row.eps_hat.mean == 0 and row.eps_hat_attack is None
+    assert row.auc_attack is not None  # the best AUC still names its attack
 
 
 def test_check_detects_modified_or_missing_files(tmp_path):
