@@ -93,7 +93,7 @@ class TinyLlava(ModelLoader):
 
     def _build(self, path: Path) -> None:
         if not path.exists():
-            print(f"Building the embedded tiny-llava in {path} (once; about ten minutes on 2 CPU cores)")
+            print(f"Building the embedded tiny-llava in {path} (once; about six minutes on 2 CPU cores)")
             # its own process, so the training process's memory high-water mark stays clean
             proc = multiprocessing.get_context("spawn").Process(
                 target=_build_tiny_llava, args=(str(path), PRETRAIN_VISION, PRETRAIN)
