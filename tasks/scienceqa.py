@@ -49,7 +49,7 @@ def _example(uid: str, problem: dict, image: Path, group: str) -> Example:
         choices=letters,
         answer=answer,
         group=group,
-        meta={"subject": problem.get("subject"), "topic": problem.get("topic")},
+        meta={"subject": problem.get("subject"), "topic": problem.get("topic"), "grade": problem.get("grade")},
     )
 
 
@@ -182,4 +182,26 @@ class ScienceQA(Task):
             chunk = examples[i : i + batch_size]
             for e, scores in zip(chunk, model.choice_loglikelihoods(chunk)):
                 correct.append(int(np.argmax(scores)) == e.answer)
-        return {"accuracy": float(np.mean(correct)) if correct else 0.0}
+        return {"accuracy": float(np.mean(correct)) if correct else 0.0, **breakdown(examples, correct)}
+
+
+# ScienceQA's paper reports accuracy by subject and by grade band; results keep the same columns.
+SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
+
+
+def grade_band(grade: object) -> str | None:
+    """ScienceQA's grade bands: grade3 -> G1-6, grade10 -> G7-12; anything else has none."""
+    digits = str(grade or "").removeprefix("grade")
+    if not digits.isdigit() or not 1 <= int(digits) <= 12:
+        return None
+    return "G1-6" if int(digits) <= 6 else "G7-12"
+
+
+def breakdown(examples: list[Example], correct: list[bool]) -> dict[str, float]:
+    """accuracy_<NAT|SOC|LAN|G1-6|G7-12> over the examples of each group present (absent: no key)."""
+    groups: dict[str, list[bool]] = {}
+    for e, ok in zip(examples, correct):
+        for key in (SUBJECTS.get(e.meta.get("subject")), grade_band(e.meta.get("grade"))):
+            if key is not None:
+                groups.setdefault(f"accuracy_{key}", []).append(ok)
+    return {k: float(np.mean(v)) for k, v in sorted(groups.items())}

@@ -7,6 +7,7 @@ from PIL import Image
 
 from dpbench.errors import DpbenchError
 from dpbench.tasks import scienceqa_embedded
+from dpbench.tasks.base import Example
 from dpbench.tasks.scienceqa import ScienceQA, build_prompt, read_scienceqa
 
 def test_prompt_is_lmms_eval_scienceqa_img():
@@ -82,3 +83,26 @@ def test_embedded_sample_is_large_varied_and_image_disjoint(isolated_cache):
     assert not public & set().union(*images.values())
     data = ScienceQA().load(None)
     assert data.source == "embedded-sample" and len(data.train) == len(splits["train"])
+
+
+class FixedScores:
+    """A model whose option scores are given: the argmax is the option at `picks[uid]`."""
+
+    def __init__(self, picks: dict[str, int]):
+        self.picks = picks
+
+    def choice_loglikelihoods(self, examples):
+        return [[0.0 if i == self.picks[e.uid] else -1.0 for i in range(len(e.choices))] for e in examples]
+
+
+def test_accuracy_is_broken_down_by_subject_and_grade_band_as_in_the_scienceqa_paper():
+    rows = [("natural science", "grade2", True), ("natural science", "grade8", False),
+            ("language science", "grade3", True), ("language science", "grade12", True),
+            ("social science", "grade5", False), ("natural science", "unknown", True)]
+    examples = [Example(uid=str(i), prompt="q", target="A", choices=("A", "B"), answer=0,
+                        meta={"subject": subject, "grade": grade}) for i, (subject, grade, _) in enumerate(rows)]
+    model = FixedScores({str(i): 0 if ok else 1 for i, (_, _, ok) in enumerate(rows)})
+    metrics = ScienceQA().evaluate(model, examples, batch_size=4)
+    assert metrics == pytest.approx({
+        "accuracy": 4 / 6, "accuracy_NAT": 2 / 3, "accuracy_LAN": 1.0, "accuracy_SOC": 0.0,
+        "accuracy_G1-6": 2 / 3, "accuracy_G7-12": 1 / 2})  # "unknown" has no band: 5 examples banded
