@@ -164,9 +164,9 @@ def pretrain_vision(model_wrapper, steps: int, batch_size: int, lr: float, seed:
 
 
 def pretrain(model_wrapper, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
+    """Stage 2: projector + language model on the multimodal and text corpus, vision frozen."""
     from dpbench.progress import progress
 
-    """Stage 2: projector + language model on the multimodal and text corpus, vision frozen."""
     torch.manual_seed(seed)
     model = model_wrapper.model
     model.train()
