@@ -67,12 +67,13 @@ def reference_steps(spec, target_epochs: float, n_data: int) -> int:
 
 def train_reference(spec, data: list[Example], seed: int, steps: int):
     from dpbench.methods.base import METHODS
+    from dpbench.models.lora import setup_parameters
     from dpbench.models.registry import load_model
 
     ref_spec = spec.replace(**{"method": "nonprivate", "method_options": {}, "training.seed": seed,
                                "training.steps": steps, "training.n_train": None})
     model = load_model(spec.model, spec.device)
-    model.set_trainable(spec.training.trainable.split(","))
+    setup_parameters(model, ref_spec)  # the target's LoRA adapters and trainable groups
     METHODS.get("nonprivate")().train(model, data, ref_spec, None)  # δ: unused without privacy
     return model
 

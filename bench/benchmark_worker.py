@@ -20,6 +20,7 @@ from dpbench.errors import DpbenchError
 def train_systems(spec) -> dict:
     """Train as `dpbench run` does; return peak memory per device, throughput and tokens kept."""
     from dpbench.methods.base import METHODS
+    from dpbench.models.lora import setup_parameters
     from dpbench.models.registry import load_model
     from dpbench.privacy import check_delta
     from dpbench.runner import check_names, run_delta, training_examples
@@ -35,7 +36,7 @@ def train_systems(spec) -> dict:
     if method.private:
         check_delta(delta, len(train))
     model = load_model(spec.model, spec.device)
-    model.set_trainable(spec.training.trainable.split(","))
+    setup_parameters(model, spec)
     method.prepare(model)
     with PeakMemory(spec.device) as memory:
         t0 = time.perf_counter()

@@ -48,6 +48,9 @@ def cli() -> None:
 @click.option("--seed", type=int, help="Seed for sampling, noise and initialisation. [default: 0]")
 @click.option("--n-train", type=int, help="Train on a random subset of this many examples.")
 @click.option("--trainable", help="Comma-separated parameter groups: vision_tower, projector, language_model.")
+@click.option("--lora", metavar="TEXT", help="LoRA adapters on the language model (with language_model in --trainable it "
+              "trains them only): r=R,alpha=A[,dropout=P][,targets=NAME,NAME...], e.g. r=8,alpha=16,targets=q_proj,v_proj; "
+              "'none' turns a config's off. [default: off]")
 @click.option("--device", help="cpu, cuda or cuda:N. [default: cpu]")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--attacks", help="Comma-separated membership-inference attacks for the audit.")
@@ -73,6 +76,11 @@ def run(**kw) -> None:
     flags = {**top, "privacy": privacy, "training": training, "audit": audit}
     if kw["options"]:
         flags["method_options"] = _parse_options(kw["options"])
+    if kw["lora"] is not None:  # every field (defaults filled in): it replaces a config's lora, never merges into it
+        from dpbench.models.lora import LoraSpec
+
+        lora = LoraSpec.from_value(kw["lora"])
+        flags["lora"] = lora.to_dict() if lora is not None else None
     if kw["attacks"] is not None:
         flags["attacks"] = [a.strip() for a in kw["attacks"].split(",") if a.strip()]
     spec = RunSpec.from_dict(merge(spec_dict, flags))

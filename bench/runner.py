@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS
+from dpbench.models.lora import merge_lora, setup_parameters
 from dpbench.models.registry import MODELS, load_model
 from dpbench.privacy import check_delta, default_delta
 from dpbench.results import write_json_atomic, write_result
@@ -75,7 +76,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     test = data.test[: spec.eval_limit] if spec.eval_limit else data.test
 
     model = load_model(spec.model, spec.device)
-    model.set_trainable(spec.training.trainable.split(","))
+    setup_parameters(model, spec)  # LoRA adapters (if any), then the trainable groups
     method.prepare(model)
     run_dir = runs_dir / spec.run_id()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
         t0 = time.perf_counter()
         report = method.train(model, fit, spec, delta)
         train_wall = time.perf_counter() - t0
+    total, trainable = model.parameter_counts()  # now: merging the adapters (below) removes them
 
     tokens_before = model.tokens_encoded
     t0 = time.perf_counter()
@@ -93,6 +95,8 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     eval_wall = time.perf_counter() - t0
     eval_tokens = model.tokens_encoded - tokens_before
     if save_checkpoint:
+        if spec.lora is not None:  # a plain HF checkpoint; the audit below then scores the merged model
+            merge_lora(model)
         model.model.save_pretrained(run_dir / "checkpoint")
         model.processor.save_pretrained(run_dir / "checkpoint")
 
@@ -109,7 +113,6 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
                                           delta=delta, target_epochs=report.epochs, run_dir=run_dir,
                                           canaries=canaries, log=log)
 
-    total, trainable = model.parameter_counts()
     result = {
         "schema_version": 1,
         "run_id": spec.run_id(),

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from dpbench.errors import DpbenchError
+from dpbench.models.lora import LoraSpec
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -61,10 +62,12 @@ class RunSpec:
     attacks: tuple[str, ...] = ("loss", "zlib", "mink", "mink++", "reference", "image", "lira", "rmia")
     audit: AuditSpec = field(default_factory=AuditSpec)
     eval_limit: int | None = None
+    lora: LoraSpec | None = None  # LoRA adapters on the language model; None: no adapters
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["attacks"] = list(self.attacks)
+        d["lora"] = self.lora.to_dict() if self.lora is not None else None
         return d
 
     @classmethod
@@ -80,6 +83,7 @@ class RunSpec:
         except TypeError as e:
             raise DpbenchError(f"bad run spec: {e}") from None
         d["attacks"] = tuple(d.get("attacks", cls.attacks))
+        d["lora"] = LoraSpec.from_value(d.get("lora"))
         return cls(privacy=privacy, training=training, audit=audit, **d).validated()
 
     def replace(self, **changes: Any) -> RunSpec:
@@ -117,10 +121,16 @@ class RunSpec:
             raise DpbenchError(f"audit.canaries must be 0 (off) or at least 2, got {a.canaries}")
         if a.reference_steps is not None and a.reference_steps < 1:
             raise DpbenchError(f"audit.reference_steps must be at least 1, got {a.reference_steps}")
+        if self.lora is not None and "language_model" not in [g.strip() for g in t.trainable.split(",")]:
+            raise DpbenchError("--lora adapts the language model: keep language_model in --trainable "
+                               "(with LoRA it trains the adapters only)")
         return self
 
     def spec_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        d = self.to_dict()
+        if d["lora"] is None:  # specs from before LoRA existed keep their hash, so their run ids
+            del d["lora"]
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def run_id(self) -> str:
