@@ -143,6 +143,19 @@ def validate(files: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
+@cli.command("lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                          "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lm_eval_command(args: tuple[str, ...]) -> None:
+    """lm-evaluation-harness with the `dpbench` model type and dpbench's task folder, e.g.
+    `dpbench lm-eval --model dpbench --model_args run_dir=runs/ID --tasks scienceqa_img_dpbench`."""
+    try:
+        from dpbench.lm_eval_model import main as lm_eval_main
+    except ImportError as e:
+        raise DpbenchError(f"lm-eval is not installed ({e}); pip install 'dpbench[lm-eval]'") from None
+    lm_eval_main(list(args))
+
+
 def _add_plugin_commands() -> None:
     from dpbench.benchmark import bench_command
     from dpbench.leaderboard.cli import leaderboard_command
