@@ -35,7 +35,7 @@ def cli() -> None:
 @cli.command()
 @click.option("--method", help="Fine-tuning method (see `dpbench list methods`). [default: dpsgd]")
 @click.option("--task", help="Task (see `dpbench list tasks`). [default: scienceqa]")
-@click.option("--model", help="Registered model name or a local LLaVA-family checkpoint folder. [default: tiny-llava]")
+@click.option("--model", help="Registered model name, or a local checkpoint folder (or cached hub id) of a LLaVA, Qwen2-VL or Idefics3/SmolVLM model. [default: tiny-llava]")
 @click.option("--data-dir", help="Local copy of the task's dataset; without it, the embedded sample is used.")
 @click.option("--epsilon", type=float, help="Target ε for the planned steps. [default: 8]")
 @click.option("--delta", type=float, help="δ. [default: 1/(10·n_train)]")

@@ -59,6 +59,7 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
                  secure_rng: bool = False, clipping: str = "per-sample") -> TrainReport:
     t, p = spec.training, spec.privacy
     check_clipping(clipping)
+    model.check_per_example_gradients()  # before anything is spent: some towers mix examples
     torch.manual_seed(t.seed)
     sample_rate = t.batch_size / len(data)
     sigma = calibrate_noise(

@@ -1,14 +1,19 @@
 """Visual-token pruning between the projector and the language model, usable by every method.
 
-A forward hook on the projector turns its (n_images, N, D) output into (n_images, k, D), and
-`VisionLanguageModel.encode` emits k image placeholders per image (positions are 1-D, so
-masks, position ids and labels stay consistent). Selection is per image, from that image's
-own vision features and its own prompt only: per-example gradients (and so Opacus' clipping)
-never mix examples. Kept tokens stay in their original order.
+A hook on the projector's output (LLaVA's projector, Idefics3's connector; for Qwen2-VL the
+per-image merger output that `get_image_features` returns) turns each image's N tokens into
+k, and `VisionLanguageModel.encode` emits k image placeholders per image, so masks and labels
+stay consistent. Positions: 1-D ones count the kept tokens; Qwen2-VL's 3-D M-RoPE positions
+give each kept token the position it has in the unpruned sequence (as FastV and VisionZip do
+for Qwen2-VL). Selection is per image, from that image's own vision features and its own
+prompt only: per-example gradients (and so Opacus' clipping) never mix examples. Kept tokens
+stay in their original order.
 
 Strategies (`STRATEGIES`, selected by name):
   cls-attention  the patches the vision tower's [CLS] attends to most (heads averaged, at the
-                 layer whose output LLaVA uses as features)
+                 layer whose output the projector reads); towers without a [CLS] (SigLIP in
+                 Idefics3, Qwen2-VL's ViT, LLaVA's "full" features) use the mean attention each
+                 token receives there instead
   text-guided    the projected tokens most cosine-similar to the mean input embedding of the
                  example's prompt text (target tokens excluded)
   merge          VisionZip: dominant tokens by [CLS] attention plus a few contextual tokens,
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dpbench.errors import DpbenchError
+from dpbench.models.architectures import mrope_positions
 from dpbench.registry import Registry
 
 TOKEN_PRUNING_OPTIONS: dict[str, Any] = {"token_pruning": None, "keep_ratio": 0.25, "keep_count": None}
@@ -64,29 +70,28 @@ class Images:
         self.pruner = pruner
         self.generator = pruner.generator
         self.noise_std = pruner.fused_noise_std if pruner.adapter.projector.training else 0.0
+        self.kept: torch.Tensor | None = None  # (n_images, k): which token each output token stands for
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The tokens at `idx` (n_images, k), in their original order; records them as kept."""
+        self.kept = idx.sort(-1).values.to(self.tokens.device)
+        return gather_tokens(self.tokens, self.kept)
 
     def cls_attention(self) -> torch.Tensor:
-        """(n_images, N): attention from [CLS] to each patch, heads averaged; without a dropped
-        [CLS] (feature strategy "full") the mean attention each token receives stands in."""
-        h, a = self.pruner.captured.get("vision"), self.pruner.adapter
-        if h is None or h.shape[0] != self.tokens.shape[0]:
+        """(n_images, N): attention from [CLS] to each token, heads averaged; without a [CLS]
+        the mean attention each token receives stands in (the adapter computes it)."""
+        captured = self.pruner.captured.get("vision")
+        scores = None
+        if captured is not None:
+            with torch.no_grad():
+                scores = self.pruner.adapter.attention_scores(*captured)
+        if scores is None or scores.shape != self.tokens.shape[:2]:
             raise DpbenchError("token pruning saw no vision-tower attention input for these images")
-        attn = a.vision_attention
-        with torch.no_grad():
-            n, t, _ = h.shape
-            heads = lambda x: x.view(n, x.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)  # noqa: E731
-            keys = heads(F.linear(h, attn.k_proj.weight, attn.k_proj.bias)).float()
-            queries = heads(F.linear(h[:, :1] if a.cls_dropped else h, attn.q_proj.weight, attn.q_proj.bias)).float()
-            weights = torch.softmax(queries @ keys.transpose(-1, -2) * attn.scale, -1).mean(1)  # (n, q, t)
-            scores = weights[:, 0, 1:] if a.cls_dropped else weights.mean(1)
         return scores.to(self.tokens.device)
 
     def text_query(self) -> torch.Tensor:
         """(n_images, D): mean input embedding of the prompt text of each image's example."""
-        lm = self.pruner.captured.get("lm")
-        if lm is None:
-            raise DpbenchError("token pruning saw no input_ids for these images")
-        ids, mask = lm
+        ids, mask = self.pruner.lm_inputs()
         model, image_id = self.pruner.model, self.pruner.model.image_token_id
         text = (ids != image_id) if mask is None else (mask == 1) & (ids != image_id)
         last = model.last_batch
@@ -118,21 +123,21 @@ def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 @STRATEGIES.register("cls-attention")
 def cls_attention(images: Images, k: int) -> torch.Tensor:
-    return gather_tokens(images.tokens, images.cls_attention().topk(k, -1).indices)
+    return images.take(images.cls_attention().topk(k, -1).indices)
 
 
 @STRATEGIES.register("text-guided")
 def text_guided(images: Images, k: int) -> torch.Tensor:
     query = images.text_query()
     similarity = F.cosine_similarity(images.tokens.detach().float(), query[:, None].float(), dim=-1)
-    return gather_tokens(images.tokens, similarity.topk(k, -1).indices)
+    return images.take(similarity.topk(k, -1).indices)
 
 
 @STRATEGIES.register("random")
 def random_tokens(images: Images, k: int) -> torch.Tensor:
     n, total = images.tokens.shape[:2]
     idx = torch.stack([torch.randperm(total, generator=images.generator)[:k] for _ in range(n)])
-    return gather_tokens(images.tokens, idx)
+    return images.take(idx)
 
 
 @STRATEGIES.register("merge")
@@ -143,7 +148,7 @@ def merge(images: Images, k: int) -> torch.Tensor:
     n_ctx = round(k * CONTEXTUAL_SHARE)
     dominant = images.cls_attention().topk(k - n_ctx, -1).indices.to(tokens.device)
     if n_ctx == 0:
-        return gather_tokens(tokens, dominant)
+        return images.take(dominant)
     is_dominant = torch.zeros(n, total, dtype=torch.bool, device=tokens.device).scatter_(1, dominant, True)
     rest = (~is_dominant).nonzero()[:, 1].view(n, -1)  # the others, in order, (n, R)
     step = max(1, rest.shape[1] // n_ctx)
@@ -161,12 +166,45 @@ def merge(images: Images, k: int) -> torch.Tensor:
         noise = torch.randn(contextual.shape, generator=images.generator).to(contextual)
         contextual = contextual + images.noise_std * noise
     order = torch.cat([dominant, centres], 1).argsort(-1)
+    images.kept = torch.cat([dominant, centres], 1).sort(-1).values  # a contextual token sits at its centre
     merged = torch.cat([take(dominant), contextual], 1)
     return merged.gather(1, order.unsqueeze(-1).expand(-1, -1, dim))
 
 
 # -- the per-architecture part -----------------------------------------------------------------
-class LlavaAdapter:
+def qk_attention(attn, hidden: torch.Tensor, cls_dropped: bool) -> torch.Tensor:
+    """(n, T'): CLIP/SigLIP-style attention (q_proj, k_proj) at `hidden` (n, T, D), heads
+    averaged: from [CLS] to the patches, or without a dropped [CLS] the mean each token receives."""
+    n = hidden.shape[0]
+    heads = lambda x: x.view(n, x.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)  # noqa: E731
+    keys = heads(F.linear(hidden, attn.k_proj.weight, attn.k_proj.bias)).float()
+    queries = heads(F.linear(hidden[:, :1] if cls_dropped else hidden, attn.q_proj.weight, attn.q_proj.bias)).float()
+    weights = torch.softmax(queries @ keys.transpose(-1, -2) * attn.scale, -1).mean(1)  # (n, q, T)
+    return weights[:, 0, 1:] if cls_dropped else weights.mean(1)
+
+
+class Adapter:
+    """Where pruning hooks into one architecture. By default the projector returns
+    (n_images, N, D) and the batch's positions are 1-D."""
+
+    projector: torch.nn.Module  # its output is pruned; its training flag gates the fused noise
+    lm_entry: torch.nn.Module  # called with the (pruned) input_ids and attention mask
+    vision_attention: torch.nn.Module  # the attention whose input the [CLS]/mean-attention cue reads
+    embeddings: torch.nn.Module  # input embeddings (text-guided)
+
+    def install(self, pruner: TokenPruner) -> list:
+        return [
+            self.vision_attention.register_forward_pre_hook(pruner._on_vision, with_kwargs=True),
+            self.lm_entry.register_forward_pre_hook(pruner._on_lm, with_kwargs=True),
+            self.projector.register_forward_hook(pruner._on_projector),
+        ]
+
+    def attention_scores(self, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """(n_images, N) from the vision attention's captured input."""
+        raise NotImplementedError
+
+
+class LlavaAdapter(Adapter):
     """LLaVA-1.5-style models: one projector call per batch of images, 1-D positions."""
 
     def __init__(self, hf_model):
@@ -182,8 +220,97 @@ class LlavaAdapter:
         self.vision_attention = layers[len(layers) + layer if layer < 0 else max(layer - 1, 0)].self_attn
         self.cls_dropped = cfg.vision_feature_select_strategy == "default"
 
+    def attention_scores(self, hidden, kwargs):
+        return qk_attention(self.vision_attention, hidden, self.cls_dropped)
 
-ADAPTERS = {"llava": LlavaAdapter}
+
+class Idefics3Adapter(Adapter):
+    """Idefics3 and SmolVLM: SigLIP (no [CLS]) -> pixel-shuffle connector -> Llama, 1-D positions."""
+
+    def __init__(self, hf_model):
+        inner = hf_model.model
+        self.projector = inner.connector
+        self.lm_entry = inner
+        self.embeddings = hf_model.get_input_embeddings()
+        self.vision_attention = inner.vision_model.encoder.layers[-1].self_attn  # the connector reads the last
+
+    def attention_scores(self, hidden, kwargs):
+        patches = qk_attention(self.vision_attention, hidden, cls_dropped=False)
+        # a connector token is a scale x scale block of patches: pool their scores the same way
+        return self.projector.pixel_shuffle(patches.unsqueeze(-1), self.projector.scale_factor).mean(-1)
+
+
+class Qwen2VLAdapter(Adapter):
+    """Qwen2-VL: a ViT over all images as one flat patch sequence -> 2 x 2 merger -> LM with
+    3-D M-RoPE positions. The model splits the merger's flat output per image (by
+    image_grid_thw) before the placeholders are filled, so pruning wraps `get_image_features`,
+    whose output is per image, rather than hooking the merger; the kept tokens' positions
+    (`mrope_positions`) then replace the batch's at the language model's entry."""
+
+    def __init__(self, hf_model):
+        inner = hf_model.model
+        self.hf_model, self.inner = hf_model, inner
+        self.projector = inner.visual.merger
+        self.lm_entry = inner
+        self.embeddings = hf_model.get_input_embeddings()
+        self.vision_attention = inner.visual.blocks[-1].attn  # the merger reads the last block
+        self.merge = inner.visual.spatial_merge_size
+        self.positions: torch.Tensor | None = None  # for the next language-model call
+
+    def install(self, pruner: TokenPruner) -> list:
+        original = self.inner.get_image_features
+
+        def pruned_features(pixel_values, image_grid_thw=None, **kwargs):
+            out = original(pixel_values, image_grid_thw, **kwargs)
+            ids, mask = pruner.lm_inputs()
+            out.pooler_output = tuple(pruner.prune(torch.stack(out.pooler_output)))
+            mask = torch.ones_like(ids) if mask is None else mask
+            self.positions = mrope_positions(self.hf_model, ids, mask, image_grid_thw, pruner.kept)
+            return out
+
+        self.inner.get_image_features = pruned_features  # an instance attribute: `remove` deletes it
+        return [
+            self.vision_attention.register_forward_pre_hook(pruner._on_vision, with_kwargs=True),
+            self.lm_entry.register_forward_pre_hook(pruner._on_lm, with_kwargs=True),
+            self.inner.language_model.register_forward_pre_hook(self._on_language_model, with_kwargs=True),
+            _Unpatch(self.inner, "get_image_features"),
+        ]
+
+    def _on_language_model(self, module, args, kwargs):
+        positions, self.positions = self.positions, None
+        embeds = kwargs.get("inputs_embeds")  # the model hands its language model embeddings, never ids
+        # only right after the images' own features (generation's later steps have no images)
+        if positions is not None and embeds is not None and positions.shape[1:] == embeds.shape[:2]:
+            kwargs["position_ids"] = positions.to(embeds.device)
+            return args, kwargs
+
+    def attention_scores(self, hidden, kwargs):
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+        attn, total = self.vision_attention, hidden.shape[0]
+        q, k, _ = attn.qkv(hidden).reshape(total, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = apply_rotary_pos_emb_vision(q, k, *kwargs["position_embeddings"])
+        n = len(kwargs["cu_seqlens"]) - 1  # images, all of one size; one at a time bounds the memory
+        q, k = (x.reshape(n, total // n, attn.num_heads, -1).transpose(1, 2).float() for x in (q, k))
+        received = torch.stack([torch.softmax(qi @ ki.transpose(-1, -2) * attn.scaling, -1).mean((0, 1))
+                                for qi, ki in zip(q, k)])  # (n, patches)
+        return received.view(n, -1, self.merge**2).mean(-1)  # a merged token is merge^2 adjacent patches
+
+
+class _Unpatch:
+    def __init__(self, obj, attribute: str):
+        self.obj, self.attribute = obj, attribute
+
+    def remove(self) -> None:
+        self.obj.__dict__.pop(self.attribute, None)
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "llava": LlavaAdapter,
+    "idefics3": Idefics3Adapter,
+    "smolvlm": Idefics3Adapter,
+    "qwen2_vl": Qwen2VLAdapter,
+}
 
 
 class TokenPruner:
@@ -201,27 +328,45 @@ class TokenPruner:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.fused_noise_std = 0.0  # merge: std of Gaussian noise on contextual tokens in training
         self.captured: dict[str, Any] = {}
-        self.handles = [
-            self.adapter.vision_attention.register_forward_pre_hook(self._on_vision, with_kwargs=True),
-            self.adapter.lm_entry.register_forward_pre_hook(self._on_lm, with_kwargs=True),
-            self.adapter.projector.register_forward_hook(self._on_projector),
-        ]
+        self.kept: torch.Tensor | None = None  # the latest images' kept token indices (n_images, k)
+        self.handles = self.adapter.install(self)
         model.visual_tokens_kept = self.k
 
     def _on_vision(self, module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # the attention's input
         if hidden is not None:
-            self.captured["vision"] = hidden.detach()
+            self.captured["vision"] = (hidden.detach(), kwargs)
 
     def _on_lm(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        self.captured["lm"] = None if ids is None else (ids, kwargs.get("attention_mask"))
+        if ids is None or kwargs.get("pixel_values") is None:  # no images in this call: nothing to keep
+            self.captured.pop("lm", None)
+        else:
+            self.captured["lm"] = (ids, kwargs.get("attention_mask"))
+
+    def lm_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """input_ids and attention mask of the batch the current images belong to: those the
+        language-model entry was called with or, when `generate` encodes the images before its
+        first forward, the latest `encode` batch (the one being generated from)."""
+        if "lm" in self.captured:
+            return self.captured["lm"]
+        last = self.model.last_batch
+        if last is None:
+            raise DpbenchError("token pruning saw no input_ids for these images")
+        return last["input_ids"], last["attention_mask"]
 
     def _on_projector(self, module, args, output: torch.Tensor) -> torch.Tensor:
+        return self.prune(output)
+
+    def prune(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n_images, N, D) -> (n_images, k, D); which tokens were kept lands in `self.kept`."""
         try:
-            if output.shape[1] != self.n:
-                raise DpbenchError(f"projector gave {output.shape[1]} tokens per image, expected {self.n}")
-            return self.strategy(Images(output, self), self.k)  # keep 1.0 runs it too: tested identity
+            if tokens.shape[1] != self.n:
+                raise DpbenchError(f"projector gave {tokens.shape[1]} tokens per image, expected {self.n}")
+            images = Images(tokens, self)
+            out = self.strategy(images, self.k)  # keep 1.0 runs it too: tested identity
+            self.kept = images.kept
+            return out
         finally:
             self.captured.clear()
 

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from dpbench.errors import DpbenchError
+from dpbench.models.architectures import architecture, mrope_positions
 from dpbench.tasks.base import Example
+
+
+def _per_sample_wrapper(module) -> bool:
+    """Whether `module` is Opacus' per-sample-gradient wrapper (both clipping modes)."""
+    from opacus.grad_sample import AbstractGradSampleModule
+
+    return isinstance(module, AbstractGradSampleModule)
 
 
 @lru_cache(maxsize=8192)
@@ -38,30 +46,28 @@ class ModelInfo:
 
 
 class VisionLanguageModel:
-    """Wraps an HF image-text-to-text model (LLaVA family) and its processor."""
+    """Wraps an HF image-text-to-text model (LLaVA, Idefics3/SmolVLM, Qwen2-VL) and its processor."""
 
     PIXEL_CACHE_BYTES = 256 * 2**20  # ~80k images at 16 px, ~180 at LLaVA-1.5's 336 px
 
-    # parameter groups selectable with `--trainable`, as module-name prefixes
-    PARAMETER_GROUPS = {
-        "vision_tower": ("model.vision_tower.",),
-        "projector": ("model.multi_modal_projector.",),
-        "language_model": ("model.language_model.", "lm_head."),
-    }
-
     def __init__(self, model, processor, info: ModelInfo, device: str = "cpu"):
+        self.arch = architecture(model.config.model_type)
+        self.arch.prepare_processor(processor, model)
+        # parameter groups selectable with `--trainable`, as module-name prefixes
+        self.PARAMETER_GROUPS = self.arch.parameter_groups
         self.model = model.to(device)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.info = info
         self.device = torch.device(device)
-        self.image_token_id = model.config.image_token_index
+        self.image_token_id = model.config.image_token_id
+        self._visual_tokens = self.arch.visual_tokens_per_image(model, processor)
         self.tokens_encoded = 0  # non-padding tokens handed to the model, for throughput
         self.visual_tokens_kept = self.visual_tokens_per_image  # token pruning lowers it
         self.last_batch: dict | None = None  # the latest `encode` output (text-guided pruning reads it)
         self._prompt_ids_cache: dict[Example, tuple[int, ...]] = {}
-        self._pixel_cache: dict[Path, torch.Tensor] = {}
+        self._pixel_cache: dict[Path, dict[str, torch.Tensor]] = {}
         self._pixel_cache_bytes = 0
 
     # -- encoding -------------------------------------------------------------------------
@@ -79,11 +85,11 @@ class VisionLanguageModel:
         Prompt and target are tokenised apart and concatenated (as lm-eval does), so the
         target's tokens are exactly those scored, whatever the tokenizer merges across them.
         """
-        rows, label_rows, pixels = [], [], []
+        rows, label_rows, images = [], [], []
         for i, example in enumerate(examples):
             ids, image = self._prompt_ids(example), self._pixels(example)
             if image is not None:
-                pixels.append(image)
+                images.append(image)
             target_ids = self._target_ids(targets[i]) if targets else []
             ids = self._keep_placeholders(list(ids))
             rows.append(ids + target_ids)
@@ -94,15 +100,15 @@ class VisionLanguageModel:
         labels = torch.tensor([[-100] * (width - len(r)) + r for r in label_rows])
         attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         self.tokens_encoded += int(attention_mask.sum())
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            # positions count real tokens only, so left padding changes nothing
-            "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
-            "labels": labels,
-        }
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if images:
+            batch.update({key: torch.cat([image[key] for image in images]) for key in self.arch.image_inputs})
+        if self.arch.mrope:  # the model's own 3-D positions; token pruning re-places the kept tokens
+            kept = torch.arange(self.visual_tokens_kept).expand(len(images), -1)
+            grid = batch.get("image_grid_thw")
+            batch["position_ids"] = mrope_positions(self.model, input_ids, attention_mask, grid, kept)
+        else:  # positions count real tokens only, so left padding changes nothing
+            batch["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         self.last_batch = {k: v.to(self.device) for k, v in batch.items()}
         return self.last_batch
 
@@ -114,20 +120,25 @@ class VisionLanguageModel:
         """The prompt's token ids, each image placeholder expanded to its visual tokens."""
         ids = self._prompt_ids_cache.get(example)
         if ids is None:  # the processor itself expands the placeholders (its count is per model)
-            images = [load_image(example.image)] if example.image is not None else None
+            images = [self._image(example.image)] if example.image is not None else None
             enc = self.processor(text=[self.prompt_text(example)], images=images, return_tensors=None, padding=False)
             ids = self._prompt_ids_cache[example] = tuple(enc["input_ids"][0])
         return ids
 
-    def _pixels(self, example: Example) -> torch.Tensor | None:
-        """The image's pixel values (1, C, H, W), kept while they fit `PIXEL_CACHE_BYTES`."""
+    def _image(self, path: Path) -> Image.Image:
+        return self.arch.prepare_image(load_image(Path(path)), self.processor)
+
+    def _pixels(self, example: Example) -> dict[str, torch.Tensor] | None:
+        """The image's model inputs (`pixel_values` and what travels with them), kept while
+        they fit `PIXEL_CACHE_BYTES`."""
         if example.image is None:
             return None
         key = Path(example.image)
         pixels = self._pixel_cache.get(key)
         if pixels is None:
-            pixels = self.processor.image_processor([load_image(key)], return_tensors="pt")["pixel_values"]
-            size = pixels.numel() * pixels.element_size()
+            out = self.processor.image_processor([self._image(key)], return_tensors="pt")
+            pixels = {k: out[k] for k in self.arch.image_inputs}
+            size = sum(v.numel() * v.element_size() for v in pixels.values())
             if self._pixel_cache_bytes + size <= self.PIXEL_CACHE_BYTES:
                 self._pixel_cache[key] = pixels
                 self._pixel_cache_bytes += size
@@ -160,6 +171,8 @@ class VisionLanguageModel:
         n_target = int((labels != -100).sum(-1).max())
         if n_target == 0:
             raise ValueError("batch has no target tokens")
+        if model is not None and _per_sample_wrapper(model):
+            self.check_per_example_gradients()
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         out = (model or self.model)(**inputs, logits_to_keep=n_target + 1)
         return out.logits[:, :-1].float(), labels[:, -n_target:]
@@ -224,8 +237,10 @@ class VisionLanguageModel:
         decoded without special tokens and stripped."""
         self.model.eval()
         batch = self.encode(examples)
-        # generate derives positions from the attention mask itself (left padding included)
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "position_ids")}
+        # generate derives 1-D positions from the attention mask itself (left padding included)
+        # and extends 3-D ones, which only the batch knows, by one per new token
+        drop = ("labels",) if self.arch.mrope else ("labels", "position_ids")
+        inputs = {k: v for k, v in batch.items() if k not in drop}
         out = self.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
@@ -253,10 +268,22 @@ class VisionLanguageModel:
                 names.append(name)
         return names
 
+    def check_per_example_gradients(self) -> None:
+        """DP-SGD needs every trainable layer to see one row per example (or per image, one
+        image an example); raise where a trainable group sees all images as one sequence."""
+        trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        flat = [g for g in self.arch.flat_groups if any(n.startswith(self.PARAMETER_GROUPS[g]) for n in trainable)]
+        if flat:
+            others = ",".join(g for g in self.PARAMETER_GROUPS if g not in self.arch.flat_groups)
+            raise DpbenchError(
+                f"{self.info.architecture}: DP-SGD cannot train {' or '.join(flat)} (its layers see all images as one "
+                f"flat sequence, so Opacus cannot tell examples apart); use --trainable {others}"
+            )
+
     def parameter_counts(self) -> tuple[int, int]:
         params = list(self.model.parameters())
         return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
     @property
     def visual_tokens_per_image(self) -> int:
-        return int(self.model.config.image_seq_length)
+        return self._visual_tokens

@@ -1,4 +1,5 @@
-"""Model loaders: registered names (the embedded default) and any local LLaVA-family checkpoint."""
+"""Model loaders: registered names (the embedded default) and any local checkpoint of a supported
+architecture (`dpbench.models.architectures`: LLaVA, Idefics3/SmolVLM, Qwen2-VL)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
+from dpbench.models.architectures import architecture
 from dpbench.models.base import ModelInfo, VisionLanguageModel
 from dpbench.registry import Registry
 
@@ -59,17 +62,22 @@ def _build_tiny_llava(path: str, vision_recipe: dict, lm_recipe: dict) -> None:
 
 
 def load_hf(path: str | Path, device: str, info: ModelInfo) -> VisionLanguageModel:
+    """A checkpoint folder (or hub-cache id) of any supported architecture; `info.architecture`
+    is replaced by the checkpoint's own `model_type`."""
     _quiet_transformers()
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     try:
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+        model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
+        arch = architecture(model_type)
+        processor = arch.load_processor(path)
+        # eager attention in every sub-model (vision tower included): faster than SDPA on CPU at
+        # small sizes, as before for LLaVA
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, attn_implementation="eager")
     except (OSError, ValueError) as e:
         raise DpbenchError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
-    model.config._attn_implementation = "eager"
     model.eval()
-    return VisionLanguageModel(model, processor, info, device=device)
+    return VisionLanguageModel(model, processor, replace(info, architecture=model_type), device=device)
 
 
 @MODELS.register("tiny-llava")
