@@ -28,6 +28,10 @@ class Example:
     answer: int | None = None  # index into choices
     group: str = ""  # identity of the image: examples sharing it stay in one split
     references: tuple[str, ...] = ()  # extra references for generation metrics
+    # generation tasks: the target is a whole answer, so training (and the audit's losses) also
+    # score the end-of-sequence token after it; without it a well-trained model never learns
+    # to stop and greedy decoding runs on to the token limit
+    ends_with_eos: bool = False
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 

@@ -71,6 +71,7 @@ def read_captions_split(root: Path, split: str) -> list[Example]:
                 image=coco_image(root, split, file_name),
                 group=str(image_id),
                 references=texts,
+                ends_with_eos=True,
             )
         )
     return examples

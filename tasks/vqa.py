@@ -131,6 +131,7 @@ def read_vqav2_split(root: Path, split: str) -> list[Example]:
                 image=images[image_id],
                 group=str(image_id),
                 references=answers,
+                ends_with_eos=True,
                 meta={"answer_type": ann.get("answer_type"), "question_type": ann.get("question_type")},
             )
         )

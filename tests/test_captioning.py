@@ -52,6 +52,7 @@ def test_official_layout_loads_one_example_per_image(tmp_path):
     assert first.prompt == PROMPT == "Provide a one-sentence caption for the provided image."
     assert data.train[1].image.suffix == ".png" and first.image.suffix == ".jpg"
     assert data.source == "local" and data.layout == "coco-captions"
+    assert all(e.ends_with_eos for part in (data.train, data.nonmembers, data.test) for e in part)  # captions stop
 
 
 def _cocoevalcap(monkeypatch, predictions, references):

@@ -40,3 +40,14 @@ def test_a_changed_prompt_or_image_is_encoded_anew(tiny_model, digit_examples):
     other_image = replace(a, image=b.image)
     torch.testing.assert_close(tiny_model.encode([other_image])["pixel_values"], tiny_model.encode([b])["pixel_values"])
     assert not torch.equal(tiny_model.encode([other_image])["pixel_values"], tiny_model.encode([a])["pixel_values"])
+
+
+def test_generation_targets_end_with_eos_and_choice_targets_do_not(tiny_model, digit_examples):
+    """A generation task's answer is trained to its end-of-sequence token, or greedy decoding
+    of a well-fitted model never stops; a multiple-choice letter is scored alone."""
+    choice = digit_examples[0]
+    answer = replace(choice, ends_with_eos=True)
+    labels = tiny_model.encode([choice, answer], [choice.target, choice.target])["labels"]
+    scored = [row[row != -100].tolist() for row in labels]
+    eos = tiny_model.tokenizer.eos_token_id
+    assert scored[1] == scored[0] + [eos] and eos not in scored[0]

@@ -132,6 +132,7 @@ def test_official_layout_loads_with_image_disjoint_val_halves(tmp_path):
     groups = [{e.group for e in part} for part in (data.train, data.nonmembers, data.test)]
     assert not groups[0] & groups[1] and not groups[0] & groups[2] and not groups[1] & groups[2]
     assert data.source == "local" and data.layout == "vqav2"
+    assert all(e.ends_with_eos for part in (data.train, data.nonmembers, data.test) for e in part)  # answers stop
 
 
 class ScriptedModel:

@@ -91,6 +91,8 @@ class VisionLanguageModel:
             if image is not None:
                 images.append(image)
             target_ids = self._target_ids(targets[i]) if targets else []
+            if targets and example.ends_with_eos:
+                target_ids = target_ids + [self.tokenizer.eos_token_id]
             ids = self._keep_placeholders(list(ids))
             rows.append(ids + target_ids)
             label_rows.append([-100] * len(ids) + target_ids)
