@@ -55,6 +55,7 @@ class Row:
     primary_metric: str
     higher_is_better: bool
     utility: Stat | None
+    zero_shot: Stat | None  # the pre-trained model on the same test split: what fine-tuning adds
     epsilon: Stat | None
     delta: Stat | None
     eps_hat: Stat | None
@@ -172,6 +173,7 @@ def make_row(results: list[dict[str, Any]]) -> Row:
         primary_metric=metric,
         higher_is_better=first["utility"].get("higher_is_better", True),
         utility=Stat.of(r["utility"]["metrics"].get(metric) for r in results),
+        zero_shot=Stat.of(r["model"]["zero_shot"].get(metric) for r in results),
         epsilon=Stat.of(r["privacy"]["epsilon"] for r in results),
         delta=Stat.of(r["privacy"]["delta"] for r in results),
         eps_hat=eps_hat,

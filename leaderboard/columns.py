@@ -87,6 +87,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "stat1": fmt_stat(1),
     "stat2": fmt_stat(2),
     "stat3": fmt_stat(3),
+    "mean3": lambda s: MISSING if s is None else f"{s.mean:.3f}",  # a figure seeds do not change
     "delta": fmt_delta,
     "target": fmt_target,
     "options": fmt_options,
@@ -101,6 +102,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("model", "Model", "text"),
     Column("target_epsilon", "Target ε", "target", description="privacy.epsilon of the run spec"),
     Column("utility", "Utility", "stat3", HIGHER, "the task's primary metric on the test split"),
+    Column("zero_shot", "Zero-shot", "mean3", description="the same metric of the pre-trained model, before fine-tuning"),
     Column("epsilon", "ε (accounted)", "stat2", LOWER, "privacy spent, from the accountant"),
     Column("delta", "δ", "delta"),
     Column("eps_hat", "ε̂ (audit)", "stat2", LOWER, "empirical ε lower bound of the strongest attack"),

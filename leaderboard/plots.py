@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -48,10 +49,14 @@ def frontier_data(rows: list[Row], task: str) -> Plot:
     varying = varying_attrs(task_rows)
     series: dict[str, list[list[float | None]]] = defaultdict(list)
     baselines = []
+    zero_shot = {}  # one line per pre-trained model (and dataset, device, where those vary)
     for r in task_rows:
         label = series_label(r, varying)
+        if r.zero_shot is not None:
+            key = series_label(replace(r, method="zero-shot", method_options=""), varying)
+            zero_shot.setdefault(f"{key} (pre-trained, no private data)", r.zero_shot.mean)
         if not r.private:
-            baselines.append({"label": label, "y": r.utility.mean})
+            baselines.append({"label": f"{label} (non-private)", "y": r.utility.mean})
         elif r.epsilon is not None:
             eps_hat = r.eps_hat.mean if r.eps_hat is not None else None
             series[label].append([r.epsilon.mean, r.utility.mean, r.utility.std or 0.0, eps_hat])
@@ -62,7 +67,7 @@ def frontier_data(rows: list[Row], task: str) -> Plot:
         "ylabel": ", ".join(metrics) or "utility",
         # Rows arrive in leaderboard order (baseline first, by method), so plots keep that order.
         "series": [{"label": k, "points": sorted(v)} for k, v in series.items()],
-        "baselines": baselines,
+        "baselines": baselines + [{"label": k, "y": v} for k, v in zero_shot.items()],
     }
 
 
@@ -106,7 +111,7 @@ def draw_frontier(plot: Plot) -> bytes:
             ax.scatter(*zip(*hat_points), facecolors="none", edgecolors=color, marker="D", s=40)
     for j, b in enumerate(plot["baselines"]):
         color = COLORS[(len(plot["series"]) + j) % len(COLORS)]
-        ax.axhline(b["y"], color=color, linestyle="--", label=mpl_text(b["label"]) + " (non-private)")
+        ax.axhline(b["y"], color=color, linestyle="--", label=mpl_text(b["label"]))
     if any(h is not None and h > 0 for s in plot["series"] for *_, h in s["points"]):
         ax.scatter([], [], facecolors="none", edgecolors="black", marker="D", label="◇ at ε̂ (audit lower bound)")
     if not plot["series"]:

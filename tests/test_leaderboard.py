@@ -128,9 +128,10 @@ def test_seeds_aggregate_to_mean_and_sample_std():
     assert row.seeds == (0, 1, 2)
     assert rows[2].utility == Stat(0.1, None, 1)  # one seed: no spread to report
     readme = render_markdown(rows, 5)
-    assert "| 0.700 ± 0.200 | 3.00 ± 0.10 |" in readme
+    zero = f"{results[0]['model']['zero_shot']['accuracy']:.3f}"  # the pre-trained model, next to utility
+    assert f"| 0.700 ± 0.200 | {zero} | 3.00 ± 0.10 |" in readme
     baseline_row = next(line for line in readme.splitlines() if line.startswith("| nonprivate"))
-    assert "| non-private | 0.950 | — | — | — | — | — | — | 512.0 |" in baseline_row  # no accounting, no audit
+    assert f"| non-private | 0.950 | {zero} | — | — | — | — | — | — | 512.0 |" in baseline_row  # no accounting, no audit
 
 
 def test_best_attack_is_the_one_with_highest_mean_over_seeds():
@@ -254,3 +255,15 @@ def test_the_committed_leaderboard_is_current(monkeypatch):
     monkeypatch.chdir(Path(__file__).parents[1])
     result = invoke("--check")
     assert result.exit_code == 0, result.output
+
+
+def test_frontier_draws_the_non_private_and_zero_shot_lines():
+    from dpbench.leaderboard.plots import frontier_data
+
+    private = make_result(accuracy=0.6)
+    baseline = make_result(method="nonprivate", epsilon=None, accuracy=0.95)
+    zero = private["model"]["zero_shot"]["accuracy"]
+    plot = frontier_data(aggregate([private, baseline]), private["spec"]["task"])
+    assert {(b["label"], b["y"]) for b in plot["baselines"]} == {
+        ("nonprivate (non-private)", 0.95), ("zero-shot (pre-trained, no private data)", zero)}
+    assert [s["points"][0][1] for s in plot["series"]] == [0.6]
