@@ -4,8 +4,8 @@ noise scale. Each test would fail if the DP wiring were wrong."""
 import pytest
 import torch
 from opacus import GradSampleModule
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from dpbench.methods import grad_samplers
 from dpbench.methods.opacus_training import train_dp_sgd
@@ -30,10 +30,13 @@ def one_by_one_grads(model, examples):
     return params, out
 
 
-def test_rms_norm_sampler_is_registered_and_matches_autograd():
-    assert GradSampleModule.GRAD_SAMPLERS[LlamaRMSNorm] is grad_samplers.llama_rms_norm_grad_sample
+@pytest.mark.parametrize("norm", grad_samplers.RMS_NORMS)
+def test_rms_norm_samplers_are_registered_and_match_autograd(norm):
+    """Llama's RMSNorm (tiny-llava, Idefics3/SmolVLM) and Qwen2-VL's: per-sample and ghost rules."""
+    assert GradSampleModule.GRAD_SAMPLERS[norm] is grad_samplers.llama_rms_norm_grad_sample
+    assert GradSampleModuleFastGradientClipping.NORM_SAMPLERS[norm] is grad_samplers.llama_rms_norm_norm_sample
     torch.manual_seed(0)
-    layer = LlamaRMSNorm(8)
+    layer = norm(8)
     layer.weight.data.normal_()
     x = torch.randn(4, 5, 8)
     reference = []
@@ -45,6 +48,7 @@ def test_rms_norm_sampler_is_registered_and_matches_autograd():
     (gsm(x.requires_grad_()) ** 2).sum().backward()
     for i in range(4):
         torch.testing.assert_close(layer.weight.grad_sample[i], reference[i], rtol=1e-5, atol=1e-6)
+    gsm._close()
 
 
 def test_per_example_gradients_of_the_llava_match_one_by_one_autograd(tiny_model, digit_examples):

@@ -14,12 +14,10 @@ not seen together, so fine-tuning has work to do.
 from __future__ import annotations
 
 import random
-import tempfile
 from pathlib import Path
 
 import torch
 
-from dpbench.cache import cache_dir
 from dpbench.tasks.base import Example
 from dpbench.tasks.digits import WORDS, public_digits
 
