@@ -29,6 +29,7 @@ class Method(ABC):
     name: str  # set by the registry decorator
     private: bool = True
     options: dict[str, Any] = {}  # option name -> default; unknown options are an error
+    per_example_gradients = False  # trains on per-example gradients (Opacus): checked in `prepare`
 
     def __init__(self, **options: Any):
         from dpbench.errors import DpbenchError
@@ -45,6 +46,8 @@ class Method(ABC):
     def prepare(self, model: VisionLanguageModel) -> None:
         """Change the model before training and evaluation: installs visual-token pruning when
         the options ask for it. Subclasses that override this call `super().prepare(model)`."""
+        if self.per_example_gradients:  # refuse before any run folder exists or anything is spent
+            model.check_per_example_gradients()
         if self.token_pruning is not None:
             self.pruner = install_token_pruning(model, self.token_pruning)
 

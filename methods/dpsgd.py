@@ -14,6 +14,7 @@ class DPSGD(Method):
     """DP-SGD through Opacus: per-example clipping, Gaussian noise, Poisson sampling, accounting."""
 
     options = {"secure_rng": False, "clipping": "per-sample"}  # or "ghost"
+    per_example_gradients = True
 
     def __init__(self, **options):
         super().__init__(**options)

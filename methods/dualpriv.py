@@ -34,6 +34,7 @@ class DualPriv(Method):
         "secure_rng": False,
         "clipping": "ghost",  # or "per-sample"
     }
+    per_example_gradients = True
 
     def __init__(self, **options):
         super().__init__(**options)

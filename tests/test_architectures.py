@@ -339,6 +339,19 @@ def test_dp_sgd_refuses_qwen2_vl_layers_that_see_no_examples(checkpoints, digit_
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
+@pytest.mark.parametrize("method", ["dpsgd", "dualpriv", "dualpriv-token", "dualpriv-update"])
+def test_every_per_example_gradient_method_refuses_in_prepare(checkpoints, method):
+    """The runner calls `prepare` before it makes the run folder: a refusal leaves nothing behind."""
+    from dpbench.methods.base import METHODS
+
+    model = checkpoints("qwen2_vl", fresh=True)
+    model.set_trainable(["projector", "language_model"])
+    with pytest.raises(DpbenchError, match="use --trainable language_model$"):
+        METHODS.get(method)().prepare(model)
+    model.set_trainable(["language_model"])
+    METHODS.get(method)().prepare(model)  # allowed
+
+
 # -- token pruning --------------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", STRATEGIES.names())
 def test_keep_ratio_one_is_the_unpruned_forward(model, examples, prune, strategy):
