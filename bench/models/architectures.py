@@ -4,7 +4,7 @@
 prefixes), how many visual tokens one image becomes, which image-processor outputs travel
 with `pixel_values`, how to load and set up the processor, and (Qwen2-VL) the 3-D positions.
 Token pruning keeps its own per-architecture adapters next to its hooks
-(`dpbench.methods.token_pruning.ADAPTERS`).
+(`dpbench.methods.pruning_adapters.ADAPTERS`).
 
 Every image becomes a fixed number of visual tokens (the DP unit is one example, and pruning
 keeps k of N per image): Idefics3/SmolVLM with image splitting off, Qwen2-VL with every image
