@@ -1,8 +1,10 @@
 """Group results that differ only by seed and summarise each figure as mean ± std over seeds.
 
-A configuration is (task, method, model, target ε, dataset source, method options) as the
+A configuration is (task, method, model, target ε, dataset source, options) as the
 leaderboard promises, plus the device the run measured on: peak memory and throughput from an
-H100 and from a laptop CPU cannot be averaged into one number.
+H100 and from a laptop CPU cannot be averaged into one number. "Options" are the method options
+and every other run-spec field that differs from its default (LoRA, lr, steps, attacks, ...):
+only results that differ by seed alone are averaged.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 
+from dpbench.spec import RunSpec
 
 NON_PRIVATE = None  # target ε of a non-private configuration
 
@@ -45,7 +49,7 @@ class Row:
 
     task: str
     method: str
-    method_options: str  # canonical JSON, "" when none
+    method_options: str  # canonical JSON of `options(spec)`, "" when none
     model: str
     target_epsilon: float | None
     dataset_source: str
@@ -103,13 +107,44 @@ def target_epsilon(result: dict[str, Any]) -> float | None:
     return NON_PRIVATE if eps is None else float(eps)
 
 
+# fields the configuration names in columns of their own, or that vary within one (the seed)
+NAMED_FIELDS = {"task", "method", "model", "device", "data_dir", "method_options", "privacy.epsilon", "training.seed"}
+
+
+SECTIONS = ("privacy", "training", "audit")  # the spec's nested dataclasses; other dicts (lora) are values
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if k in SECTIONS and isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@lru_cache(maxsize=1)
+def _default_spec() -> dict[str, Any]:
+    return _flat(RunSpec().to_dict())
+
+
+def options(spec: dict[str, Any]) -> str:
+    """Canonical JSON of the method options plus every other spec field off its default."""
+    defaults = _default_spec()
+    changed = {k: v for k, v in _flat(spec).items()
+               if k not in NAMED_FIELDS and k in defaults and v != defaults[k]}
+    merged = {**spec["method_options"], **changed}
+    return json.dumps(merged, sort_keys=True) if merged else ""
+
+
 def config_key(result: dict[str, Any]) -> tuple:
     spec = result["spec"]
-    options = json.dumps(spec["method_options"], sort_keys=True) if spec["method_options"] else ""
+    options_json = options(spec)
     eps = target_epsilon(result)
     # (False, 0) sorts non-private before every ε inside a tuple without comparing None.
     eps_sort = (False, 0.0) if eps is NON_PRIVATE else (True, eps)
-    return (spec["task"], spec["model"], method_rank(spec["method"]), spec["method"], options, eps_sort,
+    return (spec["task"], spec["model"], method_rank(spec["method"]), spec["method"], options_json, eps_sort,
             dataset_source(result), *device_label(result))
 
 
@@ -163,7 +198,7 @@ def make_row(results: list[dict[str, Any]]) -> Row:
     return Row(
         task=spec["task"],
         method=spec["method"],
-        method_options=json.dumps(spec["method_options"], sort_keys=True) if spec["method_options"] else "",
+        method_options=options(spec),
         model=spec["model"],
         target_epsilon=target_epsilon(first),
         dataset_source=dataset_source(first),

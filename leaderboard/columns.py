@@ -98,7 +98,8 @@ FORMATS: dict[str, Callable[[Any], str]] = {
 
 COLUMNS: tuple[Column, ...] = (
     Column("method", "Method", "text"),
-    Column("method_options", "Options", "options", description="method options of the run spec"),
+    Column("method_options", "Options", "options",
+           description="method options, and every other run-spec field that differs from its default"),
     Column("model", "Model", "text"),
     Column("target_epsilon", "Target ε", "target", description="privacy.epsilon of the run spec"),
     Column("utility", "Utility", "stat3", HIGHER, "the task's primary metric on the test split"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dpbench.leaderboard.aggregate import Stat, aggregate
+from dpbench.leaderboard.aggregate import Stat, aggregate, options
 from dpbench.leaderboard.cli import leaderboard_command
 from dpbench.leaderboard.render import build, render_markdown
 from dpbench.results import validation_errors, write_json_atomic
@@ -264,6 +264,22 @@ def test_frontier_draws_the_non_private_and_zero_shot_lines():
     baseline = make_result(method="nonprivate", epsilon=None, accuracy=0.95)
     zero = private["model"]["zero_shot"]["accuracy"]
     plot = frontier_data(aggregate([private, baseline]), private["spec"]["task"])
-    assert {(b["label"], b["y"]) for b in plot["baselines"]} == {
-        ("nonprivate (non-private)", 0.95), ("zero-shot (pre-trained, no private data)", zero)}
+    (base_label, base_y), (zero_label, zero_y) = [(b["label"], b["y"]) for b in plot["baselines"]]
+    assert base_label.startswith("nonprivate") and base_label.endswith(" (non-private)") and base_y == 0.95
+    assert (zero_label, zero_y) == ("zero-shot (pre-trained, no private data)", zero)
     assert [s["points"][0][1] for s in plot["series"]] == [0.6]
+
+
+def test_only_results_that_differ_by_seed_alone_are_averaged():
+    """A LoRA run or another learning rate is another configuration, named in Options."""
+    plain = [make_result(seed=s) for s in (0, 1)]
+    lora = make_result(seed=0, lora={"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]})
+    other_lr = make_result(seed=0, **{"training.lr": 1e-3})
+    rows = aggregate([*plain, lora, other_lr])
+    base = json.loads(options(plain[0]["spec"]) or "{}")  # the fixture's own off-default fields
+    by_extra = {frozenset(json.loads(r.method_options or "{}")) - frozenset(base): r for r in rows}
+    assert set(by_extra) == {frozenset(), frozenset({"lora"}), frozenset({"training.lr"})}
+    assert by_extra[frozenset()].n_seeds == 2 and by_extra[frozenset({"lora"})].n_seeds == 1
+    assert json.loads(by_extra[frozenset({"lora"})].method_options)["lora"]["r"] == 8
+    readme = render_markdown(rows, 4)
+    assert 'training.lr=0.001' in readme and 'lora={"alpha": 16.0, "dropout": 0.0, "r": 8' in readme
