@@ -87,33 +87,6 @@ def image_file(image) -> Path:
     return path
 
 
-@torch.no_grad()
-def score_choices(model: VisionLanguageModel, examples: list[Example]) -> list[list[tuple[float, bool]]]:
-    """(log-likelihood, is-greedy) of each choice of each example.
-
-    `VisionLanguageModel.choice_loglikelihoods`' computation step for step (same encoding, same
-    forward, same sums; the tests pin the equality), plus whether each continuation is the
-    model's greedy one, which lm-eval's interface asks for and that method does not return.
-    """
-    model.model.eval()
-    ids = [[model._target_ids(c) for c in e.choices] for e in examples]
-    if all(len(t) == 1 for row in ids for t in row):  # one forward; the next token scores every choice
-        batch = model.encode(examples)
-        logits = model.model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=1).logits
-        logp = torch.log_softmax(logits[:, -1].float(), -1)
-        best = logp.argmax(-1).tolist()
-        return [[(float(logp[i, t[0]]), best[i] == t[0]) for t in row] for i, row in enumerate(ids)]
-    flat = [(e, c) for e in examples for c in e.choices]
-    batch = model.encode([e for e, _ in flat], [c for _, c in flat])
-    logits, targets = model.forward_target_logits(batch)
-    logp = torch.log_softmax(logits, -1)
-    mask = targets != -100
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-    greedy = ((logp.argmax(-1) == targets) | ~mask).all(-1).tolist()
-    scored = iter(zip(picked.sum(-1).tolist(), greedy))
-    return [[next(scored) for _ in e.choices] for e in examples]
-
-
 def _device(device: str | None) -> str:
     # lm-eval's CLI passes cuda:0 unless told otherwise; like its `hf` model, fall back to the CPU
     if not device or device == "auto":
@@ -200,7 +173,7 @@ class DpbenchLM(LM):
         scores = {}
         for i in tqdm(range(0, len(examples), self.batch_size), disable=disable_tqdm, desc="dpbench loglikelihood"):
             chunk = examples[i : i + self.batch_size]
-            for e, row in zip(chunk, score_choices(self.vlm, chunk)):
+            for e, row in zip(chunk, self.vlm.choice_scores(chunk)):
                 scores.update({(e.prompt, e.image, c): s for c, s in zip(e.choices, row)})
         out = [scores[(e.prompt, e.image, c)] for e, c in keys]
         for req, result in zip(requests, out):

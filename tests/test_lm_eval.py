@@ -3,6 +3,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # read at import by datasets / huggingface_hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,11 +11,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import lm_eval  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from dpbench.errors import DpbenchError  # noqa: E402
-from dpbench.lm_eval_model import TASK_DIR, DpbenchLM, score_choices  # noqa: E402
+from dpbench.lm_eval_model import TASK_DIR, DpbenchLM  # noqa: E402
 from dpbench.methods.base import METHODS  # noqa: E402
 from dpbench.models.base import ModelInfo, load_image  # noqa: E402
 from dpbench.models.registry import load_hf  # noqa: E402
@@ -115,11 +117,19 @@ def test_multi_token_continuations_and_generation_match_dpbench(finished_run, ti
     got = lm.loglikelihood(requests, disable_tqdm=True)
     want = lm.vlm.choice_loglikelihoods(examples)
     np.testing.assert_allclose([ll for ll, _ in got], np.concatenate(want), atol=1e-4)
-    # `score_choices` is choice_loglikelihoods plus greedy flags, in both of its paths
-    for choices in (("A", "B"), ("one", "two three")):
-        chunk = [Example(e.uid, e.prompt, "", e.image, choices=choices) for e in test]
-        scored = score_choices(tiny_model, chunk)
-        np.testing.assert_allclose([[s for s, _ in row] for row in scored], tiny_model.choice_loglikelihoods(chunk))
+    # greedy flags: the model's own next token is greedy, any other choice is not
+    batch = tiny_model.encode(examples)
+    with torch.no_grad():
+        top = tiny_model.model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, -1].argmax(-1).tolist()
+    checked = 0
+    for e, t in zip(examples, top):
+        text = tiny_model.tokenizer.decode([t])
+        if text == "A" or tiny_model._target_ids(text) != [t]:  # not a clean round trip: no test case
+            continue
+        (ll_top, greedy_top), (ll_a, greedy_a) = tiny_model.choice_scores([replace(e, choices=(text, "A"))])[0]
+        assert greedy_top and not greedy_a and ll_top > ll_a
+        checked += 1
+    assert checked
 
     gen = [Instance("generate_until", {}, (e.prompt, {"until": ["\n\n"], "max_gen_toks": 4},
                                            {"visual": [load_image(e.image)]}), 0) for e in test[:2]]

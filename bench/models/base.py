@@ -213,25 +213,29 @@ class VisionLanguageModel:
     @torch.no_grad()
     def choice_loglikelihoods(self, examples: Sequence[Example]) -> list[list[float]]:
         """Sum log-likelihood of each choice continuation (lm-eval's multiple-choice rule)."""
+        return [[ll for ll, _ in row] for row in self.choice_scores(examples)]
+
+    @torch.no_grad()
+    def choice_scores(self, examples: Sequence[Example]) -> list[list[tuple[float, bool]]]:
+        """(sum log-likelihood, is greedy) of each choice continuation: what lm-eval's
+        `loglikelihood` returns per request."""
         self.model.eval()
-        single = all(len(self._target_ids(c)) == 1 for e in examples for c in e.choices)
-        if single:  # one forward over the prompt; the next-token distribution scores every choice
+        ids = [[self._target_ids(c) for c in e.choices] for e in examples]
+        if all(len(t) == 1 for row in ids for t in row):  # one forward; the next token scores every choice
             batch = self.encode(examples)
             logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}, logits_to_keep=1).logits
             logp = torch.log_softmax(logits[:, -1].float(), -1)
-            return [[float(logp[i, self._target_ids(c)[0]]) for c in e.choices] for i, e in enumerate(examples)]
-        flat_ex, flat_target = [], []
-        for e in examples:
-            flat_ex += [e] * len(e.choices)
-            flat_target += list(e.choices)
-        batch = self.encode(flat_ex, flat_target)
-        logp, mask = self.token_logprobs(batch)
-        totals = logp.sum(-1).tolist()
-        out, i = [], 0
-        for e in examples:
-            out.append(totals[i : i + len(e.choices)])
-            i += len(e.choices)
-        return out
+            best = logp.argmax(-1).tolist()
+            return [[(float(logp[i, t[0]]), best[i] == t[0]) for t in row] for i, row in enumerate(ids)]
+        flat = [(e, c) for e in examples for c in e.choices]
+        batch = self.encode([e for e, _ in flat], [c for _, c in flat])
+        logits, targets = self.forward_target_logits(batch)
+        logp = torch.log_softmax(logits, -1)
+        mask = targets != -100
+        picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        greedy = ((logp.argmax(-1) == targets) | ~mask).all(-1).tolist()
+        scored = iter(zip(picked.sum(-1).tolist(), greedy))
+        return [[next(scored) for _ in e.choices] for e in examples]
 
     @torch.no_grad()
     def generate(self, examples: Sequence[Example], max_new_tokens: int) -> list[str]:
