@@ -120,3 +120,19 @@ def write_layout_a():
 @pytest.fixture
 def write_layout_b():
     return _write_layout_b
+
+
+@pytest.fixture(scope="session")
+def autograd_grads():
+    """Reference per-example gradients of `params`: plain autograd, one example per backward."""
+
+    def grads(model, examples, params) -> list[list]:
+        out = []
+        for e in examples:
+            model.model.zero_grad(set_to_none=True)
+            model.per_example_loss(model.encode([e], [e.target])).sum().backward()
+            out.append([p.grad.detach().clone() for p in params])
+        model.model.zero_grad(set_to_none=True)
+        return out
+
+    return grads

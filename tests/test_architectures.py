@@ -267,16 +267,11 @@ def test_generate_gives_the_language_model_the_positions_hf_would(model, example
 
 # -- DP-SGD ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", [None, "merge"])
-def test_per_example_gradients_match_one_by_one_autograd(model, examples, prune, strategy):
+def test_per_example_gradients_match_one_by_one_autograd(model, examples, prune, strategy, autograd_grads):
     if strategy is not None:
         prune(strategy, keep_ratio=0.5)
     params = [p for n, p in model.model.named_parameters() if n in set(model.set_trainable(dp_groups(model)))]
-    reference = []
-    for e in examples:
-        model.model.zero_grad(set_to_none=True)
-        model.per_example_loss(model.encode([e], [e.target])).sum().backward()
-        reference.append([p.grad.detach().clone() for p in params])
-    model.model.zero_grad(set_to_none=True)
+    reference = autograd_grads(model, examples, params)
     gsm = GradSampleModule(model.model, loss_reduction="sum").train()  # hooks skip eval mode
     try:
         model.per_example_loss(model.encode(examples, [e.target for e in examples]), model=gsm).sum().backward()

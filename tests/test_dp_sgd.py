@@ -18,18 +18,6 @@ def trainable_lm_params(model):
     return [p for p in model.model.parameters() if p.requires_grad]
 
 
-def one_by_one_grads(model, examples):
-    """Reference: each example's gradient by plain autograd, one example per backward."""
-    params = trainable_lm_params(model)
-    out = []
-    for e in examples:
-        model.model.zero_grad(set_to_none=True)
-        model.per_example_loss(model.encode([e], [e.target])).sum().backward()
-        out.append([p.grad.detach().clone() for p in params])
-    model.model.zero_grad(set_to_none=True)
-    return params, out
-
-
 @pytest.mark.parametrize("norm", grad_samplers.RMS_NORMS)
 def test_rms_norm_samplers_are_registered_and_match_autograd(norm):
     """Llama's RMSNorm (tiny-llava, Idefics3/SmolVLM) and Qwen2-VL's: per-sample and ghost rules."""
@@ -51,9 +39,10 @@ def test_rms_norm_samplers_are_registered_and_match_autograd(norm):
     gsm._close()
 
 
-def test_per_example_gradients_of_the_llava_match_one_by_one_autograd(tiny_model, digit_examples):
+def test_per_example_gradients_of_the_llava_match_one_by_one_autograd(tiny_model, digit_examples, autograd_grads):
     examples = digit_examples[:4]
-    params, reference = one_by_one_grads(tiny_model, examples)
+    params = trainable_lm_params(tiny_model)
+    reference = autograd_grads(tiny_model, examples, params)
     gsm = GradSampleModule(tiny_model.model, loss_reduction="sum").train()  # hooks skip eval mode
     batch = tiny_model.encode(examples, [e.target for e in examples])  # left-padded, mixed lengths
     try:
@@ -68,9 +57,10 @@ def test_per_example_gradients_of_the_llava_match_one_by_one_autograd(tiny_model
         tiny_model.model.eval()
 
 
-def test_every_per_example_gradient_is_clipped_to_the_bound(tiny_model, digit_examples):
+def test_every_per_example_gradient_is_clipped_to_the_bound(tiny_model, digit_examples, autograd_grads):
     examples = digit_examples[:6]
-    params, reference = one_by_one_grads(tiny_model, examples)
+    params = trainable_lm_params(tiny_model)
+    reference = autograd_grads(tiny_model, examples, params)
     norms = torch.stack([torch.sqrt(sum((g**2).sum() for g in grads)) for grads in reference])
     C = float(norms.median())  # half the examples are above the bound, half below
     gsm = GradSampleModule(tiny_model.model).train()

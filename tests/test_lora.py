@@ -164,22 +164,12 @@ def test_adapter_init_is_seeded_and_leaves_the_global_generator_alone(tiny_model
 # -- per-example gradients ---------------------------------------------------------------------
 
 
-def one_by_one_grads(model, examples):
-    params = [p for p in model.model.parameters() if p.requires_grad]
-    out = []
-    for e in examples:
-        model.model.zero_grad(set_to_none=True)
-        model.per_example_loss(model.encode([e], [e.target])).sum().backward()
-        out.append([p.grad.detach().clone() for p in params])
-    model.model.zero_grad(set_to_none=True)
-    return params, out
-
-
-def test_opacus_per_sample_gradients_of_the_adapters_match_one_by_one_autograd(tiny_model, digit_examples):
+def test_opacus_per_sample_gradients_of_the_adapters_match_one_by_one_autograd(tiny_model, digit_examples, autograd_grads):
     model = adapted(tiny_model)
     randomise_b(model)
     examples = digit_examples[:4]
-    params, reference = one_by_one_grads(model, examples)
+    params = [p for p in model.model.parameters() if p.requires_grad]
+    reference = autograd_grads(model, examples, params)
     lora_ids = {id(p) for n, p in model.model.named_parameters() if is_adapter_parameter(n)}
     assert sum(id(p) in lora_ids for p in params) == N_LM_LAYERS * 4
     gsm = GradSampleModule(model.model, loss_reduction="sum").train()
@@ -196,13 +186,14 @@ def test_opacus_per_sample_gradients_of_the_adapters_match_one_by_one_autograd(t
 
 @pytest.mark.parametrize("clipping", ["per-sample", "ghost"])
 def test_dp_gradient_of_the_adapters_is_the_clipped_mean_in_both_clipping_modes(tiny_model, digit_examples,
-                                                                              monkeypatch, clipping):
+                                                                              monkeypatch, clipping, autograd_grads):
     """Noise off, sample rate 1: the released gradient must be Σ min(1, C/‖g_i‖) g_i / B."""
     monkeypatch.setattr(opacus_training, "calibrate_noise", lambda **_: 0.0)
     model = adapted(tiny_model)
     randomise_b(model)
     examples = digit_examples[:6]
-    params, reference = one_by_one_grads(model, examples)
+    params = [p for p in model.model.parameters() if p.requires_grad]
+    reference = autograd_grads(model, examples, params)
     norms = torch.stack([torch.sqrt(sum((g**2).sum() for g in grads)) for grads in reference])
     C = float(norms.median())
     seen = []
