@@ -21,13 +21,6 @@ from dpbench.models.architectures import architecture, mrope_positions
 from dpbench.tasks.base import Example
 
 
-def _per_sample_wrapper(module) -> bool:
-    """Whether `module` is Opacus' per-sample-gradient wrapper (both clipping modes)."""
-    from opacus.grad_sample import AbstractGradSampleModule
-
-    return isinstance(module, AbstractGradSampleModule)
-
-
 @lru_cache(maxsize=8192)
 def load_image(path: Path) -> Image.Image:
     try:
@@ -173,8 +166,6 @@ class VisionLanguageModel:
         n_target = int((labels != -100).sum(-1).max())
         if n_target == 0:
             raise ValueError("batch has no target tokens")
-        if model is not None and _per_sample_wrapper(model):
-            self.check_per_example_gradients()
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         out = (model or self.model)(**inputs, logits_to_keep=n_target + 1)
         return out.logits[:, :-1].float(), labels[:, -n_target:]
