@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from dpbench.errors import DpbenchError
+from dpbench.spec import EVAL_SPLITS
 
 
 def _option_value(text: str):
@@ -58,6 +59,9 @@ def cli() -> None:
 @click.option("--audit-references", type=int, help="Reference models for lira/rmia (0 skips them). [default: 2]")
 @click.option("--canaries", type=int, help="One-run canary audit with this many canaries (changes the training set). [default: 0]")
 @click.option("--eval-limit", type=int, help="Evaluate on the first N test examples only.")
+@click.option("--eval-split", type=click.Choice(EVAL_SPLITS),
+              help="Where utility is measured: test (default), or the held-out validation examples, "
+                   "to choose hyperparameters without looking at the test split.")
 @click.option("--config", type=click.Path(dir_okay=False), help="YAML/TOML run spec; flags override it.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--save-checkpoint", is_flag=True, help="Save the fine-tuned model in the run folder.")
@@ -67,7 +71,7 @@ def run(**kw) -> None:
     from dpbench.spec import RunSpec, load_spec_file, merge
 
     spec_dict = load_spec_file(kw["config"]) if kw["config"] else {}
-    top = {k: kw[k] for k in ("method", "task", "model", "data_dir", "device", "eval_limit") if kw[k] is not None}
+    top = {k: kw[k] for k in ("method", "task", "model", "data_dir", "device", "eval_limit", "eval_split") if kw[k] is not None}
     privacy = {k: kw[k] for k in ("epsilon", "delta", "accountant", "max_grad_norm") if kw[k] is not None}
     training = {
         k: kw[k] for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable") if kw[k] is not None

@@ -73,7 +73,8 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     delta = run_delta(spec, len(fit))
     if method.private:
         check_delta(delta, len(fit))
-    test = data.test[: spec.eval_limit] if spec.eval_limit else data.test
+    held_out = data.nonmembers if spec.eval_split == "validation" else data.test
+    test = held_out[: spec.eval_limit] if spec.eval_limit else held_out
 
     model = load_model(spec.model, spec.device)
     setup_parameters(model, spec)  # LoRA adapters (if any), then the trainable groups
@@ -140,6 +141,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
             "zero_shot": zero_shot,
         },
         "utility": {
+            "split": spec.eval_split,
             "primary_metric": task.primary_metric,
             "higher_is_better": task.higher_is_better,
             "metrics": metrics,

@@ -21,6 +21,9 @@ from dpbench.errors import DpbenchError
 from dpbench.models.lora import LoraSpec
 
 ACCOUNTANTS = ("rdp", "prv")
+# "validation": the task's held-out validation examples (never trained on; also the audit's
+# non-members), for choosing hyperparameters without looking at the test split
+EVAL_SPLITS = ("test", "validation")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class RunSpec:
     attacks: tuple[str, ...] = ("loss", "zlib", "mink", "mink++", "reference", "image", "lira", "rmia")
     audit: AuditSpec = field(default_factory=AuditSpec)
     eval_limit: int | None = None
+    eval_split: str = "test"
     lora: LoraSpec | None = None  # LoRA adapters on the language model; None: no adapters
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +125,8 @@ class RunSpec:
             raise DpbenchError(f"audit.canaries must be 0 (off) or at least 2, got {a.canaries}")
         if a.reference_steps is not None and a.reference_steps < 1:
             raise DpbenchError(f"audit.reference_steps must be at least 1, got {a.reference_steps}")
+        if self.eval_split not in EVAL_SPLITS:
+            raise DpbenchError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
         if self.lora is not None and "language_model" not in [g.strip() for g in t.trainable.split(",")]:
             raise DpbenchError("--lora adapts the language model: keep language_model in --trainable "
                                "(with LoRA it trains the adapters only)")
@@ -128,8 +134,12 @@ class RunSpec:
 
     def spec_hash(self) -> str:
         d = self.to_dict()
-        if d["lora"] is None:  # specs from before LoRA existed keep their hash, so their run ids
+        # fields added later are left out at their defaults, so older specs keep their hash
+        # (and their run ids)
+        if d["lora"] is None:
             del d["lora"]
+        if d["eval_split"] == "test":
+            del d["eval_split"]
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

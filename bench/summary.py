@@ -15,7 +15,7 @@ def _mib(n: int) -> str:
 def print_summary(result: dict, run_dir: Path) -> None:
     u, p, s = result["utility"], result["privacy"], result["systems"]
     table = Table(title=f"dpbench run {result['run_id']}", show_header=False)
-    table.add_row("data", f"{result['dataset']['task']} ({result['dataset']['source']}), {result['dataset']['n_train']} train / {result['dataset']['n_test']} test")
+    table.add_row("data", f"{result['dataset']['task']} ({result['dataset']['source']}), {result['dataset']['n_train']} train / {result['dataset']['n_test']} {u.get('split', 'test')}")
     table.add_row("model", f"{result['model']['name']} ({result['model']['source']}), {result['model']['parameters_trainable']:,} of {result['model']['parameters_total']:,} params trained")
     for name, value in u["metrics"].items():
         zs = result["model"]["zero_shot"].get(name)

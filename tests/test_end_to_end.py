@@ -64,6 +64,30 @@ def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
     assert result["audit"] is None
 
 
+def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoint, tmp_path, monkeypatch):
+    from dpbench.tasks.scienceqa import ScienceQA
+
+    scored, evaluate = [], ScienceQA.evaluate
+
+    def spy(self, model, examples, **kw):
+        scored.append([e.uid for e in examples])
+        return evaluate(self, model, examples, **kw)
+
+    monkeypatch.setattr(ScienceQA, "evaluate", spy)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("run", "--method", "nonprivate", "--model", str(checkpoint), "--steps", "1", "--batch-size", "4",
+                   "--n-train", "8", "--eval-limit", "6", "--eval-split", "validation", "--no-audit") == 0
+    data = ScienceQA().load(None)
+    validation = [e.uid for e in data.nonmembers[:6]]
+    assert scored == [validation, validation]  # the fine-tuned model, then zero-shot
+    assert not set(validation) & {e.uid for e in data.test + data.train}
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert validation_errors(result) == []
+    assert result["utility"]["split"] == "validation" and result["spec"]["eval_split"] == "validation"
+    assert result["dataset"]["n_test"] == 6
+
+
 def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
     monkeypatch.setattr(registry, "PRETRAIN_VISION", dict(steps=2, batch_size=8, lr=1e-3, seed=0))
     monkeypatch.setattr(registry, "PRETRAIN", dict(steps=2, batch_size=4, lr=1e-3, seed=0))
