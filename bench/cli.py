@@ -58,7 +58,7 @@ def cli() -> None:
 @click.option("--no-audit", is_flag=True, help="Skip the membership-inference audit.")
 @click.option("--audit-references", type=int, help="Reference models for lira/rmia (0 skips them). [default: 2]")
 @click.option("--canaries", type=int, help="One-run canary audit with this many canaries (changes the training set). [default: 0]")
-@click.option("--eval-limit", type=int, help="Evaluate on the first N test examples only.")
+@click.option("--eval-limit", type=int, help="Evaluate on the first N examples of the evaluation split only.")
 @click.option("--eval-split", type=click.Choice(EVAL_SPLITS),
               help="Where utility is measured: test (default), or the held-out validation examples, "
                    "to choose hyperparameters without looking at the test split.")

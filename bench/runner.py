@@ -73,8 +73,8 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     delta = run_delta(spec, len(fit))
     if method.private:
         check_delta(delta, len(fit))
-    held_out = data.nonmembers if spec.eval_split == "validation" else data.test
-    test = held_out[: spec.eval_limit] if spec.eval_limit else held_out
+    scored = data.nonmembers if spec.eval_split == "validation" else data.test
+    scored = scored[: spec.eval_limit] if spec.eval_limit else scored
 
     model = load_model(spec.model, spec.device)
     setup_parameters(model, spec)  # LoRA adapters (if any), then the trainable groups
@@ -92,7 +92,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
 
     tokens_before = model.tokens_encoded
     t0 = time.perf_counter()
-    metrics = task.evaluate(model, test)
+    metrics = task.evaluate(model, scored)
     eval_wall = time.perf_counter() - t0
     eval_tokens = model.tokens_encoded - tokens_before
     if save_checkpoint:
@@ -103,7 +103,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
 
     # the base model, reloaded: zero-shot utility, and the audit's reference model
     base = load_model(spec.model, spec.device)
-    zero_shot = task.evaluate(base, test)
+    zero_shot = task.evaluate(base, scored)
 
     audit_section, scores = None, {}
     if audit and (spec.attacks or canaries):
@@ -129,7 +129,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
             "n_canaries": len(fit) - len(train),
             "n_members": audit_section["n_members"] if audit_section else 0,
             "n_nonmembers": audit_section["n_nonmembers"] if audit_section else 0,
-            "n_test": len(test),
+            "n_test": len(scored),
         },
         "model": {
             "name": model.info.name,
@@ -160,7 +160,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
             "device": spec.device,
             "peak_memory": memory.records,
             "train": throughput(train_wall, report.samples, report.tokens),
-            "eval": throughput(eval_wall, len(test), eval_tokens),
+            "eval": throughput(eval_wall, len(scored), eval_tokens),
             "total_wall_s": time.perf_counter() - started,
             "visual_tokens": {"before": model.visual_tokens_per_image, "after": model.visual_tokens_kept},
         },

@@ -24,6 +24,9 @@ ACCOUNTANTS = ("rdp", "prv")
 # "validation": the task's held-out validation examples (never trained on; also the audit's
 # non-members), for choosing hyperparameters without looking at the test split
 EVAL_SPLITS = ("test", "validation")
+# fields added after results were committed, with their defaults: a spec at the default leaves
+# the field out of its hash, so older specs keep their hash (and their run ids)
+HASH_OMITTED_AT_DEFAULT = {"lora": None, "eval_split": "test"}
 
 
 @dataclass(frozen=True)
@@ -134,12 +137,9 @@ class RunSpec:
 
     def spec_hash(self) -> str:
         d = self.to_dict()
-        # fields added later are left out at their defaults, so older specs keep their hash
-        # (and their run ids)
-        if d["lora"] is None:
-            del d["lora"]
-        if d["eval_split"] == "test":
-            del d["eval_split"]
+        for name, default in HASH_OMITTED_AT_DEFAULT.items():
+            if d[name] == default:
+                del d[name]
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -22,6 +22,7 @@ def test_round_trip_and_stable_hash():
         ({"privacy.accountant": "gdp"}, "accountant"),
         ({"training.steps": 0}, "steps"),
         ({"training.lr": 0.0}, "lr"),
+        ({"eval_split": "train"}, "eval_split must be one of test, validation"),
     ],
 )
 def test_invalid_values_are_rejected_with_a_clear_message(change, message):

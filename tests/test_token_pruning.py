@@ -84,16 +84,12 @@ def test_pruned_batches_keep_text_masks_and_labels_aligned(tiny_model, examples,
 
 
 @pytest.mark.parametrize("strategy", DETERMINISTIC)
-def test_per_example_gradients_with_pruning_match_one_by_one_autograd(tiny_model, examples, prune, strategy):
+def test_per_example_gradients_with_pruning_match_one_by_one_autograd(tiny_model, examples, prune, strategy,
+                                                                      autograd_grads):
     prune(strategy, keep_ratio=0.25)
     tiny_model.set_trainable(["projector", "language_model"])
     params = [p for p in tiny_model.model.parameters() if p.requires_grad]
-    reference = []
-    for e in examples:
-        tiny_model.model.zero_grad(set_to_none=True)
-        tiny_model.per_example_loss(tiny_model.encode([e], [e.target])).sum().backward()
-        reference.append([p.grad.detach().clone() for p in params])
-    tiny_model.model.zero_grad(set_to_none=True)
+    reference = autograd_grads(tiny_model, examples, params)
     gsm = GradSampleModule(tiny_model.model, loss_reduction="sum").train()
     batch = tiny_model.encode(examples, [e.target for e in examples])
     tiny_model.per_example_loss(batch, model=gsm).sum().backward()
