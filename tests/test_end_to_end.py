@@ -89,11 +89,13 @@ def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoin
 
 
 def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
+    monkeypatch.setattr(registry, "PRETRAIN_LANGUAGE", dict(steps=2, batch_size=4, lr=1e-3, seed=0, n=16))
     monkeypatch.setattr(registry, "PRETRAIN_VISION", dict(steps=2, batch_size=8, lr=1e-3, seed=0))
     monkeypatch.setattr(registry, "PRETRAIN", dict(steps=2, batch_size=4, lr=1e-3, seed=0))
     loader = registry.TinyLlava()
     path = loader.ensure_built()
     assert (path / "config.json").is_file() and (path / "pretrain_loss.txt").is_file()
+    assert (path / "pretrain_language_loss.txt").is_file()
     stamp = (path / "config.json").stat().st_mtime_ns
     model = loader.load("cpu")
     assert model.info.source == "embedded-pretrained" and (path / "config.json").stat().st_mtime_ns == stamp

@@ -1,5 +1,7 @@
 """Public pre-training of the embedded tiny LLaVA, cached on disk, in LLaVA's own stages.
 
+Stage 0 (the base language model, as Llama is trained before LLaVA exists): next-token
+prediction on every token of a text-only corpus of number facts and lettered multiple choice.
 Stage 1 (the vision encoder, as CLIP is trained before LLaVA exists): the vision tower
 learns to tell the ten digit classes apart on the public images, with shifted copies as
 augmentation. Stage 2 (LLaVA's alignment + instruction tuning, vision tower frozen): the
@@ -17,11 +19,12 @@ import random
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from dpbench.tasks.base import Example
 from dpbench.tasks.digits import WORDS, public_digits
 
-CORPUS_VERSION = 5
+CORPUS_VERSION = 6
 SHIFTS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
 # LLaVA-1.5's instruction mix asks multiple choice in this very form (A-OKVQA, ScienceQA-style)
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -121,11 +124,59 @@ def corpus(folder: Path, seed: int = 0) -> list[Example]:
     return examples
 
 
+def language_corpus(n: int, seed: int = 1) -> list[Example]:
+    """Stage 0's text: fresh draws of the same text-only kinds (own seed), no images."""
+    return _text_examples(random.Random(seed), n)
+
+
 def tokenizer_corpus(examples: list[Example]) -> list[str]:
     """Text for the BPE merges: the pre-training corpus and the chat template's words."""
     return [f"USER: {e.prompt} ASSISTANT: {e.target}" for e in examples] + [
         "Context: Which digit is shown in the image? Which word names the number in the image?"
     ]
+
+
+def _text_token_loss(model_wrapper, batch: dict) -> torch.Tensor:
+    """Mean next-token NLL over every real token of the batch (prompt and answer, no pads)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model_wrapper.model(**inputs).logits[:, :-1].float()
+    nxt = batch["input_ids"][:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), nxt, reduction="none")
+    mask = (batch["attention_mask"][:, 1:] == 1).float()
+    return (nll * mask).sum() / mask.sum()
+
+
+def pretrain_language(model_wrapper, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
+    """Stage 0: the language model alone learns its text as a language model does, on every
+    token. Answer-only loss never taught this model to match an answer to its option letter:
+    from scratch on lettered multiple choice alone it stayed at chance (0.31 after 4,000 steps)
+    while next-token loss on every token reached 1.00 by 2,500 steps. Predicting an option
+    that repeats a number from the question is what trains the copying (induction) circuit
+    the letter lookup needs."""
+    from dpbench.progress import progress
+
+    torch.manual_seed(seed)
+    model = model_wrapper.model
+    model.train()
+    params = [p for p in model.model.language_model.parameters()] + list(model.lm_head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    rng = random.Random(seed)
+    losses = []
+    with progress() as bar:
+        task = bar.add_task("pre-training stage 0: language model", total=steps)
+        for _ in range(steps):
+            part = rng.sample(examples, batch_size)
+            loss = _text_token_loss(model_wrapper, model_wrapper.encode(part, [e.target + "</s>" for e in part]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, description=f"pre-training stage 0: language model loss {losses[-1]:.3f}")
+    model.eval()
+    return losses
 
 
 def pretrain_vision(model_wrapper, steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
