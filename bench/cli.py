@@ -45,7 +45,7 @@ def cli() -> None:
 @click.option("--steps", type=int, help="Optimisation steps (logical batches). [default: 150]")
 @click.option("--batch-size", type=int, help="Expected logical batch size (Poisson sampling). [default: 64]")
 @click.option("--physical-batch-size", type=int, help="Largest batch per forward/backward (memory bound). [default: 32]")
-@click.option("--lr", type=float, help="Learning rate (Adam). [default: 2e-3]")
+@click.option("--lr", type=float, help="Learning rate (Adam). [default: the method's, see `dpbench list methods`]")
 @click.option("--seed", type=int, help="Seed for sampling, noise and initialisation. [default: 0]")
 @click.option("--n-train", type=int, help="Train on a random subset of this many examples.")
 @click.option("--trainable", help="Comma-separated parameter groups: vision_tower, projector, language_model.")
@@ -113,8 +113,12 @@ def list_(kind: str) -> None:
     """List the registered methods, tasks, attacks or models."""
     registry = _registry(kind)
     for name in registry.names():
-        doc = (registry.get(name).__doc__ or "").strip().splitlines()
-        click.echo(f"{name:16s} {doc[0] if doc else ''}")
+        obj = registry.get(name)
+        doc = (obj.__doc__ or "").strip().splitlines()
+        line = doc[0] if doc else ""
+        if kind == "methods":  # the default learning rate, which differs between methods
+            line = f"{'lr ' + format(obj.default_lr, 'g') if obj.default_lr else 'lr: option':12s}{line}"
+        click.echo(f"{name:16s} {line}")
 
 
 def _registry(kind: str):

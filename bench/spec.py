@@ -42,7 +42,7 @@ class TrainingSpec:
     steps: int = 150
     batch_size: int = 64  # expected logical batch under Poisson sampling
     physical_batch_size: int = 32  # bounds memory: Opacus' BatchMemoryManager splits logical batches
-    lr: float = 2e-3
+    lr: float | None = None  # None: the method's `default_lr` (DP and non-private optima differ)
     seed: int = 0
     n_train: int | None = None  # None: every training example of the task
     trainable: str = "projector,language_model"
@@ -70,6 +70,11 @@ class RunSpec:
     eval_limit: int | None = None
     eval_split: str = "test"
     lora: LoraSpec | None = None  # LoRA adapters on the language model; None: no adapters
+
+    def __post_init__(self) -> None:
+        # Resolved here, so the stored spec (and its hash) names the learning rate actually used.
+        if self.training.lr is None and (lr := method_default_lr(self.method)) is not None:
+            object.__setattr__(self, "training", dataclasses.replace(self.training, lr=lr))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -117,7 +122,7 @@ class RunSpec:
         for name in ("steps", "batch_size", "physical_batch_size"):
             if getattr(t, name) < 1:
                 raise DpbenchError(f"{name} must be at least 1, got {getattr(t, name)}")
-        if not t.lr > 0:
+        if t.lr is not None and not t.lr > 0:  # None: a method that takes no Adam lr (dpzo), or an unknown one
             raise DpbenchError(f"lr must be positive, got {t.lr}")
         if t.n_train is not None and t.n_train < 2:
             raise DpbenchError(f"n_train must be at least 2, got {t.n_train}")
@@ -147,6 +152,13 @@ class RunSpec:
         eps = "inf" if self.privacy.epsilon is None or self.method == "nonprivate" else f"{self.privacy.epsilon:g}"
         model = Path(self.model).name.replace("/", "_")
         return f"{self.task}-{self.method}-eps{eps}-{model}-s{self.training.seed}-{self.spec_hash()}"
+
+
+def method_default_lr(method: str) -> float | None:
+    """The registered method's default learning rate; None for a name not registered."""
+    from dpbench.methods.base import METHODS  # here: the methods import this module
+
+    return METHODS.get(method).default_lr if method in METHODS else None
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

@@ -124,14 +124,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@lru_cache(maxsize=1)
-def _default_spec() -> dict[str, Any]:
-    return _flat(RunSpec().to_dict())
+@lru_cache
+def _default_spec(method: str) -> dict[str, Any]:
+    return _flat(RunSpec(method=method).to_dict())  # per method: the default lr is the method's
 
 
 def options(spec: dict[str, Any]) -> str:
     """Canonical JSON of the method options plus every other spec field off its default."""
-    defaults = _default_spec()
+    defaults = _default_spec(spec["method"])
     changed = {k: v for k, v in _flat(spec).items()
                if k not in NAMED_FIELDS and k in defaults and v != defaults[k]}
     merged = {**spec["method_options"], **changed}

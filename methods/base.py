@@ -29,6 +29,9 @@ class Method(ABC):
     name: str  # set by the registry decorator
     private: bool = True
     options: dict[str, Any] = {}  # option name -> default; unknown options are an error
+    # Adam's learning rate when the spec gives none; None: the method does not use spec.training.lr.
+    # Chosen on the embedded ScienceQA validation split (README, "Learning rates").
+    default_lr: float | None = 1e-3
     per_example_gradients = False  # trains on per-example gradients (Opacus): checked in `prepare`
 
     def __init__(self, **options: Any):

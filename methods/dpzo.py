@@ -162,6 +162,7 @@ class DPZO(Method):
     """DP zeroth-order optimisation: two forward passes per example and direction, no autograd."""
 
     # lr: SGD step along z (spec.training.lr is Adam's and is not used); tuned on the embedded default
+    default_lr = None
     options = {"directions": 1, "mu": 1e-3, "lr": 1e-2, "lr_schedule": "constant", "secure_rng": False}
 
     def __init__(self, **options):

@@ -27,7 +27,7 @@ def make_result(method: str = "dpsgd", epsilon: float | None = 3.0, seed: int = 
     """The fixture result with its spec (and the fields that follow from it) replaced."""
     r = copy.deepcopy(json.loads(FIXTURE.read_text()))
     spec = RunSpec.from_dict(r["spec"]).replace(method=method, model=model, **{
-        "privacy.epsilon": epsilon, "training.seed": seed, **spec_changes})
+        "privacy.epsilon": epsilon, "training.seed": seed, "training.lr": None, **spec_changes})  # None: the method's
     r["spec"] = spec.to_dict()
     r["run_id"] = re.sub(r"[^A-Za-z0-9._+-]", "", spec.run_id())  # hostile names are not valid ids
     r["utility"]["metrics"]["accuracy"] = accuracy
@@ -274,7 +274,7 @@ def test_only_results_that_differ_by_seed_alone_are_averaged():
     """A LoRA run or another learning rate is another configuration, named in Options."""
     plain = [make_result(seed=s) for s in (0, 1)]
     lora = make_result(seed=0, lora={"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]})
-    other_lr = make_result(seed=0, **{"training.lr": 1e-3})
+    other_lr = make_result(seed=0, **{"training.lr": 3e-3})
     rows = aggregate([*plain, lora, other_lr])
     base = json.loads(options(plain[0]["spec"]) or "{}")  # the fixture's own off-default fields
     by_extra = {frozenset(json.loads(r.method_options or "{}")) - frozenset(base): r for r in rows}
@@ -282,4 +282,4 @@ def test_only_results_that_differ_by_seed_alone_are_averaged():
     assert by_extra[frozenset()].n_seeds == 2 and by_extra[frozenset({"lora"})].n_seeds == 1
     assert json.loads(by_extra[frozenset({"lora"})].method_options)["lora"]["r"] == 8
     readme = render_markdown(rows, 4)
-    assert 'training.lr=0.001' in readme and 'lora={"alpha": 16.0, "dropout": 0.0, "r": 8' in readme
+    assert 'training.lr=0.003' in readme and 'lora={"alpha": 16.0, "dropout": 0.0, "r": 8' in readme
