@@ -16,10 +16,10 @@ from dpbench.spec import RunSpec
 def test_defaults_and_ablations_share_one_implementation():
     full, token, update = (METHODS.get(n)() for n in ("dualpriv", "dualpriv-token", "dualpriv-update"))
     assert all(isinstance(m, DualPriv) for m in (full, token, update))
-    assert (full.token_pruning.strategy, full.token_pruning.keep_ratio) == ("merge", 0.25)
-    assert full.opts["update_keep"] == 0.3
-    assert token.token_pruning.strategy == "merge" and token.update_pruner() is None
-    assert update.token_pruning is None and update.update_pruner().keep == 0.3
+    assert (full.token_pruning.strategy, full.token_pruning.keep_ratio) == ("random", 0.25)
+    assert full.opts["update_keep"] == 0.6
+    assert token.token_pruning.strategy == "random" and token.update_pruner() is None
+    assert update.token_pruning is None and update.update_pruner().keep == 0.6
     assert [METHODS.get(n).name for n in ("dualpriv", "dualpriv-token", "dualpriv-update")] == [
         "dualpriv", "dualpriv-token", "dualpriv-update"]
     custom = METHODS.get("dualpriv")(token_pruning="text-guided", update_scope="global")
@@ -38,7 +38,7 @@ def test_dualpriv_trains_and_records_its_pruning(tiny_model, digit_examples):
                                 "training.lr": 1e-9, "privacy.epsilon": 4.0})
     tiny_model.set_trainable(["projector", "language_model"])
     state = copy.deepcopy(tiny_model.model.state_dict())
-    method = METHODS.get("dualpriv")(fused_noise=True)
+    method = METHODS.get("dualpriv")(token_pruning="merge", fused_noise=True)  # merge records its split
     method.prepare(tiny_model)
     try:
         assert tiny_model.visual_tokens_kept == 16  # of 64
@@ -53,8 +53,8 @@ def test_dualpriv_trains_and_records_its_pruning(tiny_model, digit_examples):
     assert (tokens["dominant"], tokens["contextual"]) == (14, 2)
     sigma = report.privacy.noise_multiplier  # calibrated apart by dualpriv (for the fused noise) and by DP-SGD
     assert tokens["fused_noise_std"] == sigma * 1.0 / 4
-    assert update["keep"] == 0.3 and update["scope"] == "tensor" and update["adam"] == "freeze"
-    assert 0.29 < update["gradient_density"] < 0.31 and 0 < update["update_density"] <= update["gradient_density"]
+    assert update["keep"] == 0.6 and update["scope"] == "tensor" and update["adam"] == "freeze"
+    assert 0.59 < update["gradient_density"] < 0.61 and 0 < update["update_density"] <= update["gradient_density"]
     # the privacy accounting is DP-SGD's own: ε is what σ spends over the steps, nothing else
     q = spec.training.batch_size / len(digit_examples)
     accountant = RDPAccountant()
