@@ -30,7 +30,7 @@ class Method(ABC):
     private: bool = True
     options: dict[str, Any] = {}  # option name -> default; unknown options are an error
     # Adam's learning rate when the spec gives none; None: the method does not use spec.training.lr.
-    # Chosen on the embedded ScienceQA validation split (README, "Learning rates").
+    # Chosen on the embedded ScienceQA validation split (README, "Learning rates and dualpriv's defaults").
     default_lr: float | None = 1e-3
     per_example_gradients = False  # trains on per-example gradients (Opacus): checked in `prepare`
 

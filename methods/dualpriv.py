@@ -3,13 +3,13 @@
 Token pruning (keep 0.25 of the visual tokens) cuts the activations and per-example gradient
 work in the language model; update pruning keeps the top 60 % of each tensor's noisy gradient
 coordinates (post-processing: ε is unchanged). Both defaults were chosen on the embedded
-ScienceQA validation split (README, "Choosing dualpriv's defaults"): there a fresh `random`
-subset per forward beat the informed strategies (VisionZip `merge`, [CLS] attention,
-text-guided) at keep 0.25, and keeping 60 % of the update cost nothing where 30 % did. The
-two ablations share this class and change only their defaults. Clipping defaults to Opacus'
-ghost clipping (the same clipped gradient as per-example clipping, without materialising
-per-example gradients): the method's point is memory, and the paper compares its memory with
-zeroth-order methods.
+ScienceQA validation split (README, "Learning rates and dualpriv's defaults"): there a fresh
+`random` subset per forward beat the informed strategies (VisionZip `merge`, [CLS]
+attention, text-guided) at keep 0.25, and keeping 60 % of the update cost nothing where 30 %
+did. The two ablations share this class and change only their defaults. Clipping defaults to
+Opacus' ghost clipping (the same clipped gradient as per-example clipping, without
+materialising per-example gradients): the method's point is memory, and the paper compares
+its memory with zeroth-order methods.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ class NonPrivate(Method):
     """Adam on the mean loss, no privacy: the utility ceiling (the audit still runs)."""
 
     private = False
-    default_lr = 1.25e-4  # without clipping and noise Adam's best step is smaller (README, "Learning rates")
+    # without clipping and noise Adam's best step is smaller (README, "Learning rates and dualpriv's defaults")
+    default_lr = 1.25e-4
 
     def train(self, model, data, spec, delta) -> TrainReport:
         t = spec.training
