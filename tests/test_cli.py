@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from dpbench.cli import main
+from dpbench.methods.base import METHODS
 
 
 @dataclass
@@ -98,3 +99,7 @@ def test_validate_checks_bench_outputs_against_the_bench_schema(tmp_path, dpbenc
 def test_list_shows_registered_names(tmp_path, dpbench):
     proc = dpbench("list", "methods", cwd=tmp_path)
     assert proc.returncode == 0 and "dpsgd" in proc.stdout and "nonprivate" in proc.stdout
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    for name in ("nonprivate", "dpsgd"):  # each method's own default learning rate
+        assert f"lr {METHODS.get(name).default_lr:g} " in lines[name]
+    assert "lr: option" in lines["dpzo"]

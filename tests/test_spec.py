@@ -47,3 +47,20 @@ def test_yaml_and_toml_configs(tmp_path):
     (tmp_path / "c.yaml").write_text("- not a mapping\n")
     with pytest.raises(DpbenchError, match="mapping"):
         load_spec_file(tmp_path / "c.yaml")
+
+
+def test_a_spec_without_lr_takes_its_methods_default_and_records_it():
+    from dpbench.methods.base import METHODS
+
+    assert METHODS.get("nonprivate").default_lr < METHODS.get("dpsgd").default_lr  # else the table is moot
+    for method in ("nonprivate", "dpsgd", "dualpriv"):
+        spec = RunSpec.from_dict({"method": method})
+        assert spec.training.lr == METHODS.get(method).default_lr == spec.to_dict()["training"]["lr"]
+    assert RunSpec(method="dpzo").training.lr is None  # its step size is its own option
+    assert RunSpec.from_dict({"method": "nonprivate", "training": {"lr": 3e-3}}).training.lr == 3e-3
+    # once resolved the rate is the spec's own: a copy under another method keeps it (the audit's
+    # reference models train as the target did)
+    assert RunSpec(method="dpsgd").replace(method="nonprivate").training.lr == METHODS.get("dpsgd").default_lr
+    # the stored spec reproduces its hash, so run ids stay stable
+    spec = RunSpec(method="nonprivate")
+    assert RunSpec.from_dict(spec.to_dict()).run_id() == spec.run_id()

@@ -59,8 +59,9 @@ def _build_tiny_llava(path: str, language_recipe: dict, vision_recipe: dict, lm_
     vision_losses = pretrain.pretrain_vision(wrapper, **vision_recipe)
     losses = pretrain.pretrain(wrapper, examples, **lm_recipe)
     tiny_llava.save(model, processor, tmp / "model")
-    curves = (("pretrain_language_loss.txt", language_losses), ("pretrain_vision_loss.txt", vision_losses), ("pretrain_loss.txt", losses))
-    for name, curve in curves:
+    curves = {"pretrain_language_loss.txt": language_losses, "pretrain_vision_loss.txt": vision_losses,
+              "pretrain_loss.txt": losses}
+    for name, curve in curves.items():
         (tmp / "model" / name).write_text("\n".join(f"{x:.5f}" for x in curve))
     os.replace(tmp / "model", path)  # atomic: a crash leaves no half-built cache entry
     shutil.rmtree(tmp, ignore_errors=True)
