@@ -263,13 +263,15 @@ def test_spec_round_trip_and_hash_compatibility():
     assert with_lora.to_dict()["lora"] == {"r": 2, "alpha": 4.0, "dropout": 0.0, "targets": ["q_proj", "v_proj"]}
     assert with_lora.replace(lora=None).run_id() != with_lora.run_id()
     assert RunSpec.from_dict({"lora": {"r": 2, "alpha": 4}}).spec_hash() == RunSpec(lora=LORA).spec_hash()
-    # results committed before LoRA existed keep their run ids
+    # a spec written before LoRA existed (no "lora" key) keeps its run id, as one recording null does
     files = sorted((Path(__file__).resolve().parents[1] / "leaderboard" / "results").glob("*.json"))
     results = [json.loads(f.read_text()) for f in files]
-    assert any("lora" not in r["spec"] for r in results)  # some predate the field
-    for result in results:  # older ones lack the key, newer ones record null: both keep their ids
-        assert result["spec"].get("lora") is None
+    assert results
+    for result in results:
+        assert result["spec"]["lora"] is None
         assert RunSpec.from_dict(result["spec"]).run_id() == result["run_id"]
+        older = {k: v for k, v in result["spec"].items() if k != "lora"}
+        assert RunSpec.from_dict(older).run_id() == result["run_id"]
 
 
 # -- `dpbench run --lora` end to end ------------------------------------------------------------

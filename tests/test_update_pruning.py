@@ -120,5 +120,5 @@ def test_update_pruning_leaves_the_accounted_epsilon_unchanged(tiny_model, digit
     assert pruned.epsilon == plain.epsilon and pruned.noise_multiplier == plain.noise_multiplier
     assert pruned.steps == plain.steps == 2
     details = reports["dualpriv-update"].details["update_pruning"]
-    assert details["steps"] == 2 and 0.29 < details["gradient_density"] < 0.31
+    assert details["steps"] == 2 and 0.59 < details["gradient_density"] < 0.61  # the default keep, 0.6
     assert details["update_density"] <= details["gradient_density"]
