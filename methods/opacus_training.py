@@ -61,6 +61,9 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
     check_clipping(clipping)
     model.check_per_example_gradients()  # before anything is spent: some towers mix examples
     torch.manual_seed(t.seed)
+    # σ is calibrated for B/n, but Opacus' Poisson loader samples, and its accountant accounts,
+    # at 1/⌈n/B⌉ (a little lower unless B divides n): the recorded ε and sample rate are that
+    # rate's, so ε lands at or a little below the target.
     sample_rate = t.batch_size / len(data)
     sigma = calibrate_noise(
         target_epsilon=p.epsilon, delta=delta, sample_rate=sample_rate, steps=t.steps, accountant=p.accountant
@@ -123,7 +126,7 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
         target_epsilon=p.epsilon,
         delta=delta,
         noise_multiplier=sigma,
-        sample_rate=sample_rate,
+        sample_rate=loader.sample_rate,  # the rate Opacus sampled and accounted at (see above)
         steps=step,
         accountant=p.accountant,
         max_grad_norm=p.max_grad_norm,

@@ -51,3 +51,25 @@ def test_calibration_is_cached_on_disk_by_its_arguments(isolated_cache, monkeypa
     assert len(calls) == 1 and other > sigma  # new arguments: computed, and more steps need more noise
     (isolated_cache / privacy.CALIBRATION_CACHE).write_text("{corrupt")
     assert calibrate_noise(**args) == sigma and len(calls) == 2  # an unreadable cache is recomputed
+
+
+def committed_private_results():
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
+    results = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
+    return [r for r in results if r["privacy"]["private"] and r["privacy"]["accountant"] == "rdp"]
+
+
+def test_every_committed_epsilon_is_what_dp_accounting_gives_for_its_recorded_release():
+    """The record, not the code path: an auditor holding only result.json (σ, sample rate,
+    steps, δ) must get the ε it reports, and never more than the target."""
+    results = committed_private_results()
+    assert len(results) >= 20
+    for r in results:
+        p = r["privacy"]
+        independent = google_rdp_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"] * p["releases_per_step"],
+                                         p["delta"])
+        assert p["epsilon"] == pytest.approx(independent, rel=0.01), r["run_id"]
+        assert p["epsilon"] <= p["target_epsilon"], r["run_id"]
