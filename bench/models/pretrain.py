@@ -153,36 +153,24 @@ def pretrain_language(model_wrapper, examples: list[Example], steps: int, batch_
     while next-token loss on every token reached 1.00 by 2,500 steps. Predicting an option
     that repeats a number from the question is what trains the copying (induction) circuit
     the letter lookup needs."""
-    from dpbench.progress import progress
-
     torch.manual_seed(seed)
     model = model_wrapper.model
     model.train()
     params = [p for p in model.model.language_model.parameters()] + list(model.lm_head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed)
-    losses = []
-    with progress() as bar:
-        task = bar.add_task("pre-training stage 0: language model", total=steps)
-        for _ in range(steps):
-            part = rng.sample(examples, batch_size)
-            loss = _text_token_loss(model_wrapper, model_wrapper.encode(part, [e.target + "</s>" for e in part]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(task, advance=1, description=f"pre-training stage 0: language model loss {losses[-1]:.3f}")
+
+    def step_loss() -> torch.Tensor:
+        part = rng.sample(examples, batch_size)
+        return _text_token_loss(model_wrapper, model_wrapper.encode(part, [e.target + "</s>" for e in part]))
+
+    losses = _optimise(params, step_loss, steps, lr, weight_decay=0.01, clip=1.0,
+                       label="pre-training stage 0: language model")
     model.eval()
     return losses
 
 
 def pretrain_vision(model_wrapper, steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
     """Stage 1: a linear read-out of the mean patch feature must name the digit class."""
-    from dpbench.progress import progress
-
     torch.manual_seed(seed)
     digits = [d.shifted(dx, dy) for d in public_digits() for dx, dy in SHIFTS]
     images = [d.image() for d in digits]
@@ -191,58 +179,66 @@ def pretrain_vision(model_wrapper, steps: int, batch_size: int, lr: float, seed:
     tower = model_wrapper.model.model.vision_tower
     head = torch.nn.Linear(tower.config.hidden_size, 10)
     params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
-    losses = []
     tower.train()
-    with progress() as bar:
-        task = bar.add_task("pre-training stage 1: vision encoder", total=steps)
-        for _ in range(steps):
-            idx = torch.randint(0, len(digits), (batch_size,), generator=gen)
-            features = tower(pixel_values=pixels[idx]).last_hidden_state[:, 1:].mean(1)
-            loss = torch.nn.functional.cross_entropy(head(features), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update(task, advance=1, description=f"pre-training stage 1: vision encoder loss {losses[-1]:.3f}")
+
+    def step_loss() -> torch.Tensor:
+        idx = torch.randint(0, len(digits), (batch_size,), generator=gen)
+        features = tower(pixel_values=pixels[idx]).last_hidden_state[:, 1:].mean(1)
+        return torch.nn.functional.cross_entropy(head(features), labels[idx])
+
+    losses = _optimise(params, step_loss, steps, lr, weight_decay=0.05, clip=None,
+                       label="pre-training stage 1: vision encoder")
     tower.eval()
     return losses
 
 
 def pretrain(model_wrapper, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
     """Stage 2: projector + language model on the multimodal and text corpus, vision frozen."""
-    from dpbench.progress import progress
-
     torch.manual_seed(seed)
     model = model_wrapper.model
     model.train()
     model.model.vision_tower.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed)
+
+    def step_loss() -> torch.Tensor:
+        batch_ex = rng.sample(examples, batch_size)
+        # image and text-only examples go in separate forwards: LLaVA wants a pixel tensor
+        # for every image placeholder in the batch
+        loss = 0.0
+        for part in ([e for e in batch_ex if e.image], [e for e in batch_ex if not e.image]):
+            if part:
+                batch = model_wrapper.encode(part, [e.target + "</s>" for e in part])
+                loss = loss + model_wrapper.per_example_loss(batch).sum() / batch_size
+        return loss
+
+    losses = _optimise(params, step_loss, steps, lr, weight_decay=0.01, clip=1.0,
+                       label="pre-training stage 2: projector + language model")
+    model.eval()
+    model.model.vision_tower.requires_grad_(True)
+    return losses
+
+
+def _optimise(params, step_loss, steps: int, lr: float, *, weight_decay: float, clip: float | None,
+              label: str) -> list[float]:
+    """Every stage's loop: AdamW under a one-cycle schedule; `step_loss()` draws a batch and
+    returns its loss. Returns the loss curve."""
+    from dpbench.progress import progress
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     losses = []
     with progress() as bar:
-        task = bar.add_task("pre-training stage 2: projector + language model", total=steps)
-        for step in range(steps):
-            batch_ex = rng.sample(examples, batch_size)
-            # image and text-only examples go in separate forwards: LLaVA wants a pixel tensor
-            # for every image placeholder in the batch
-            loss = 0.0
-            for part in ([e for e in batch_ex if e.image], [e for e in batch_ex if not e.image]):
-                if part:
-                    batch = model_wrapper.encode(part, [e.target + "</s>" for e in part])
-                    loss = loss + model_wrapper.per_example_loss(batch).sum() / batch_size
+        task = bar.add_task(label, total=steps)
+        for _ in range(steps):
+            loss = step_loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
             sched.step()
             losses.append(loss.item())
-            bar.update(task, advance=1, description=f"pre-training stage 2: projector + language model loss {loss:.3f}")
-    model.eval()
-    model.model.vision_tower.requires_grad_(True)
+            bar.update(task, advance=1, description=f"{label} loss {losses[-1]:.3f}")
     return losses
