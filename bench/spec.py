@@ -110,6 +110,8 @@ class RunSpec:
         return RunSpec.from_dict(d)
 
     def validated(self) -> RunSpec:
+        for prefix, part in (("", self), ("privacy.", self.privacy), ("training.", self.training), ("audit.", self.audit)):
+            check_scalar_types(part, prefix)
         p, t = self.privacy, self.training
         if p.epsilon is not None and not (math.isfinite(p.epsilon) and p.epsilon > 0):
             raise DpbenchError(f"epsilon must be a positive finite number, got {p.epsilon}")
@@ -152,6 +154,30 @@ class RunSpec:
         eps = "inf" if self.privacy.epsilon is None or self.method == "nonprivate" else f"{self.privacy.epsilon:g}"
         model = Path(self.model).name.replace("/", "_")
         return f"{self.task}-{self.method}-eps{eps}-{model}-s{self.training.seed}-{self.spec_hash()}"
+
+
+# a spec file's values arrive untyped: each scalar field is checked against its annotation
+SCALAR_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+                "None": ((type(None),), "null")}
+
+
+def check_scalar_types(part: Any, prefix: str) -> None:
+    for f in dataclasses.fields(part):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if not all(k in SCALAR_TYPES for k in kinds):
+            continue  # containers (attacks, method options, lora) are checked where they are read
+        value = getattr(part, f.name)
+        if isinstance(value, bool) or not any(isinstance(value, SCALAR_TYPES[k][0]) for k in kinds):
+            wanted = " or ".join(SCALAR_TYPES[k][1] for k in kinds)
+            hint = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-3)" if _number_text(value) else ""
+            raise DpbenchError(f"{prefix}{f.name} must be {wanted}, got {value!r}{hint}")
+
+
+def _number_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def method_default_lr(method: str) -> float | None:

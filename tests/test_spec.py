@@ -23,6 +23,11 @@ def test_round_trip_and_stable_hash():
         ({"training.steps": 0}, "steps"),
         ({"training.lr": 0.0}, "lr"),
         ({"eval_split": "train"}, "eval_split must be one of test, validation"),
+        ({"training.lr": "1e-3"}, r"training.lr must be a number or null, got '1e-3' \(YAML reads 1e-3 as text: write it with a dot"),
+        ({"privacy.epsilon": "eight"}, "privacy.epsilon must be a number or null, got 'eight'"),
+        ({"training.steps": 1.5}, "training.steps must be an integer, got 1.5"),
+        ({"audit.references": True}, "audit.references must be an integer, got True"),
+        ({"device": 0}, "device must be a string, got 0"),
     ],
 )
 def test_invalid_values_are_rejected_with_a_clear_message(change, message):
