@@ -136,3 +136,30 @@ def autograd_grads():
         return out
 
     return grads
+
+
+@pytest.fixture(scope="session")
+def dp_accounting_epsilon():
+    """ε of Poisson-subsampled Gaussian releases by Google's dp-accounting (RDP): the
+    independent accountant every accounting test compares with."""
+    import dp_accounting
+    from dp_accounting import rdp
+
+    def epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+        accountant = rdp.RdpAccountant()
+        accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+        return accountant.get_epsilon(delta)
+
+    return epsilon
+
+
+@pytest.fixture(scope="session")
+def committed_results() -> list[dict]:
+    """Every result under leaderboard/results, read and schema-checked by the leaderboard's own loader."""
+    from pathlib import Path
+
+    from dpbench.leaderboard.collect import collect
+
+    loaded = collect([Path(__file__).resolve().parents[1] / "leaderboard" / "results"])
+    assert not loaded.errors and loaded.results
+    return [r.data for r in loaded.results]

@@ -1,24 +1,16 @@
 """Accounting checked against an independent implementation (Google's dp-accounting)."""
 
-import dp_accounting
 import pytest
-from dp_accounting import rdp
 
 from dpbench.errors import DpbenchError
 from dpbench.privacy import calibrate_noise, check_delta, default_delta, spent_epsilon
 
 
-def google_rdp_epsilon(sigma, q, steps, delta):
-    acc = rdp.RdpAccountant()
-    acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
-    return acc.get_epsilon(delta)
-
-
 @pytest.mark.parametrize("sigma, q, steps", [(0.8, 0.05, 150), (1.2, 0.01, 1000), (3.0, 0.1, 50)])
-def test_rdp_epsilon_matches_dp_accounting_within_one_percent(sigma, q, steps):
+def test_rdp_epsilon_matches_dp_accounting_within_one_percent(sigma, q, steps, dp_accounting_epsilon):
     delta = 1e-5
     ours = spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=q, steps=steps, accountant="rdp")
-    assert ours == pytest.approx(google_rdp_epsilon(sigma, q, steps, delta), rel=0.01)
+    assert ours == pytest.approx(dp_accounting_epsilon(sigma, q, steps, delta), rel=0.01)
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
@@ -53,23 +45,15 @@ def test_calibration_is_cached_on_disk_by_its_arguments(isolated_cache, monkeypa
     assert calibrate_noise(**args) == sigma and len(calls) == 2  # an unreadable cache is recomputed
 
 
-def committed_private_results():
-    import json
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
-    results = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
-    return [r for r in results if r["privacy"]["private"] and r["privacy"]["accountant"] == "rdp"]
-
-
-def test_every_committed_epsilon_is_what_dp_accounting_gives_for_its_recorded_release():
+def test_every_committed_epsilon_is_what_dp_accounting_gives_for_its_recorded_release(committed_results,
+                                                                                    dp_accounting_epsilon):
     """The record, not the code path: an auditor holding only result.json (σ, sample rate,
     steps, δ) must get the ε it reports, and never more than the target."""
-    results = committed_private_results()
-    assert len(results) >= 20
-    for r in results:
+    private = [r for r in committed_results if r["privacy"]["private"] and r["privacy"]["accountant"] == "rdp"]
+    assert len(private) >= 20
+    for r in private:
         p = r["privacy"]
-        independent = google_rdp_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"] * p["releases_per_step"],
-                                         p["delta"])
+        independent = dp_accounting_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"] * p["releases_per_step"],
+                                            p["delta"])
         assert p["epsilon"] == pytest.approx(independent, rel=0.01), r["run_id"]
         assert p["epsilon"] <= p["target_epsilon"], r["run_id"]
