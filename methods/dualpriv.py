@@ -17,7 +17,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.opacus_training import check_clipping, train_dp_sgd
+from dpbench.methods.opacus_training import check_clipping, opacus_sample_rate, train_dp_sgd
 from dpbench.methods.update_pruning import UpdatePruner
 from dpbench.privacy import calibrate_noise
 
@@ -54,7 +54,7 @@ class DualPriv(Method):
         t, p = spec.training, spec.privacy
         self.update = self.update_pruner()
         if self.pruner is not None and self.opts["fused_noise"]:
-            sigma = calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=t.batch_size / len(data),
+            sigma = calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=opacus_sample_rate(len(data), t.batch_size),
                                     steps=t.steps, accountant=p.accountant)
             self.pruner.fused_noise_std = sigma * p.max_grad_norm / t.batch_size  # the averaged gradient's noise
         with self.update or nullcontext():

@@ -16,6 +16,7 @@ Two ways to clip (`clipping`), the same DP gradient up to float error:
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -55,16 +56,20 @@ class PerExampleLoss:
         return per_example if self.reduction == "none" else per_example.mean()
 
 
+def opacus_sample_rate(n: int, batch_size: int) -> float:
+    """The Poisson rate Opacus' loader samples, and its accountant accounts, at: 1/len(loader)
+    = 1/⌈n/B⌉, a little under B/n unless B divides n. σ is calibrated at this rate, so the
+    spent ε meets the target; the expected batch is n/⌈n/B⌉."""
+    return 1 / math.ceil(n / batch_size)
+
+
 def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostNoiseHook | None = None,
                  secure_rng: bool = False, clipping: str = "per-sample") -> TrainReport:
     t, p = spec.training, spec.privacy
     check_clipping(clipping)
     model.check_per_example_gradients()  # before anything is spent: some towers mix examples
     torch.manual_seed(t.seed)
-    # σ is calibrated for B/n, but Opacus' Poisson loader samples, and its accountant accounts,
-    # at 1/⌈n/B⌉ (a little lower unless B divides n): the recorded ε and sample rate are that
-    # rate's, so ε lands at or a little below the target.
-    sample_rate = t.batch_size / len(data)
+    sample_rate = opacus_sample_rate(len(data), t.batch_size)
     sigma = calibrate_noise(
         target_epsilon=p.epsilon, delta=delta, sample_rate=sample_rate, steps=t.steps, accountant=p.accountant
     )
@@ -85,6 +90,8 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
         module, optimizer, criterion, loader = private
     else:
         (module, optimizer, loader), criterion = private, PerExampleLoss()
+    if loader.sample_rate != sample_rate:  # Opacus changed how it sets the rate: σ would be off
+        raise DpbenchError(f"Opacus samples at {loader.sample_rate}, σ was calibrated at {sample_rate}")
     module.train()
     losses, samples, tokens, step, running = [], 0, 0, 0, 0.0
     with progress() as bar, BatchMemoryManager(
@@ -126,7 +133,7 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
         target_epsilon=p.epsilon,
         delta=delta,
         noise_multiplier=sigma,
-        sample_rate=loader.sample_rate,  # the rate Opacus sampled and accounted at (see above)
+        sample_rate=loader.sample_rate,
         steps=step,
         accountant=p.accountant,
         max_grad_norm=p.max_grad_norm,

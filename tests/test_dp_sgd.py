@@ -107,3 +107,4 @@ def test_the_recorded_sample_rate_is_the_one_opacus_sampled_and_accounted_at(tin
     assert len(digit_examples) == 12 and p.sample_rate == pytest.approx(1 / 3)
     assert p.epsilon == pytest.approx(dp_accounting_epsilon(p.noise_multiplier, p.sample_rate, p.steps, 1e-3), rel=0.01)
     assert p.epsilon <= 4.0
+    assert p.epsilon == pytest.approx(4.0, rel=0.02)  # σ calibrated at the rate sampled: the target is met
