@@ -7,9 +7,11 @@ ScienceQA validation split (README, "Learning rates and dualpriv's defaults"): t
 `random` subset per forward beat the informed strategies (VisionZip `merge`, [CLS]
 attention, text-guided) at keep 0.25, and keeping 60 % of the update cost nothing where 30 %
 did. The two ablations share this class and change only their defaults. Clipping defaults to
-Opacus' ghost clipping (the same clipped gradient as per-example clipping, without
-materialising per-example gradients): the method's point is memory, and the paper compares
-its memory with zeroth-order methods.
+per-example clipping, as `dpsgd`'s: with a quarter of the visual tokens, materialising the
+per-example gradients costs less than ghost clipping's second backward pass (validation:
+the same accuracy, 0.871, at 198 against 130 samples/s and 434 against 438 MiB on the
+embedded model). `clipping: ghost` gives the same clipped gradient without materialising
+per-example gradients, for models whose parameters outweigh their activations.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class DualPriv(Method):
         "update_scope": "tensor",  # or "global"
         "update_adam": "freeze",  # pruned coordinates neither move nor change Adam's moments; or "decay"
         "secure_rng": False,
-        "clipping": "ghost",  # or "per-sample"
+        "clipping": "per-sample",  # or "ghost"
     }
     per_example_gradients = True
 

@@ -98,7 +98,7 @@ def test_empty_poisson_draws_still_step(tiny_model, digit_examples, monkeypatch,
 
 def test_clipping_option_defaults_and_validation():
     assert METHODS.get("dpsgd")().opts["clipping"] == "per-sample"
-    assert METHODS.get("dualpriv")().opts["clipping"] == "ghost"
+    assert METHODS.get("dualpriv")().opts["clipping"] == "per-sample"
     assert METHODS.get("dpsgd")(clipping="ghost").opts["clipping"] == "ghost"
     for name in ("dpsgd", "dualpriv"):
         with pytest.raises(DpbenchError, match="clipping must be one of per-sample, ghost"):
