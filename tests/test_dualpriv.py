@@ -16,7 +16,7 @@ from dpbench.spec import RunSpec
 def test_defaults_and_ablations_share_one_implementation():
     full, token, update = (METHODS.get(n)() for n in ("dualpriv", "dualpriv-token", "dualpriv-update"))
     assert all(isinstance(m, DualPriv) for m in (full, token, update))
-    assert (full.token_pruning.strategy, full.token_pruning.keep_ratio) == ("random", 0.25)
+    assert (full.token_pruning.strategy, full.token_pruning.keep_ratio) == ("random", 0.5)
     assert full.opts["update_keep"] == 0.6
     assert token.token_pruning.strategy == "random" and token.update_pruner() is None
     assert update.token_pruning is None and update.update_pruner().keep == 0.6
@@ -38,7 +38,7 @@ def test_dualpriv_trains_and_records_its_pruning(tiny_model, digit_examples):
                                 "training.lr": 1e-9, "privacy.epsilon": 4.0})
     tiny_model.set_trainable(["projector", "language_model"])
     state = copy.deepcopy(tiny_model.model.state_dict())
-    method = METHODS.get("dualpriv")(token_pruning="merge", fused_noise=True)  # merge records its split
+    method = METHODS.get("dualpriv")(token_pruning="merge", keep_ratio=0.25, fused_noise=True)  # merge records its split
     method.prepare(tiny_model)
     try:
         assert tiny_model.visual_tokens_kept == 16  # of 64
