@@ -23,9 +23,8 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.opacus_training import check_clipping, opacus_sample_rate, train_dp_sgd
+from dpbench.methods.opacus_training import check_clipping, dp_sgd_noise_multiplier, train_dp_sgd
 from dpbench.methods.update_pruning import UpdatePruner
-from dpbench.privacy import calibrate_noise
 
 
 @METHODS.register("dualpriv")
@@ -60,8 +59,7 @@ class DualPriv(Method):
         t, p = spec.training, spec.privacy
         self.update = self.update_pruner()
         if self.pruner is not None and self.opts["fused_noise"]:
-            sigma = calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=opacus_sample_rate(len(data), t.batch_size),
-                                    steps=t.steps, accountant=p.accountant)
+            sigma = dp_sgd_noise_multiplier(spec, delta, len(data))  # the one train_dp_sgd will use
             self.pruner.fused_noise_std = sigma * p.max_grad_norm / t.batch_size  # the averaged gradient's noise
         with self.update or nullcontext():
             report = train_dp_sgd(model, data, spec, delta, label=self.name, post_noise_hook=self.update,

@@ -63,6 +63,13 @@ def opacus_sample_rate(n: int, batch_size: int) -> float:
     return 1 / math.ceil(n / batch_size)
 
 
+def dp_sgd_noise_multiplier(spec, delta: float, n: int) -> float:
+    """σ for the spec's target ε over its planned steps, at the rate Opacus samples n examples at."""
+    t, p = spec.training, spec.privacy
+    return calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=opacus_sample_rate(n, t.batch_size),
+                           steps=t.steps, accountant=p.accountant)
+
+
 def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostNoiseHook | None = None,
                  secure_rng: bool = False, clipping: str = "per-sample") -> TrainReport:
     t, p = spec.training, spec.privacy
@@ -70,9 +77,7 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
     model.check_per_example_gradients()  # before anything is spent: some towers mix examples
     torch.manual_seed(t.seed)
     sample_rate = opacus_sample_rate(len(data), t.batch_size)
-    sigma = calibrate_noise(
-        target_epsilon=p.epsilon, delta=delta, sample_rate=sample_rate, steps=t.steps, accountant=p.accountant
-    )
+    sigma = dp_sgd_noise_multiplier(spec, delta, len(data))
     params = trainable_parameters(model.model)
     model.model.train()  # Opacus validates in training mode, and its hooks skip eval mode
     engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
