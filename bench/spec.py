@@ -173,6 +173,14 @@ def check_scalar_types(part: Any, prefix: str) -> None:
             raise DpbenchError(f"{prefix}{f.name} must be {wanted}, got {value!r}{hint}")
 
 
+def check_fraction(name: str, value: Any) -> float:
+    """A ratio option in (0, 1], as a float. Option values arrive untyped (`--option
+    keep_ratio=abc`, YAML's `true`): text or a boolean is refused, not converted."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise DpbenchError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 def _number_text(value: Any) -> bool:
     try:
         return isinstance(value, str) and math.isfinite(float(value))

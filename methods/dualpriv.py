@@ -53,7 +53,7 @@ class DualPriv(Method):
         o = self.opts
         if o["update_keep"] is None:
             return None
-        return UpdatePruner(float(o["update_keep"]), o["update_scope"], o["update_adam"])
+        return UpdatePruner(o["update_keep"], o["update_scope"], o["update_adam"])
 
     def train(self, model, data, spec, delta) -> TrainReport:
         t, p = spec.training, spec.privacy

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from dpbench.errors import DpbenchError
 from dpbench.methods.pruning_adapters import ADAPTERS
 from dpbench.registry import Registry
+from dpbench.spec import check_fraction
 
 TOKEN_PRUNING_OPTIONS: dict[str, Any] = {"token_pruning": None, "keep_ratio": 0.25, "keep_count": None}
 CONTEXTUAL_SHARE = 10 / 64  # VisionZip's 54 dominant + 10 contextual of 64 kept
@@ -48,16 +49,16 @@ class TokenPruning:
 
     def __post_init__(self):
         STRATEGIES.get(self.strategy)  # unknown name: an error listing close matches
-        if not 0 < self.keep_ratio <= 1:
-            raise DpbenchError(f"keep_ratio must lie in (0, 1], got {self.keep_ratio}")
-        if self.keep_count is not None and (not isinstance(self.keep_count, int) or self.keep_count < 1):
+        check_fraction("keep_ratio", self.keep_ratio)
+        count = self.keep_count
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise DpbenchError(f"keep_count must be a positive integer, got {self.keep_count!r}")
 
     @classmethod
     def from_options(cls, opts: dict[str, Any]) -> TokenPruning | None:
         if opts.get("token_pruning") in (None, False, "none"):
             return None
-        return cls(str(opts["token_pruning"]), float(opts["keep_ratio"]), opts.get("keep_count"))
+        return cls(str(opts["token_pruning"]), check_fraction("keep_ratio", opts["keep_ratio"]), opts.get("keep_count"))
 
     def kept(self, n: int) -> int:
         return min(n, self.keep_count if self.keep_count is not None else max(1, round(self.keep_ratio * n)))

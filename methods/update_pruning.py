@@ -23,6 +23,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from dpbench.errors import DpbenchError
+from dpbench.spec import check_fraction
 
 SCOPES = ("tensor", "global")
 ADAM_MODES = ("freeze", "decay")
@@ -53,8 +54,7 @@ class UpdatePruner:
     """The post-noise hook; use it as a context manager so `adam="freeze"` can see the step."""
 
     def __init__(self, keep: float = 0.3, scope: str = "tensor", adam: str = "freeze"):
-        if not 0 < keep <= 1:
-            raise DpbenchError(f"update_keep must lie in (0, 1], got {keep}")
+        keep = check_fraction("update_keep", keep)
         if scope not in SCOPES:
             raise DpbenchError(f"update_scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         if adam not in ADAM_MODES:

@@ -50,6 +50,8 @@ def assert_one_line_error(proc, fragment):
         (["--delta", "1.5"], "delta must lie in"),
         (["--option", "nonsense"], "KEY=VALUE"),
         (["--option", "bogus=1"], "has no option"),
+        (["--method", "dualpriv", "--option", "keep_ratio=abc"], "keep_ratio must be a number in (0, 1], got 'abc'"),
+        (["--method", "dualpriv", "--option", "update_keep=abc"], "update_keep must be a number in (0, 1], got 'abc'"),
         (["--attacks", "loss,lirra"], "unknown attack"),
         (["--data-dir", "/nonexistent/sqa"], "does not exist"),
     ],

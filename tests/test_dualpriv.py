@@ -27,7 +27,10 @@ def test_defaults_and_ablations_share_one_implementation():
 
 
 @pytest.mark.parametrize("options", [{"update_keep": 0}, {"update_scope": "layer"}, {"token_pruning": "zip"},
-                                     {"keep_ratio": 0}, {"update_adam": "sgd"}])
+                                     {"keep_ratio": 0}, {"update_adam": "sgd"},
+                                     # option values arrive untyped: text and booleans are refused, not converted
+                                     {"keep_ratio": "abc"}, {"keep_ratio": True}, {"update_keep": "0.5"},
+                                     {"update_keep": True}, {"keep_count": True}])
 def test_bad_options_fail_when_the_method_is_made(options):
     with pytest.raises(DpbenchError):
         METHODS.get("dualpriv")(**options)
