@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from dpbench.attacks import canary_audit, population
 from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.metrics import attack_summary
 from dpbench.attacks.signals import ReferenceLosses, Signals
+from dpbench.run_folder import RunFolder
+from dpbench.run_result import AuditRecord
 
 CONFIDENCE = 0.95
-SCORES_FILE = "audit_scores.npz"
 
 
-def score_attacks(attacks, target, reference, members, nonmembers, run_dir: Path,
+def score_attacks(attacks, target, reference, members, nonmembers, folder: RunFolder,
                   references: ReferenceLosses | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Scores of every attack; attacks that need reference models are left out without them
     (`population.skipped_notes` says so in the result)."""
-    signals = Signals(target, reference, members + nonmembers, work_dir=run_dir / ".audit", references=references)
+    signals = Signals(target, reference, members + nonmembers, work_dir=folder.audit_work, references=references)
     n = len(members)
     scores = {}
     for name in attacks:
@@ -28,19 +27,19 @@ def score_attacks(attacks, target, reference, members, nonmembers, run_dir: Path
             continue
         s = np.asarray(attack().score(signals), dtype=float)
         scores[name] = (s[:n], s[n:])
-    np.savez(run_dir / SCORES_FILE, **{f"{k}/members": v[0] for k, v in scores.items()},
+    np.savez(folder.attack_scores, **{f"{k}/members": v[0] for k, v in scores.items()},
              **{f"{k}/nonmembers": v[1] for k, v in scores.items()})
     return scores
 
 
-def load_scores(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    data = np.load(run_dir / SCORES_FILE)
+def load_scores(folder: RunFolder) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    data = np.load(folder.attack_scores)
     names = sorted({k.split("/")[0] for k in data.files})
     return {n: (data[f"{n}/members"], data[f"{n}/nonmembers"]) for n in names}
 
 
 def summarise(scores: dict[str, tuple[np.ndarray, np.ndarray]], delta: float, *, n_members: int | None = None,
-              notes=(), references: dict | None = None, canary: dict | None = None) -> dict:
+              notes=(), references: dict | None = None, canary: dict | None = None) -> AuditRecord:
     """The result's audit section. `n_members` is needed only when no attack was scored."""
     attacks = {}
     for name, (mem, non) in scores.items():
@@ -48,28 +47,26 @@ def summarise(scores: dict[str, tuple[np.ndarray, np.ndarray]], delta: float, *,
         doc = (ATTACKS.get(name).__doc__ or "").split("\n\n")[0]
         attacks[name] = {**summary, "description": " ".join(doc.split())}
     first = next(iter(scores.values()), None)
-    return {
-        "n_members": int(len(first[0])) if first is not None else int(n_members or 0),
-        "n_nonmembers": int(len(first[1])) if first is not None else int(n_members or 0),
-        "confidence": CONFIDENCE,
-        "attacks": attacks,
-        "notes": list(notes),
-        "references": references,
-        "canary": canary,
-        "report": "audit.html",
-    }
+    return AuditRecord(
+        n_members=int(len(first[0])) if first is not None else int(n_members or 0),
+        n_nonmembers=int(len(first[1])) if first is not None else int(n_members or 0),
+        confidence=CONFIDENCE, attacks=attacks, notes=list(notes), references=references, canary=canary,
+        report="audit.html",
+    )
 
 
 def audit_run(spec, attacks, target, base, members, nonmembers, test, *, delta: float, target_epochs: float,
-              run_dir: Path, canaries: canary_audit.Canaries | None = None, log=print):
+              folder: RunFolder, train_reference: population.ReferenceTrainer,
+              canaries: canary_audit.Canaries | None = None, log=print):
     """Everything the audit does to a trained model: reference models when an attack needs
     them, every attack, the canaries. Returns (audit section, attack scores)."""
-    refs = population.reference_losses(spec, attacks, test, members + nonmembers, target_epochs, run_dir, log)
-    scores = score_attacks(attacks, target, base, members, nonmembers, run_dir, references=refs)
+    refs = population.reference_losses(spec, attacks, test, members + nonmembers, target_epochs, folder,
+                                       train_reference, log)
+    scores = score_attacks(attacks, target, base, members, nonmembers, folder, references=refs)
     canary = None
     if canaries is not None:
         canary_scores = canary_audit.score_canaries(canaries, target, base)
-        canary_audit.save_canary_scores(run_dir, canaries, canary_scores)
+        canary_audit.save_canary_scores(folder, canaries, canary_scores)
         canary = canary_audit.canary_section(canaries.included, canary_scores, canaries.seed, delta)
     notes = population.skipped_notes(attacks, spec.audit.references)
     section = summarise(scores, delta, n_members=len(members), notes=notes,

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from dpbench.attacks.signals import Signals
-from dpbench.registry import Registry
+from dpbench.registries import ATTACKS
 
 
 class Attack(ABC):
@@ -17,6 +17,3 @@ class Attack(ABC):
     @abstractmethod
     def score(self, signals: Signals) -> np.ndarray:
         """Scores for `signals.examples`, in order."""
-
-
-ATTACKS: Registry[type[Attack]] = Registry("attack", base=Attack, plugins="dpbench.attacks")

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from pathlib import Path
-
 import numpy as np
 
 from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 from dpbench.attacks.signals import per_example_losses
 from dpbench.errors import DpbenchError
-from dpbench.tasks.base import Example
+from dpbench.examples import Example
+from dpbench.run_folder import RunFolder
 
-CANARIES_FILE = "audit_canaries.npz"
 CONFIDENCE = 0.95
 # Fractions of the canaries guessed (half "in", half "out"). The best is reported, so each
 # is tested at (1 − confidence) / (number of distinct guess counts) (Bonferroni): the
@@ -102,15 +100,14 @@ def canary_section(included, scores, seed: int, delta: float) -> dict:
     return {**one_run_audit(scores, included, delta), "seed": seed, "note": UTILITY_NOTE}
 
 
-def save_canary_scores(run_dir: Path, canaries: Canaries, scores: np.ndarray) -> None:
-    np.savez(run_dir / CANARIES_FILE, uids=np.array([e.uid for e in canaries.examples]),
+def save_canary_scores(folder: RunFolder, canaries: Canaries, scores: np.ndarray) -> None:
+    np.savez(folder.canary_scores, uids=np.array([e.uid for e in canaries.examples]),
              included=canaries.included, scores=scores)
 
 
-def load_canary_scores(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_canary_scores(folder: RunFolder) -> tuple[np.ndarray, np.ndarray]:
     """(included, scores) as saved by the run."""
-    path = run_dir / CANARIES_FILE
-    if not path.exists():
-        raise DpbenchError(f"{run_dir} has no saved canary scores ({CANARIES_FILE})")
-    data = np.load(path)
+    if not folder.canary_scores.exists():
+        raise DpbenchError(f"{folder.path} has no saved canary scores ({folder.canary_scores.name})")
+    data = np.load(folder.canary_scores)
     return data["included"], data["scores"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,9 +21,9 @@ from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.rmia import estimate_offline_a
 from dpbench.attacks.signals import ReferenceLosses, per_example_losses
 from dpbench.errors import DpbenchError
-from dpbench.tasks.base import Example
+from dpbench.examples import Example
+from dpbench.run_folder import RunFolder
 
-REFERENCES_FILE = "audit_references.npz"
 SEED_OFFSET = 7919  # reference k trains with seed + SEED_OFFSET + k: never the target's own seed
 
 
@@ -65,17 +65,8 @@ def reference_steps(spec, target_epochs: float, n_data: int) -> int:
     return max(1, round(target_epochs * n_data / min(spec.training.batch_size, n_data)))
 
 
-def train_reference(spec, data: list[Example], seed: int, steps: int):
-    from dpbench.methods.base import METHODS
-    from dpbench.models.lora import setup_parameters
-    from dpbench.models.registry import load_model
-
-    ref_spec = spec.replace(**{"method": "nonprivate", "method_options": {}, "training.seed": seed,
-                               "training.steps": steps, "training.n_train": None})
-    model = load_model(spec.model, spec.device)
-    setup_parameters(model, ref_spec)  # the target's LoRA adapters and trainable groups
-    METHODS.get("nonprivate")().train(model, data, ref_spec, None)  # δ: unused without privacy
-    return model
+# (spec, data, seed, steps) -> a trained model: `dpbench.phases.train_reference`, through the run phases
+ReferenceTrainer = Callable[[Any, list[Example], int, int], Any]
 
 
 def losses_from_models(models, audited: list[Example], population: list[Example]) -> ReferenceLosses:
@@ -89,8 +80,8 @@ def losses_from_models(models, audited: list[Example], population: list[Example]
 
 
 def reference_losses(spec, attacks, test: list[Example], audited: list[Example], target_epochs: float,
-                     run_dir: Path, log=print) -> ReferenceLosses | None:
-    """The run's reference losses: from `run_dir`'s cache if it matches, else trained now.
+                     folder: RunFolder, train_reference: ReferenceTrainer, log=print) -> ReferenceLosses | None:
+    """The run's reference losses: from the run folder's cache if it matches, else trained now.
     None when none of `attacks` needs them or `audit.references` is 0."""
     k = spec.audit.references
     if k == 0 or not needing_references(attacks):
@@ -98,7 +89,7 @@ def reference_losses(spec, attacks, test: list[Example], audited: list[Example],
     pool, population = split_population(test, spec.training.seed)
     if len({_group(e) for e in pool}) < 2 or not population:  # a reference needs IN and OUT pool examples
         raise DpbenchError(f"the test split ({len(test)} examples) is too small to train reference models")
-    cached = load_references(run_dir, population)
+    cached = load_references(folder, population)
     if cached is not None and cached.uids == tuple(e.uid for e in audited) and len(cached.losses) == k:
         return cached
     losses, population_losses, pool_losses, pool_in, sizes = [], [], [], [], []
@@ -123,19 +114,19 @@ def reference_losses(spec, attacks, test: list[Example], audited: list[Example],
                     "the other half are RMIA's population samples z"}
     refs = ReferenceLosses(tuple(e.uid for e in audited), np.stack(losses), tuple(population),
                            np.stack(population_losses), a, info)
-    save_references(run_dir, refs)
+    save_references(folder, refs)
     return refs
 
 
-def save_references(run_dir: Path, refs: ReferenceLosses) -> None:
-    np.savez(run_dir / REFERENCES_FILE, uids=np.array(refs.uids), losses=refs.losses,
+def save_references(folder: RunFolder, refs: ReferenceLosses) -> None:
+    np.savez(folder.reference_losses, uids=np.array(refs.uids), losses=refs.losses,
              population_uids=np.array([e.uid for e in refs.population]),
              population_losses=refs.population_losses, info=np.array(json.dumps(refs.info)))  # info holds a
 
 
-def load_references(run_dir: Path, population: list[Example]) -> ReferenceLosses | None:
+def load_references(folder: RunFolder, population: list[Example]) -> ReferenceLosses | None:
     """The cached losses, or None when there are none or they were for other population samples."""
-    path = run_dir / REFERENCES_FILE
+    path = folder.reference_losses
     if not path.exists():
         return None
     data = np.load(path)

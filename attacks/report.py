@@ -22,6 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from dpbench.run_folder import RunFolder
+
 __all__ = ["verdict", "write_report"]
 
 Scores = Mapping[str, tuple[np.ndarray, np.ndarray]]
@@ -312,26 +314,23 @@ def _html(result: Mapping[str, Any], roc: bytes | None, hist: bytes | None) -> s
     return "\n".join(parts) + "\n"
 
 
-def write_report(
-    run_dir: Path, result: Mapping[str, Any], scores: Scores
-) -> tuple[Path, Path]:
-    """Write `audit.md`, `audit.html` (and `audit_roc.png`, `audit_hist.png`) into ``run_dir``.
+def write_report(folder: RunFolder, result: Mapping[str, Any], scores: Scores) -> tuple[Path, Path]:
+    """Write `audit.md`, `audit.html` (and `audit_roc.png`, `audit_hist.png`) into the run folder.
 
     ``result`` is shaped like the result schema (its `audit.attacks` summaries fill the
     table); ``scores`` maps attack name -> (member scores, non-member scores) for the plots.
     Returns (markdown path, HTML path).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder.create()
     roc = hist = None
     if scores:
         roc, hist = _roc_png(scores), _hist_png(scores)
-        _write_atomic(run_dir / "audit_roc.png", roc)
-        _write_atomic(run_dir / "audit_hist.png", hist)
+        _write_atomic(folder.report_image("roc"), roc)
+        _write_atomic(folder.report_image("hist"), hist)
     else:  # a re-audit without scores must not leave plots from an earlier one behind
-        for stale in ("audit_roc.png", "audit_hist.png"):
-            (run_dir / stale).unlink(missing_ok=True)
-    md, page = run_dir / "audit.md", run_dir / "audit.html"
+        for stale in ("roc", "hist"):
+            folder.report_image(stale).unlink(missing_ok=True)
+    md, page = folder.report_markdown, folder.report_html
     _write_atomic(md, _markdown(result, plots=bool(scores)).encode("utf-8"))
     _write_atomic(page, _html(result, roc, hist).encode("utf-8"))
     return md, page

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from dpbench.models.base import VisionLanguageModel
-from dpbench.tasks.base import Example
+from dpbench.examples import Example
 
 
 def per_example_losses(model: VisionLanguageModel, examples: list[Example], batch_size: int = 64) -> np.ndarray:

@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
-import yaml
 
+from dpbench.benchmark_report import write_outputs
 from dpbench.errors import DpbenchError
+from dpbench.options import parse_pairs
+from dpbench.phases import make_method, resolve_names
+from dpbench.spec import RunSpec, merge, method_override
+from dpbench.systems import environment
 
 DEFAULT_METHODS = "nonprivate,dpsgd,dpsgd:clipping=ghost,dpzo,dualpriv"
 KEEP_OPTIONS = ("keep_ratio", "keep_count")  # an entry that sets one is not swept over --keep-ratios
@@ -54,18 +58,7 @@ def parse_method_entry(text: str) -> MethodEntry:
     name, *pairs = (part.strip() for part in text.split(":"))
     if not name:
         raise DpbenchError(f"method entry {text!r} has no method name; expected NAME[:KEY=VALUE]...")
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = (s.strip() for s in pair.partition("="))
-        if not sep or not key:
-            raise DpbenchError(f"method entry {text!r}: {pair!r} is not KEY=VALUE")
-        if key in options:
-            raise DpbenchError(f"method entry {text!r} sets {key!r} twice")
-        try:
-            options[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise DpbenchError(f"method entry {text!r}: cannot read the value of {key!r}") from None
-    return MethodEntry(name, tuple(options.items()))
+    return MethodEntry(name, tuple(parse_pairs(pairs, f"method entry {text!r}").items()))
 
 
 def parse_methods(text: str) -> list[MethodEntry]:
@@ -109,9 +102,9 @@ class Case:
 
 def prunes_tokens(entry: MethodEntry) -> bool:
     """Whether the method, with the entry's options, prunes visual tokens (bad options fail here)."""
-    from dpbench.methods.base import METHODS
-
-    return METHODS.get(entry.name)(**dict(entry.options)).token_pruning is not None
+    spec = RunSpec.from_dict(method_override(entry.name, dict(entry.options)))
+    make_method(spec)
+    return spec.token_pruning.enabled
 
 
 def plan_cases(entries: list[MethodEntry], batch_sizes: list[int], keep_ratios: list[float] | None,
@@ -124,13 +117,11 @@ def plan_cases(entries: list[MethodEntry], batch_sizes: list[int], keep_ratios: 
     return cases
 
 
-def case_spec(base: dict[str, Any], case: Case):
+def case_spec(base: dict[str, Any], case: Case) -> RunSpec:
     """The run spec of a case; the physical batch defaults to the logical one, so memory grows with it."""
-    from dpbench.spec import RunSpec, merge
-
     training = {"batch_size": case.batch_size, "physical_batch_size": base["training"].get("physical_batch_size")
                 or case.batch_size}
-    return RunSpec.from_dict(merge(base, {"method": case.entry.name, "method_options": case.options,
+    return RunSpec.from_dict(merge(base, {**method_override(case.entry.name, case.options),
                                           "training": training, "attacks": []}))
 
 
@@ -235,10 +226,6 @@ def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
 @click.option("--name", help="Output file stem. [default: bench-TASK-MODEL-DEVICE]")
 def bench_command(**kw) -> None:
     """Median peak training memory and throughput per method, as ratios to nonprivate."""
-    from dpbench.benchmark_report import write_outputs
-    from dpbench.runner import check_names
-    from dpbench.systems import environment
-
     if kw["rounds"] < 1 or kw["steps"] < 1:
         raise DpbenchError("--rounds and --steps must be at least 1")
     entries = parse_methods(kw["methods"])
@@ -251,7 +238,7 @@ def bench_command(**kw) -> None:
                          "physical_batch_size": kw["physical_batch_size"]}}
     cases = plan_cases(entries, batch_sizes, keep_ratios)
     specs = [case_spec(base, c) for c in cases]  # every spec validated before anything runs
-    check_names(specs[0])
+    resolve_names(specs[0])
     measurements = run_rounds(cases, specs, kw["rounds"], echo=click.echo)
     result = {
         "kind": "dpbench-bench",

@@ -6,6 +6,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from dpbench.errors import DpbenchError
+from dpbench.results import validation_errors, write_json_atomic
+
 MIB = 2**20
 MEMORY_KINDS = {  # what PeakMemory's record kinds measure
     "cpu-rss-above-baseline": "resident set above the process's baseline just before training (VmHWM)",
@@ -102,11 +105,6 @@ def plot_png(result: dict[str, Any]) -> bytes:
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
-    from dpbench.results import write_json_atomic
-
-    from dpbench.errors import DpbenchError
-    from dpbench.results import validation_errors
-
     errors = validation_errors(result, "bench")
     if errors:  # a bug in dpbench, not in the user's input: say where
         raise DpbenchError("bench output does not match schema/bench.schema.json: " + "; ".join(errors))

@@ -2,9 +2,9 @@
 
 `dpbench bench` starts this in a fresh process per measurement
 (`python -m dpbench.benchmark_worker SPEC.json OUT.json`), so no allocator cache, compiled
-kernel or leaked tensor of one method inflates or flatters the next. It runs the training
-phase of `dpbench run` (same loading, same `PeakMemory` around `Method.train`) but neither
-evaluates nor audits nor writes a run folder: those would cost far more than the steps measured.
+kernel or leaked tensor of one method inflates or flatters the next. It runs the prepare and
+train phases of `dpbench run` (`dpbench.phases`: the same loading, the same `PeakMemory` around
+`Method.train`) but neither evaluates nor audits nor writes a run folder: those would cost far more than the steps measured.
 """
 
 from __future__ import annotations
@@ -14,46 +14,26 @@ import sys
 import time
 from pathlib import Path
 
+from dpbench import phases
 from dpbench.errors import DpbenchError
+from dpbench.spec import RunSpec, load_spec_file
+from dpbench.systems import throughput
 
 
-def train_systems(spec) -> dict:
+def train_systems(spec: RunSpec) -> dict:
     """Train as `dpbench run` does; return peak memory per device, throughput and tokens kept."""
-    from dpbench.methods.base import METHODS
-    from dpbench.models.lora import setup_parameters
-    from dpbench.models.registry import load_model
-    from dpbench.privacy import check_delta
-    from dpbench.runner import check_names, run_delta, training_examples
-    from dpbench.systems import PeakMemory, throughput
-    from dpbench.tasks.base import TASKS
-
-    check_names(spec)
-    task = TASKS.get(spec.task)()
-    method = METHODS.get(spec.method)(**spec.method_options)
-    data = task.load(spec.data_dir)
-    train = training_examples(spec, data)
-    delta = run_delta(spec, len(train))
-    if method.private:
-        check_delta(delta, len(train))
-    model = load_model(spec.model, spec.device)
-    setup_parameters(model, spec)
-    method.prepare(model)
-    with PeakMemory(spec.device) as memory:
-        t0 = time.perf_counter()
-        report = method.train(model, train, spec, delta)
-        wall = time.perf_counter() - t0
+    trained = phases.train(phases.prepare(spec))
+    report = trained.report
     return {
         "steps": report.steps,
-        "peak_memory": memory.records,
-        "train": throughput(wall, report.samples, report.tokens),
-        "visual_tokens": {"before": model.visual_tokens_per_image, "after": model.visual_tokens_kept},
+        "peak_memory": trained.peak_memory,
+        "train": throughput(trained.wall_s, report.samples, report.tokens),
+        "visual_tokens": trained.visual_tokens,
         "details": report.details,
     }
 
 
 def main(argv: list[str]) -> int:
-    from dpbench.spec import RunSpec, load_spec_file
-
     if len(argv) != 2:
         print("usage: python -m dpbench.benchmark_worker SPEC.json OUT.json", file=sys.stderr)
         return 2

@@ -7,24 +7,20 @@ from pathlib import Path
 
 import click
 
+from dpbench.benchmark import bench_command
 from dpbench.errors import DpbenchError
-from dpbench.spec import EVAL_SPLITS
-
-
-def _option_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)  # "0.25" -> 0.25, "true" -> True, "merge" -> "merge"
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise DpbenchError(f"--option takes KEY=VALUE, got {pair!r}")
-        out[key.strip()] = _option_value(value)
-    return out
+from dpbench.leaderboard.cli import leaderboard_command
+from dpbench.models.lora import LoraSpec
+from dpbench.models.registry import MODELS
+from dpbench.options import parse_pairs
+from dpbench.reaudit import reaudit
+from dpbench.registries import ATTACKS, METHODS, TASKS
+from dpbench.results import load_result
+from dpbench.run_folder import RunFolder
+from dpbench.runner import run as run_one
+from dpbench.spec import EVAL_SPLITS, RunSpec, load_spec_file, merge
+from dpbench.summary import print_summary
+from dpbench.sweep import sweep_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +48,9 @@ def cli() -> None:
 @click.option("--lora", metavar="TEXT", help="LoRA adapters on the language model (with language_model in --trainable it "
               "trains them only): r=R,alpha=A[,dropout=P][,targets=NAME,NAME...], e.g. r=8,alpha=16,targets=q_proj,v_proj; "
               "'none' turns a config's off. [default: off]")
+@click.option("--token-pruning", metavar="TEXT", help="Visual-token pruning, a transform of the model: "
+              "STRATEGY[,keep_ratio=R][,keep_count=K] (strategies: random, merge, cls-attention, text-guided), "
+              "keep_ratio=R for the method's own strategy, or 'none'. [default: the method's, see `dpbench list methods`]")
 @click.option("--device", help="cpu, cuda or cuda:N. [default: cpu]")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--attacks", help="Comma-separated membership-inference attacks for the audit.")
@@ -67,9 +66,6 @@ def cli() -> None:
 @click.option("--save-checkpoint", is_flag=True, help="Save the fine-tuned model in the run folder.")
 def run(**kw) -> None:
     """Fine-tune, account, audit and record one run: runs/<run-id>/result.json."""
-    from dpbench.runner import run as run_one
-    from dpbench.spec import RunSpec, load_spec_file, merge
-
     spec_dict = load_spec_file(kw["config"]) if kw["config"] else {}
     top = {k: kw[k] for k in ("method", "task", "model", "data_dir", "device", "eval_limit", "eval_split") if kw[k] is not None}
     privacy = {k: kw[k] for k in ("epsilon", "delta", "accountant", "max_grad_norm") if kw[k] is not None}
@@ -79,19 +75,17 @@ def run(**kw) -> None:
     audit = {k: kw[f] for k, f in (("references", "audit_references"), ("canaries", "canaries")) if kw[f] is not None}
     flags = {**top, "privacy": privacy, "training": training, "audit": audit}
     if kw["options"]:
-        flags["method_options"] = _parse_options(kw["options"])
+        flags["method_options"] = parse_pairs(kw["options"], "--option")
+    if kw["token_pruning"] is not None:
+        flags["token_pruning"] = kw["token_pruning"]
     if kw["lora"] is not None:  # every field (defaults filled in): it replaces a config's lora, never merges into it
-        from dpbench.models.lora import LoraSpec
-
         lora = LoraSpec.from_value(kw["lora"])
         flags["lora"] = lora.to_dict() if lora is not None else None
     if kw["attacks"] is not None:
         flags["attacks"] = [a.strip() for a in kw["attacks"].split(",") if a.strip()]
     spec = RunSpec.from_dict(merge(spec_dict, flags))
     result = run_one(spec, Path(kw["runs_dir"]), audit=not kw["no_audit"], save_checkpoint=kw["save_checkpoint"])
-    from dpbench.summary import print_summary
-
-    print_summary(result, Path(kw["runs_dir"]) / result["run_id"])
+    print_summary(result, RunFolder.of(kw["runs_dir"], result.run_id))
 
 
 @cli.command()
@@ -99,46 +93,32 @@ def run(**kw) -> None:
 @click.option("--attacks", help="Comma-separated attacks (needs the run's checkpoint).")
 def audit(run_dir: str, attacks: str | None) -> None:
     """Audit a finished run again; rewrite its audit section and report."""
-    from dpbench.reaudit import reaudit
-    from dpbench.summary import print_summary
-
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     result = reaudit(Path(run_dir), names)
-    print_summary(result, Path(run_dir))
+    print_summary(result, RunFolder(Path(run_dir)))
 
 
 @cli.command("list")
 @click.argument("kind", type=click.Choice(["methods", "tasks", "attacks", "models"]))
 def list_(kind: str) -> None:
     """List the registered methods, tasks, attacks or models."""
-    registry = _registry(kind)
+    registry = {"methods": METHODS, "tasks": TASKS, "attacks": ATTACKS, "models": MODELS}[kind]
     for name in registry.names():
         obj = registry.get(name)
         doc = (obj.__doc__ or "").strip().splitlines()
         line = doc[0] if doc else ""
-        if kind == "methods":  # the default learning rate, which differs between methods
-            line = f"{'lr ' + format(obj.default_lr, 'g') if obj.default_lr else 'lr: option':12s}{line}"
+        if kind == "methods":  # the defaults that differ between methods
+            lr = "lr " + format(obj.default_lr, "g") if obj.default_lr else "lr: option"
+            pruning = obj.default_token_pruning
+            tokens = f"tokens {pruning.strategy} {pruning.keep_ratio:g}" if pruning.enabled else "tokens all"
+            line = f"{lr:12s}{tokens:20s}{line}"
         click.echo(f"{name:16s} {line}")
-
-
-def _registry(kind: str):
-    if kind == "methods":
-        from dpbench.methods.base import METHODS as r
-    elif kind == "tasks":
-        from dpbench.tasks.base import TASKS as r
-    elif kind == "attacks":
-        from dpbench.attacks.base import ATTACKS as r
-    else:
-        from dpbench.models.registry import MODELS as r
-    return r
 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 def validate(files: tuple[str, ...]) -> None:
     """Check result (or `dpbench bench`) files against their schema; list every error with its JSON path."""
-    from dpbench.results import load_result
-
     bad = 0
     for f in files:
         try:
@@ -164,17 +144,9 @@ def lm_eval_command(args: tuple[str, ...]) -> None:
     lm_eval_main(list(args))
 
 
-def _add_plugin_commands() -> None:
-    from dpbench.benchmark import bench_command
-    from dpbench.leaderboard.cli import leaderboard_command
-    from dpbench.sweep import sweep_command
-
-    cli.add_command(bench_command, "bench")
-    cli.add_command(leaderboard_command, "leaderboard")
-    cli.add_command(sweep_command, "sweep")
-
-
-_add_plugin_commands()
+cli.add_command(bench_command, "bench")
+cli.add_command(leaderboard_command, "leaderboard")
+cli.add_command(sweep_command, "sweep")
 
 
 def main(argv: list[str] | None = None) -> None:

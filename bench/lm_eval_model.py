@@ -29,10 +29,14 @@ from pathlib import Path
 import torch
 
 import dpbench.tasks
+from dpbench import phases
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
+from dpbench.examples import Example
 from dpbench.models.base import ModelInfo, VisionLanguageModel
-from dpbench.tasks.base import Example
+from dpbench.models.registry import load_model
+from dpbench.run_folder import RunFolder
+from dpbench.spec import RunSpec
 
 try:
     import lm_eval.models  # noqa: F401  lm-eval's own names first: it fills only an empty registry itself
@@ -49,28 +53,22 @@ log = logging.getLogger(__name__)
 
 
 def load_run(run_dir: str | Path, device: str) -> VisionLanguageModel:
-    """A finished run's fine-tuned model, changed as the run changed it before evaluating
-    (`Method.prepare`: e.g. dualpriv's default visual-token pruning), so scores match the run's."""
-    from dpbench.methods.base import METHODS
-    from dpbench.models.registry import load_hf
-    from dpbench.spec import RunSpec
-
-    run_dir = Path(run_dir)
-    checkpoint, spec_file = run_dir / "checkpoint", run_dir / "spec.json"
-    if not run_dir.is_dir():
-        raise DpbenchError(f"run folder {run_dir} does not exist")
-    if not checkpoint.is_dir():
-        raise DpbenchError(f"{run_dir} has no checkpoint/: rerun it with `dpbench run --save-checkpoint`")
+    """A finished run's fine-tuned model, transformed as the run's was before evaluating
+    (e.g. dualpriv's default visual-token pruning), so scores match the run's."""
+    folder = RunFolder(Path(run_dir))
+    if not folder.path.is_dir():
+        raise DpbenchError(f"run folder {folder.path} does not exist")
+    if not folder.checkpoint.is_dir():
+        raise DpbenchError(f"{folder.path} has no checkpoint/: rerun it with `dpbench run --save-checkpoint`")
     try:
-        spec = RunSpec.from_dict(json.loads(spec_file.read_text()))
+        spec = RunSpec.from_dict(json.loads(folder.spec.read_text()))
     except OSError as e:
-        raise DpbenchError(f"cannot read {spec_file}: {e.strerror}") from None
+        raise DpbenchError(f"cannot read {folder.spec}: {e.strerror}") from None
     except json.JSONDecodeError as e:
-        raise DpbenchError(f"{spec_file} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    method = METHODS.get(spec.method)(**spec.method_options)  # bad options fail before the slow load
-    model = load_hf(checkpoint, device, ModelInfo(spec.model, "local", str(checkpoint.resolve()), "llava"))
-    method.prepare(model)
-    return model
+        raise DpbenchError(f"{folder.spec} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    method = phases.make_method(spec)  # bad options fail before the slow load
+    info = ModelInfo(spec.model, "local", str(folder.checkpoint.resolve()), "llava")
+    return phases.load_checkpoint(spec, method, folder, info)
 
 
 def image_file(image) -> Path:
@@ -127,8 +125,6 @@ class DpbenchLM(LM):
         if run_dir is not None:
             self.vlm = load_run(run_dir, device)
         else:
-            from dpbench.models.registry import load_model
-
             self.vlm = load_model(str(pretrained), device)
         self._device = self.vlm.device
         self.batch_size = _batch_size(batch_size)  # max_batch_size (lm-eval's auto-batch cap) is unused

@@ -1,60 +1,68 @@
 """`dpbench audit RUN_DIR`: audit a finished run again and rewrite its report.
 
 With the run's checkpoint (`dpbench run --save-checkpoint`) the attacks score the examples
-again, possibly with other attacks, reusing the reference models' cached losses
-(`audit_references.npz`) when they match; without it, the saved attack and canary scores are
-summarised again (e.g. after a change to the audit metrics or report).
+again, possibly with other attacks, reusing the reference models' cached losses when they
+match; without it, the saved attack and canary scores are summarised again (e.g. after a
+change to the audit metrics or report).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from dpbench import phases
 from dpbench.attacks.audit import audit_run, load_scores, summarise
 from dpbench.attacks.canary_audit import canary_section, load_canary_scores
 from dpbench.attacks.population import skipped_notes
 from dpbench.attacks.report import write_report
 from dpbench.errors import DpbenchError
+from dpbench.models.registry import load_model
 from dpbench.results import load_result, write_result
+from dpbench.run_folder import RunFolder
+from dpbench.run_result import AuditRecord, RunResult
 from dpbench.spec import RunSpec
+from dpbench.tasks.base import TASKS
 
 
-def reaudit(run_dir: Path, attacks: list[str] | None = None) -> dict:
-    result = load_result(run_dir / "result.json")
-    spec = RunSpec.from_dict(result["spec"])
-    delta = result["privacy"]["delta"] or (1.0 / (10 * result["dataset"]["n_train"]))
-    checkpoint = run_dir / "checkpoint"
-    if checkpoint.is_dir():
-        from dpbench.attacks.canary_audit import make_canaries
-        from dpbench.methods.base import METHODS
-        from dpbench.models.registry import load_hf, load_model
-        from dpbench.runner import audit_sets, training_examples
-        from dpbench.tasks.base import TASKS
+def rescore(result: RunResult, spec: RunSpec, folder: RunFolder, attacks: list[str] | None):
+    """Score the saved model again: the run's own audit, from its checkpoint."""
+    method = phases.make_method(spec)
+    data = TASKS.get(spec.task)().load(spec.data_dir)
+    train = phases.training_examples(spec, data)
+    members, nonmembers = phases.audit_sets(spec, train, data)
+    base = load_model(spec.model, spec.device)
+    target = phases.load_checkpoint(spec, method, folder, base.info)
+    return audit_run(spec, attacks or list(spec.attacks), target, base, members, nonmembers, data.test,
+                     delta=result.privacy["delta"] or phases.run_delta(spec, result.dataset.n_train),
+                     target_epochs=result.training.epochs, folder=folder, train_reference=phases.train_reference,
+                     canaries=phases.run_canaries(spec, train))
 
-        data = TASKS.get(spec.task)().load(spec.data_dir)
-        train = training_examples(spec, data)
-        members, nonmembers = audit_sets(spec, train, data)
-        canaries = make_canaries(train, spec.audit.canaries, spec.training.seed) if spec.audit.canaries else None
-        base = load_model(spec.model, spec.device)
-        target = load_hf(checkpoint, spec.device, base.info)
-        METHODS.get(spec.method)(**spec.method_options).prepare(target)  # e.g. the same token pruning
-        result["audit"], scores = audit_run(spec, attacks or list(spec.attacks), target, base, members, nonmembers,
-                                            data.test, delta=delta, target_epochs=result["training"]["epochs"],
-                                            run_dir=run_dir, canaries=canaries)
-    elif (run_dir / "audit_scores.npz").exists():
+
+def resummarise(result: RunResult, spec: RunSpec, folder: RunFolder) -> tuple[AuditRecord, dict]:
+    """Summarise the saved attack and canary scores again (no model needed)."""
+    delta = result.privacy["delta"] or phases.run_delta(spec, result.dataset.n_train)
+    scores = load_scores(folder)
+    old = result.audit
+    canary = None
+    if spec.audit.canaries:
+        included, canary_scores = load_canary_scores(folder)
+        canary = canary_section(included, canary_scores, spec.training.seed, delta)
+    audit = summarise(scores, delta, n_members=old.n_members if old else None,
+                      notes=skipped_notes(spec.attacks, spec.audit.references),
+                      references=old.references if old else None, canary=canary)
+    return audit, scores
+
+
+def reaudit(run_dir, attacks: list[str] | None = None) -> RunResult:
+    folder = RunFolder(run_dir)
+    result = RunResult.from_dict(load_result(folder.result))
+    spec = RunSpec.from_dict(result.spec)
+    if folder.checkpoint.is_dir():
+        result.audit, scores = rescore(result, spec, folder, attacks)
+    elif folder.attack_scores.exists():
         if attacks:
-            raise DpbenchError(f"{run_dir} has no checkpoint: new attacks need `dpbench run --save-checkpoint`")
-        scores = load_scores(run_dir)
-        old = result["audit"] or {}
-        canary = None
-        if spec.audit.canaries:
-            included, canary_scores = load_canary_scores(run_dir)
-            canary = canary_section(included, canary_scores, spec.training.seed, delta)
-        result["audit"] = summarise(scores, delta, n_members=old.get("n_members"),
-                                    notes=skipped_notes(spec.attacks, spec.audit.references),
-                                    references=old.get("references"), canary=canary)
+            raise DpbenchError(f"{folder.path} has no checkpoint: new attacks need `dpbench run --save-checkpoint`")
+        result.audit, scores = resummarise(result, spec, folder)
     else:
-        raise DpbenchError(f"{run_dir} has neither a checkpoint nor saved attack scores to audit")
-    write_report(run_dir, result, scores)
-    write_result(run_dir / "result.json", result)
+        raise DpbenchError(f"{folder.path} has neither a checkpoint nor saved attack scores to audit")
+    write_report(folder, result.to_dict(), scores)
+    write_result(folder.result, result.to_dict())
     return result

@@ -28,12 +28,22 @@ class UnknownNameError(KeyError, DpbenchError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, base: type | None = None, plugins: str | None = None):
+    """`base` is the class every item must subclass, or its "module:Class" name: a registry
+    declared in `dpbench.registries` names it so, and importing the registry stays cheap."""
+
+    def __init__(self, kind: str, base: type | str | None = None, plugins: str | None = None):
         self.kind = kind
-        self.base = base
+        self._base = base
         self.plugins = plugins
         self._items: dict[str, T] = {}
         self._loaded = plugins is None
+
+    @property
+    def base(self) -> type | None:
+        if isinstance(self._base, str):  # the base's module has run by the time anything registers
+            module, _, attribute = self._base.partition(":")
+            self._base = getattr(importlib.import_module(module), attribute)
+        return self._base
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:

@@ -19,13 +19,16 @@ import yaml
 
 from dpbench.errors import DpbenchError
 from dpbench.models.lora import LoraSpec
+from dpbench.models.pruning_spec import TokenPruning
+from dpbench.registries import METHODS
 
 ACCOUNTANTS = ("rdp", "prv")
 # "validation": the task's held-out validation examples (never trained on; also the audit's
 # non-members), for choosing hyperparameters without looking at the test split
 EVAL_SPLITS = ("test", "validation")
 # fields added after results were committed, with their defaults: a spec at the default leaves
-# the field out of its hash, so older specs keep their hash (and their run ids)
+# the field out of its hash, so older specs keep their hash (and their run ids); token_pruning
+# likewise at its method's default
 HASH_OMITTED_AT_DEFAULT = {"lora": None, "eval_split": "test"}
 
 
@@ -70,16 +73,22 @@ class RunSpec:
     eval_limit: int | None = None
     eval_split: str = "test"
     lora: LoraSpec | None = None  # LoRA adapters on the language model; None: no adapters
+    token_pruning: TokenPruning | None = None  # visual-token pruning; None: the method's default
 
     def __post_init__(self) -> None:
-        # Resolved here, so the stored spec (and its hash) names the learning rate actually used.
-        if self.training.lr is None and (lr := method_default_lr(self.method)) is not None:
-            object.__setattr__(self, "training", dataclasses.replace(self.training, lr=lr))
+        # Resolved here, so the stored spec (and its hash) names the learning rate and the token
+        # pruning actually used.
+        method = registered_method(self.method)
+        if self.training.lr is None and method is not None and method.default_lr is not None:
+            object.__setattr__(self, "training", dataclasses.replace(self.training, lr=method.default_lr))
+        if self.token_pruning is None:
+            object.__setattr__(self, "token_pruning", default_token_pruning(self.method))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["attacks"] = list(self.attacks)
         d["lora"] = self.lora.to_dict() if self.lora is not None else None
+        d["token_pruning"] = self.token_pruning.to_dict()
         return d
 
     @classmethod
@@ -96,6 +105,7 @@ class RunSpec:
             raise DpbenchError(f"bad run spec: {e}") from None
         d["attacks"] = tuple(d.get("attacks", cls.attacks))
         d["lora"] = LoraSpec.from_value(d.get("lora"))
+        d["token_pruning"] = TokenPruning.from_value(d.get("token_pruning"), default_token_pruning(d.get("method", cls.method)))
         return cls(privacy=privacy, training=training, audit=audit, **d).validated()
 
     def replace(self, **changes: Any) -> RunSpec:
@@ -147,6 +157,8 @@ class RunSpec:
         for name, default in HASH_OMITTED_AT_DEFAULT.items():
             if d[name] == default:
                 del d[name]
+        if self.token_pruning == default_token_pruning(self.method):  # as before the field existed
+            del d["token_pruning"]
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -173,14 +185,6 @@ def check_scalar_types(part: Any, prefix: str) -> None:
             raise DpbenchError(f"{prefix}{f.name} must be {wanted}, got {value!r}{hint}")
 
 
-def check_fraction(name: str, value: Any) -> float:
-    """A ratio option in (0, 1], as a float. Option values arrive untyped (`--option
-    keep_ratio=abc`, YAML's `true`): text or a boolean is refused, not converted."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise DpbenchError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
 def _number_text(value: Any) -> bool:
     try:
         return isinstance(value, str) and math.isfinite(float(value))
@@ -188,11 +192,29 @@ def _number_text(value: Any) -> bool:
         return False
 
 
-def method_default_lr(method: str) -> float | None:
-    """The registered method's default learning rate; None for a name not registered."""
-    from dpbench.methods.base import METHODS  # here: the methods import this module
+# a method entry's (sweep, `dpbench bench`) keys that set the spec's token pruning, not method options
+TOKEN_PRUNING_KEYS = {"token_pruning": "strategy", "keep_ratio": "keep_ratio", "keep_count": "keep_count"}
 
-    return METHODS.get(method).default_lr if method in METHODS else None
+
+def method_override(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields a method entry sets: `dualpriv` with {clipping: ghost, keep_ratio: 0.5} is
+    method dualpriv, method option clipping, and the method's token pruning at keep 0.5."""
+    override: dict[str, Any] = {"method": name,
+                                "method_options": {k: v for k, v in options.items() if k not in TOKEN_PRUNING_KEYS}}
+    pruning = {TOKEN_PRUNING_KEYS[k]: v for k, v in options.items() if k in TOKEN_PRUNING_KEYS}
+    if pruning:
+        override["token_pruning"] = pruning["strategy"] if set(pruning) == {"strategy"} else pruning
+    return override
+
+
+def registered_method(name: str):
+    """The registered method class, or None for a name not registered (refused later, with hints)."""
+    return METHODS.get(name) if isinstance(name, str) and name in METHODS else None
+
+
+def default_token_pruning(method: str) -> TokenPruning:
+    registered = registered_method(method)
+    return registered.default_token_pruning if registered is not None else TokenPruning("none")
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

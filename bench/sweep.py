@@ -16,7 +16,6 @@ Example file::
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -28,8 +27,8 @@ import click
 import yaml
 
 from dpbench.errors import DpbenchError
-from dpbench.results import validation_errors
-from dpbench.spec import RunSpec, load_spec_file, merge
+from dpbench.run_folder import RunFolder
+from dpbench.spec import RunSpec, load_spec_file, merge, method_override
 
 GRID_KEYS = ("tasks", "methods", "epsilons", "seeds")
 NON_PRIVATE_METHODS = ("nonprivate",)  # run once per seed; the epsilon axis does not apply
@@ -84,26 +83,20 @@ def expand(grid: dict[str, Any]) -> list[RunSpec]:
         for name, options in map(method_entry, as_list(grid, "methods")):
             for eps in [None] if name in NON_PRIVATE_METHODS else epsilons:
                 for seed in seeds:
-                    override = {"task": task, "method": name, "privacy": {"epsilon": eps},
-                                "training": {"seed": seed}, "method_options": options}
+                    override = {"task": task, "privacy": {"epsilon": eps}, "training": {"seed": seed},
+                                **method_override(name, options)}
                     spec = RunSpec.from_dict(merge(base, override))
                     specs.setdefault(spec.run_id(), spec)
     return list(specs.values())
 
 
 def result_path(runs_dir: str | Path, spec: RunSpec) -> Path:
-    return Path(runs_dir) / spec.run_id() / "result.json"
+    return RunFolder.of(runs_dir, spec.run_id()).result
 
 
 def is_done(runs_dir: str | Path, spec: RunSpec) -> bool:
     """A valid result for exactly this spec exists (a crash leaves none: results are written atomically)."""
-    path = result_path(runs_dir, spec)
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    # Compare through JSON so tuples and lists (attacks) compare as the file stores them.
-    return not validation_errors(result) and result.get("spec") == json.loads(json.dumps(spec.to_dict()))
+    return RunFolder.of(runs_dir, spec.run_id()).finished(spec)
 
 
 def run_command(config: Path, runs_dir: str | Path) -> list[str]:

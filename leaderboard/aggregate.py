@@ -111,7 +111,7 @@ def target_epsilon(result: dict[str, Any]) -> float | None:
 NAMED_FIELDS = {"task", "method", "model", "device", "data_dir", "method_options", "privacy.epsilon", "training.seed"}
 
 
-SECTIONS = ("privacy", "training", "audit")  # the spec's nested dataclasses; other dicts (lora) are values
+SECTIONS = ("privacy", "training", "audit", "token_pruning")  # nested in the spec: each field its own option; lora is one value
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dpbench.methods.token_pruning import TOKEN_PRUNING_OPTIONS, TokenPruner, TokenPruning, install_token_pruning
-from dpbench.models.base import VisionLanguageModel
+from dpbench.errors import DpbenchError
+from dpbench.examples import Example
+from dpbench.models.pruning_spec import TokenPruning
 from dpbench.privacy import PrivacyReport
-from dpbench.registry import Registry
-from dpbench.spec import RunSpec
-from dpbench.tasks.base import Example
+from dpbench.registries import METHODS
+
+if TYPE_CHECKING:
+    from dpbench.models.base import VisionLanguageModel
+    from dpbench.spec import RunSpec
+
+__all__ = ["METHODS", "Method", "TrainReport"]
+
+# options that moved into the run spec: a method refuses them with a pointer to the flag
+TOKEN_PRUNING_KEYS = ("token_pruning", "keep_ratio", "keep_count")
 
 
 @dataclass
@@ -32,31 +40,27 @@ class Method(ABC):
     # Adam's learning rate when the spec gives none; None: the method does not use spec.training.lr.
     # Chosen on the embedded ScienceQA validation split (README, "Learning rates and dualpriv's defaults").
     default_lr: float | None = 1e-3
+    # the visual-token pruning a spec without `token_pruning` runs under (a model transform)
+    default_token_pruning: TokenPruning = TokenPruning("none")
     per_example_gradients = False  # trains on per-example gradients (Opacus): checked in `prepare`
 
     def __init__(self, **options: Any):
-        from dpbench.errors import DpbenchError
-
-        defaults = {**TOKEN_PRUNING_OPTIONS, **self.options}  # every method can prune visual tokens
-        unknown = set(options) - set(defaults)
+        unknown = set(options) - set(self.options)
+        if unknown & set(TOKEN_PRUNING_KEYS):
+            raise DpbenchError(f"{', '.join(sorted(unknown & set(TOKEN_PRUNING_KEYS)))}: token pruning is part of "
+                               "the run spec, not a method option: --token-pruning STRATEGY[,keep_ratio=R] "
+                               "(or token_pruning: in a spec file)")
         if unknown:
-            known = ", ".join(defaults)
+            known = ", ".join(self.options) or "none"
             raise DpbenchError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; known: {known}")
-        self.opts = {**defaults, **options}
-        self.token_pruning = TokenPruning.from_options(self.opts)  # None: off; bad values fail here
-        self.pruner: TokenPruner | None = None
+        self.opts = {**self.options, **options}
 
     def prepare(self, model: VisionLanguageModel) -> None:
-        """Change the model before training and evaluation: installs visual-token pruning when
-        the options ask for it. Subclasses that override this call `super().prepare(model)`."""
+        """Change the model before training and evaluation, after the spec's transforms (LoRA,
+        trainable groups, token pruning). Subclasses that override this call `super().prepare(model)`."""
         if self.per_example_gradients:  # refuse before any run folder exists or anything is spent
             model.check_per_example_gradients()
-        if self.token_pruning is not None:
-            self.pruner = install_token_pruning(model, self.token_pruning)
 
     @abstractmethod
     def train(self, model: VisionLanguageModel, data: list[Example], spec: RunSpec, delta: float) -> TrainReport:
         """Train `model` in place on `data`; `delta` is the run's δ."""
-
-
-METHODS: Registry[type[Method]] = Registry("method", base=Method, plugins="dpbench.methods")

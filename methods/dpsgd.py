@@ -1,12 +1,183 @@
-"""DP-SGD (Abadi et al. 2016): per-example clipping and Gaussian noise, through Opacus.
+"""DP-SGD (Abadi et al. 2016) through Opacus, in one place: the `dpsgd` method and the training
+that `dualpriv` and its ablations share.
 
-`clipping: ghost` computes the same clipped gradient with Opacus' ghost clipping (norms
-without per-example gradients): less memory, about twice the backward work."""
+Opacus does the DP work: per-sample gradients, per-example clipping, Gaussian noise, Poisson
+sampling and accounting. Logical batches (Poisson, expected size `batch_size`) are split
+into physical batches by Opacus' BatchMemoryManager, so memory is bounded whatever the draw.
+σ is calibrated (`dpbench.privacy.calibrate_noise`) at the rate Opacus' loader samples at.
+
+Two ways to clip (`clipping`), the same DP gradient up to float error:
+  per-sample  Opacus' hooks mode: every trainable tensor's per-example gradient is
+              materialised (B copies of the parameters), clipped and summed.
+  ghost       Opacus' ghost clipping: per-example gradient *norms* are computed from
+              activations and backprops (Linear, Embedding; small layers such as RMSNorm
+              through their per-sample rule), then a second backward of the loss weighted by
+              each example's clipping factor gives the clipped sum directly. Twice the
+              backward work, but no per-example gradients in memory.
+
+A post-noise hook sees the noisy gradient before the optimiser consumes it (update pruning).
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from opacus import PrivacyEngine
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch.utils.data import DataLoader, Dataset
+
+from dpbench.errors import DpbenchError
+from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rules)
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.opacus_training import check_clipping, train_dp_sgd
+from dpbench.privacy import PrivacyReport, calibrate_noise
+from dpbench.training_loop import TrainingLoop, adam, trainable_parameters
+
+# Called with the trainable parameters once their .grad holds the noisy, scaled DP gradient
+# and before the optimiser consumes it: anything here is post-processing of a DP release.
+PostNoiseHook = Callable[[list[torch.nn.Parameter]], None]
+
+# our option value -> Opacus' grad_sample_mode
+CLIPPING_MODES = {"per-sample": "hooks", "ghost": "ghost"}
+
+
+def check_clipping(mode: str) -> str:
+    if mode not in CLIPPING_MODES:
+        raise DpbenchError(f"clipping must be one of {', '.join(CLIPPING_MODES)}, got {mode!r}")
+    return mode
+
+
+class IndexDataset(Dataset):
+    """Indices into the example list: Opacus samples these, the method encodes examples."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor]:
+        return (torch.tensor(i),)  # a tuple: Opacus builds empty Poisson batches from item shapes
+
+
+class PerExampleLoss:
+    """The criterion Opacus' ghost clipping wraps. Our model already returns one loss per
+    example, so this only reduces: Opacus sets `reduction = "none"` to get the vector, keeps it
+    for its second (clipping-weighted) backward, and reduces by the mean itself."""
+
+    reduction = "mean"
+
+    def __call__(self, per_example: torch.Tensor) -> torch.Tensor:
+        return per_example if self.reduction == "none" else per_example.mean()
+
+
+def opacus_sample_rate(n: int, batch_size: int) -> float:
+    """The Poisson rate Opacus' loader samples, and its accountant accounts, at: 1/len(loader)
+    = 1/⌈n/B⌉, a little under B/n unless B divides n. σ is calibrated at this rate, so the
+    spent ε meets the target; the expected batch is n/⌈n/B⌉."""
+    return 1 / math.ceil(n / batch_size)
+
+
+def dp_sgd_noise_multiplier(spec, delta: float, n: int) -> float:
+    """σ for the spec's target ε over its planned steps, at the rate Opacus samples n examples at."""
+    t, p = spec.training, spec.privacy
+    return calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=opacus_sample_rate(n, t.batch_size),
+                           steps=t.steps, accountant=p.accountant)
+
+
+@dataclass
+class Private:
+    """What Opacus' `make_private` hands back, in one place."""
+
+    engine: PrivacyEngine
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: Callable
+    loader: DataLoader
+    params: list[torch.nn.Parameter]
+
+
+def make_private(model, n: int, spec, sigma: float, *, clipping: str, secure_rng: bool) -> Private:
+    t, p = spec.training, spec.privacy
+    params = trainable_parameters(model.model)
+    model.model.train()  # Opacus validates in training mode, and its hooks skip eval mode
+    engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
+    private = engine.make_private(
+        module=model.model, optimizer=adam(params, spec), criterion=PerExampleLoss(),
+        data_loader=DataLoader(IndexDataset(n), batch_size=t.batch_size), noise_multiplier=sigma,
+        max_grad_norm=p.max_grad_norm, poisson_sampling=True, grad_sample_mode=CLIPPING_MODES[clipping],
+    )
+    if clipping == "ghost":  # Opacus returns the wrapped criterion only in ghost mode
+        module, optimizer, criterion, loader = private
+    else:
+        (module, optimizer, loader), criterion = private, PerExampleLoss()
+    if loader.sample_rate != opacus_sample_rate(n, t.batch_size):  # Opacus changed how it sets the rate
+        raise DpbenchError(f"Opacus samples at {loader.sample_rate}, σ was calibrated at "
+                           f"{opacus_sample_rate(n, t.batch_size)}")
+    return Private(engine, module, optimizer, criterion, loader, params)
+
+
+def empty_draw(params: list[torch.nn.Parameter]) -> None:
+    """An empty Poisson draw still releases noise: give Opacus an empty batch's per-sample
+    gradients (per-sample mode) and gradient (ghost)."""
+    for q in params:
+        q.grad_sample = torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)
+        q.grad = torch.zeros_like(q)
+
+
+def dp_steps(model, data, spec, dp: Private, loop: TrainingLoop, post_noise_hook: PostNoiseHook | None) -> None:
+    """`spec.training.steps` noisy steps over Poisson-sampled logical batches, split into physical ones."""
+    t, running = spec.training, 0.0
+    with BatchMemoryManager(data_loader=dp.loader, max_physical_batch_size=t.physical_batch_size,
+                            optimizer=dp.optimizer) as physical_batches:
+        while loop.steps < t.steps:
+            for (idx,) in physical_batches:
+                idx = idx.tolist()
+                if idx:
+                    batch = model.encode([data[i] for i in idx], [data[i].target for i in idx])
+                    per_example = model.per_example_loss(batch, model=dp.module)
+                    dp.criterion(per_example).backward()  # ghost: both backward passes
+                    running += per_example.detach().sum().item()
+                    loop.count(batch)
+                else:
+                    empty_draw(dp.params)
+                if not dp.optimizer.pre_step():  # clip + accumulate; at a logical batch's end, noise
+                    dp.optimizer.zero_grad(set_to_none=True)  # keeps summed_grad across physical batches
+                    continue
+                if post_noise_hook is not None:
+                    post_noise_hook(dp.params)
+                dp.optimizer.original_optimizer.step()
+                dp.optimizer.zero_grad(set_to_none=True)
+                loop.end_step(running / max(1.0, t.batch_size))
+                running = 0.0
+                if loop.steps == t.steps:
+                    break
+
+
+def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostNoiseHook | None = None,
+                 secure_rng: bool = False, clipping: str = "per-sample") -> TrainReport:
+    t, p = spec.training, spec.privacy
+    check_clipping(clipping)
+    model.check_per_example_gradients()  # before anything is spent: some towers mix examples
+    loop = TrainingLoop(t.seed)
+    sigma = dp_sgd_noise_multiplier(spec, delta, len(data))
+    dp = make_private(model, len(data), spec, sigma, clipping=clipping, secure_rng=secure_rng)
+    dp.module.train()
+    with loop.running(f"training ({label}, σ={sigma:.3f})", t.steps):
+        dp_steps(model, data, spec, dp, loop, post_noise_hook)
+    dp.module.remove_hooks()
+    dp.module.eval()
+    privacy = PrivacyReport(
+        private=True, epsilon=float(dp.engine.accountant.get_epsilon(delta=delta)), target_epsilon=p.epsilon,
+        delta=delta, noise_multiplier=sigma, sample_rate=dp.loader.sample_rate, steps=loop.steps,
+        accountant=p.accountant, max_grad_norm=p.max_grad_norm,
+        notes=(("noise from a cryptographically secure generator",) if secure_rng else
+               ("noise from torch's generator seeded by the spec's seed: reproducible, not for deployment",)),
+    )
+    return TrainReport(steps=loop.steps, epochs=loop.steps * dp.loader.sample_rate, losses=loop.losses,
+                       privacy=privacy, samples=loop.samples, tokens=loop.tokens, details={"clipping": clipping})
 
 
 @METHODS.register("dpsgd")

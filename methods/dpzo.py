@@ -37,9 +37,8 @@ import torch
 
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.loop import chunks, count_tokens, trainable_parameters
+from dpbench.training_loop import TrainingLoop, chunks, trainable_parameters
 from dpbench.privacy import PrivacyReport, calibrate_noise, spent_epsilon
-from dpbench.progress import progress
 
 LR_SCHEDULES = ("constant", "linear")
 
@@ -181,28 +180,26 @@ class DPZO(Method):
         k, n = o["directions"], len(data)
         rate = t.batch_size / n
         if p.epsilon is None or rate > 1:
-            raise DpbenchError(f"dpzo needs a target ε and batch_size ≤ n_train ({n}); got ε={p.epsilon}, batch_size={t.batch_size}")
+            raise DpbenchError(f"dpzo needs a target ε and batch_size ≤ n_train ({n}); "
+                               f"got ε={p.epsilon}, batch_size={t.batch_size}")
         sigma = calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=rate, steps=t.steps * k,
                                 accountant=p.accountant)
         params = trainable_parameters(model.model)
         if not params:
             raise DpbenchError("dpzo: the model has no trainable parameters")
         # installed visual-token pruning may draw from a generator of its own: share it across ± passes
-        generators = [g for g in (getattr(self.pruner, "generator", None),) if isinstance(g, torch.Generator)]
+        pruner = getattr(model, "token_pruner", None)
+        generators = [g for g in (getattr(pruner, "generator", None),) if isinstance(g, torch.Generator)]
         sampling, perturbation, noise = streams(t.seed, o["secure_rng"])
-        tokens = 0
+        loop, clipped = TrainingLoop(), 0  # no global seed: every draw comes from the streams above
 
         def encode(idx: list[int]) -> dict:
-            nonlocal tokens
             batch = model.encode([data[i] for i in idx], [data[i].target for i in idx])
-            tokens += count_tokens(batch)
+            loop.count(batch)
             return batch
 
         model.model.train()  # as the other methods train; the ± passes share their randomness
-        losses, samples, clipped = [], 0, 0
-        label = f"training (DP-ZO, σ={sigma:.3f}, k={k})"
-        with progress() as bar:
-            task = bar.add_task(label, total=t.steps)
+        with loop.running(f"training (DP-ZO, σ={sigma:.3f}, k={k})", t.steps):
             for step in range(t.steps):
                 batches = [poisson_sample(sampling, n, rate) for _ in range(k)]
                 seeds = torch.randint(2**62, (k,), generator=perturbation).tolist()
@@ -210,34 +207,38 @@ class DPZO(Method):
                 r = dpzo_step(params, batches, seeds, encode, model.per_example_loss, mu=o["mu"], clip=p.max_grad_norm,
                               noise_std=sigma * p.max_grad_norm, noise=noise, lr=lr, expected_batch_size=t.batch_size,
                               physical_batch_size=t.physical_batch_size, generators=generators)
-                losses.append(r.loss_sum / (k * t.batch_size))
-                samples, clipped = samples + r.examples, clipped + r.clipped
-                bar.update(task, advance=1, description=f"{label} loss {losses[-1]:.3f}")
+                clipped += r.clipped
+                loop.end_step(r.loss_sum / (k * t.batch_size))
         model.model.eval()
-        releases = t.steps * k
-        privacy = PrivacyReport(
+        return TrainReport(steps=t.steps, epochs=t.steps * k * rate, losses=loop.losses,
+                           privacy=self.privacy_report(spec, delta, sigma, rate), samples=loop.samples,
+                           tokens=loop.tokens, details=self.details(clipped / max(1, loop.samples)))
+
+    def privacy_report(self, spec, delta: float, sigma: float, rate: float) -> PrivacyReport:
+        t, p, k = spec.training, spec.privacy, self.opts["directions"]
+        return PrivacyReport(
             private=True,
-            epsilon=spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=releases,
+            epsilon=spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=t.steps * k,
                                   accountant=p.accountant),
             target_epsilon=p.epsilon, delta=delta, noise_multiplier=sigma, sample_rate=rate, steps=t.steps,
             releases_per_step=k, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
             notes=(
                 "per release: a 1-D sum of per-example finite differences clipped to [-C, C], sensitivity C",
                 "each of the k directions of a step has its own Poisson sample: steps*k composed releases",
-                "noise and sampling from the OS CSPRNG" if o["secure_rng"] else
+                "noise and sampling from the OS CSPRNG" if self.opts["secure_rng"] else
                 "noise and sampling from torch generators seeded by the spec's seed: reproducible, not for deployment",
             ),
         )
-        details = {
-            "directions": k, "mu": o["mu"], "lr": o["lr"], "lr_schedule": o["lr_schedule"],
+
+    def details(self, clipped_fraction: float) -> dict:
+        o = self.opts
+        return {
+            "directions": o["directions"], "mu": o["mu"], "lr": o["lr"], "lr_schedule": o["lr_schedule"],
             "lr_source": "method option lr (SGD along z); spec.training.lr not used",
             "perturbation": "gaussian N(0, I) over every trainable parameter, regenerated from a seed",
             "update": "theta -= lr * mean_j(noisy_sum_j / batch_size) * z_j",
             "sampling": "independent Poisson sample per direction",
             "forward_passes_per_example": 2,
-            "clipped_fraction": clipped / max(1, samples),
+            "clipped_fraction": clipped_fraction,
             "secure_rng": o["secure_rng"],
-            "token_pruning": self.pruner.details() if self.pruner is not None else None,
         }
-        return TrainReport(steps=t.steps, epochs=releases * rate, losses=losses, privacy=privacy, samples=samples,
-                           tokens=tokens, details=details)

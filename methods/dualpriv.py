@@ -23,18 +23,18 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.opacus_training import check_clipping, dp_sgd_noise_multiplier, train_dp_sgd
+from dpbench.methods.dpsgd import check_clipping, dp_sgd_noise_multiplier, train_dp_sgd
 from dpbench.methods.update_pruning import UpdatePruner
+from dpbench.models.pruning_spec import TokenPruning
 
 
 @METHODS.register("dualpriv")
 class DualPriv(Method):
     """DP-SGD + visual-token pruning (keep 0.5, random) + top-k pruning of the noisy update (keep 0.6)."""
 
+    # the pruning component's own default keep is 0.25 (the paper's)
+    default_token_pruning = TokenPruning("random", keep_ratio=0.5)
     options = {
-        "token_pruning": "random",  # a strategy name, or null for none
-        "keep_ratio": 0.5,  # the pruning component's own default is 0.25 (the paper's)
-        "keep_count": None,
         "fused_noise": False,  # Gaussian noise, std σ·C/B, on merged tokens in training (not accounted)
         "update_keep": 0.6,  # null: no update pruning
         "update_scope": "tensor",  # or "global"
@@ -58,16 +58,13 @@ class DualPriv(Method):
     def train(self, model, data, spec, delta) -> TrainReport:
         t, p = spec.training, spec.privacy
         self.update = self.update_pruner()
-        if self.pruner is not None and self.opts["fused_noise"]:
+        if model.token_pruner is not None and self.opts["fused_noise"]:
             sigma = dp_sgd_noise_multiplier(spec, delta, len(data))  # the one train_dp_sgd will use
-            self.pruner.fused_noise_std = sigma * p.max_grad_norm / t.batch_size  # the averaged gradient's noise
+            model.token_pruner.fused_noise_std = sigma * p.max_grad_norm / t.batch_size  # the averaged gradient's noise
         with self.update or nullcontext():
             report = train_dp_sgd(model, data, spec, delta, label=self.name, post_noise_hook=self.update,
                                   secure_rng=self.opts["secure_rng"], clipping=self.opts["clipping"])
-        report.details.update(
-            token_pruning=self.pruner.details() if self.pruner is not None else None,
-            update_pruning=self.update.details() if self.update is not None else None,
-        )
+        report.details["update_pruning"] = self.update.details() if self.update is not None else None
         return report
 
 
@@ -82,4 +79,4 @@ class DualPrivToken(DualPriv):
 class DualPrivUpdate(DualPriv):
     """Ablation of dualpriv: DP-SGD + noisy-update pruning only."""
 
-    options = {**DualPriv.options, "token_pruning": None}
+    default_token_pruning = TokenPruning("none")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.loop import chunks, count_tokens, make_optimizer, shuffled_batches, trainable_parameters
 from dpbench.privacy import PrivacyReport
-from dpbench.progress import progress
+from dpbench.training_loop import TrainingLoop, adam, chunks, shuffled_batches, trainable_parameters
 
 
 @METHODS.register("nonprivate")
@@ -20,15 +17,13 @@ class NonPrivate(Method):
 
     def train(self, model, data, spec, delta) -> TrainReport:
         t = spec.training
-        torch.manual_seed(t.seed)
-        optimizer = make_optimizer(trainable_parameters(model.model), spec)
+        loop = TrainingLoop(t.seed)
+        optimizer = adam(trainable_parameters(model.model), spec)
         batch_size = min(t.batch_size, len(data))
         batches = shuffled_batches(len(data), batch_size, t.seed)
-        losses, samples, tokens = [], 0, 0
         model.model.train()
-        with progress() as bar:
-            task = bar.add_task("training (non-private)", total=t.steps)
-            for step in range(t.steps):
+        with loop.running("training (non-private)", t.steps):
+            for _ in range(t.steps):
                 optimizer.zero_grad(set_to_none=True)
                 idx = next(batches)
                 total = 0.0
@@ -37,17 +32,9 @@ class NonPrivate(Method):
                     loss = model.per_example_loss(batch).sum() / len(idx)
                     loss.backward()
                     total += loss.item()
-                    samples += len(part)
-                    tokens += count_tokens(batch)
+                    loop.count(batch)
                 optimizer.step()
-                losses.append(total)
-                bar.update(task, advance=1, description=f"training (non-private) loss {total:.3f}")
+                loop.end_step(total)
         model.model.eval()
-        return TrainReport(
-            steps=t.steps,
-            epochs=t.steps * batch_size / len(data),
-            losses=losses,
-            privacy=PrivacyReport.non_private(t.steps),
-            samples=samples,
-            tokens=tokens,
-        )
+        return TrainReport(steps=t.steps, epochs=t.steps * batch_size / len(data), losses=loop.losses,
+                           privacy=PrivacyReport.non_private(t.steps), samples=loop.samples, tokens=loop.tokens)

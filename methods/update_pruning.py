@@ -23,7 +23,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from dpbench.errors import DpbenchError
-from dpbench.spec import check_fraction
+from dpbench.checks import check_fraction
 
 SCOPES = ("tensor", "global")
 ADAM_MODES = ("freeze", "decay")

@@ -11,7 +11,7 @@ One example per image. Example.target is the image's first caption (lowest annot
 so it does not depend on file order): training sees each image once, with one caption, so
 the privacy unit (one example) is one image. Example.references are all of its captions
 (the first included), as COCOEvalCap scores them. train2014 -> train; val2014 is halved by
-image id into non-members and test exactly as VQAv2's val (`vqa.val_half`).
+image id into non-members and test exactly as VQAv2's val (`coco.val_half`).
 
 The prompt is lmms-eval's COCO caption prompt; captions are generated greedily (64 new
 tokens at most, as lmms-eval).
@@ -19,15 +19,17 @@ tokens at most, as lmms-eval).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.tasks import captioning_embedded
-from dpbench.tasks.base import TASKS, Example, Task, TaskData
+from dpbench.examples import Example
+from dpbench.tasks.base import TASKS, Task, TaskData
 from dpbench.tasks.caption_metrics import UNAVAILABLE, caption_scores, check_environment
-from dpbench.tasks.vqa import coco_image, find_file, read_json, split_val
+from dpbench.files import read_json
+from dpbench.tasks.loading import generate_all, read_dataset, require_examples
+from dpbench.tasks.coco import coco_image, find_file, split_val
 
 ENV_VAR = "DPBENCH_COCO_DIR"
 PROMPT = "Provide a one-sentence caption for the provided image."
@@ -89,26 +91,17 @@ class COCOCaptions(Task):
 
     def load(self, data_dir: str | None) -> TaskData:
         check_environment()  # before any training: scoring needs Java
-        data_dir = data_dir or os.environ.get(ENV_VAR)
-        if data_dir:
-            splits = read_coco_captions(Path(data_dir))
-            source, path = "local", str(Path(data_dir).resolve())
-        else:
-            root = captioning_embedded.build(cache_dir() / f"captioning-embedded-v{captioning_embedded.FORMAT_VERSION}")
-            print("Notice: no COCO captions given (--data-dir or $DPBENCH_COCO_DIR); using the embedded "
-                  "digit-image sample in COCO's captions format. It is NOT COCO; results say so.")
-            splits = read_coco_captions(root)
-            source, path = "embedded-sample", None
+        splits, source, path = read_dataset(
+            data_dir, ENV_VAR, read_coco_captions,
+            lambda: captioning_embedded.build(cache_dir() / f"captioning-embedded-v{captioning_embedded.FORMAT_VERSION}"),
+            "COCO Captions")
         nonmembers, test = split_val(splits["train"], splits["val"])
-        for name, examples in (("train", splits["train"]), ("test (half of val)", test)):
-            if not examples:
-                raise DpbenchError(f"the COCO captions {name} split has no captioned image")
+        require_examples({"COCO captions train": splits["train"], "COCO captions test (half of val)": test},
+                         "captioned image")
         return TaskData(splits["train"], nonmembers, test, source, path, "coco-captions")
 
     def evaluate(self, model, examples: list[Example], batch_size: int = 64) -> dict[str, float]:
-        predictions = []
-        for i in range(0, len(examples), batch_size):
-            predictions += model.generate(examples[i : i + batch_size], MAX_NEW_TOKENS)
+        predictions = generate_all(model, examples, batch_size, MAX_NEW_TOKENS)
         return caption_scores(predictions, [e.references for e in examples])
 
     def unavailable_metrics(self) -> dict[str, str]:

@@ -14,12 +14,12 @@ train2014, half to val2014 (the loader halves val2014 into non-members and test)
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from dpbench.results import write_json_atomic
-from dpbench.tasks.digits import WORDS, Digit, private_digits
+from dpbench.tasks.digits import WORDS, Digit
+from dpbench.tasks.embedded import build_sample, train_and_val
 
 FORMAT_VERSION = 1
 CAPTIONS_PER_IMAGE = 5
@@ -68,13 +68,4 @@ def _write_split(root: Path, split: str, digits: list[Digit], rng: random.Random
 
 def build(root: Path, seed: int = 0) -> Path:
     """Write the sample under `root` (idempotent: a finished build is marked by its version)."""
-    marker = root / "embedded.json"
-    if marker.exists() and json.loads(marker.read_text()).get("version") == FORMAT_VERSION:
-        return root
-    rng = random.Random(seed)
-    digits = private_digits()
-    rng.shuffle(digits)
-    n_train = round(TRAIN_FRACTION * len(digits))
-    n = _write_split(root, "train", digits[:n_train], rng) + _write_split(root, "val", digits[n_train:], rng)
-    write_json_atomic(marker, {"version": FORMAT_VERSION, "source": "scikit-learn load_digits", "n_images": n})
-    return root
+    return build_sample(root, FORMAT_VERSION, train_and_val(_write_split, TRAIN_FRACTION), seed=seed, count="n_images")

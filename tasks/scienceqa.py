@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,10 @@ import numpy as np
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.tasks import scienceqa_embedded
-from dpbench.tasks.base import TASKS, Example, Task, TaskData
+from dpbench.examples import Example
+from dpbench.files import read_json
+from dpbench.tasks.base import TASKS, Task, TaskData
+from dpbench.tasks.loading import read_dataset, require_examples
 
 ENV_VAR = "DPBENCH_SCIENCEQA_DIR"
 POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -68,18 +69,9 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except OSError as e:
-        raise DpbenchError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise DpbenchError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-download it") from None
-
-
 def read_layout_a(root: Path) -> dict[str, list[Example]]:
-    problems = _read_json(root / "problems.json")
-    pid_splits = _read_json(root / "pid_splits.json")
+    problems = read_json(root / "problems.json")
+    pid_splits = read_json(root / "pid_splits.json")
     out: dict[str, list[Example]] = {}
     for split, aliases in SPLIT_NAMES.items():
         pids = next((pid_splits[a] for a in aliases if a in pid_splits), None)
@@ -158,22 +150,14 @@ class ScienceQA(Task):
     primary_metric = "accuracy"
 
     def load(self, data_dir: str | None) -> TaskData:
-        data_dir = data_dir or os.environ.get(ENV_VAR)
-        if data_dir:
-            splits, layout = read_scienceqa(Path(data_dir))
-            source, path = "local", str(Path(data_dir).resolve())
-        else:
-            root = scienceqa_embedded.build(cache_dir() / f"scienceqa-embedded-v{scienceqa_embedded.FORMAT_VERSION}")
-            print("Notice: no ScienceQA data given (--data-dir or $DPBENCH_SCIENCEQA_DIR); using the embedded "
-                  "digit-image sample in ScienceQA's format. It is NOT ScienceQA; results say so.")
-            splits, layout = read_layout_a(root), "problems.json"
-            source, path = "embedded-sample", None
+        (splits, layout), source, path = read_dataset(
+            data_dir, ENV_VAR, read_scienceqa,
+            lambda: scienceqa_embedded.build(cache_dir() / f"scienceqa-embedded-v{scienceqa_embedded.FORMAT_VERSION}"),
+            "ScienceQA")
         train_groups = {e.group for e in splits["train"]}
         # an image seen in training would make a "non-member" a member in all but name
         nonmembers = [e for e in splits["val"] if e.group not in train_groups]
-        for name in ("train", "test"):
-            if not splits[name]:
-                raise DpbenchError(f"the ScienceQA {name} split has no problem with an image")
+        require_examples({"ScienceQA train": splits["train"], "ScienceQA test": splits["test"]}, "problem with an image")
         return TaskData(splits["train"], nonmembers, splits["test"], source, path, layout)
 
     def evaluate(self, model, examples: list[Example], batch_size: int = 64) -> dict[str, float]:

@@ -10,12 +10,12 @@ members, non-members and test never share an image.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from dpbench.results import write_json_atomic
-from dpbench.tasks.digits import WORDS, Digit, private_digits
+from dpbench.tasks.digits import WORDS, Digit
+from dpbench.tasks.embedded import build_sample
 
 PROBLEMS_PER_IMAGE = 3
 SPLIT_FRACTIONS = (("train", 0.4), ("val", 0.4), ("test", 0.2))
@@ -112,12 +112,10 @@ def _problems_for(d: Digit, rng: random.Random) -> list[dict]:
 
 def build(root: Path, seed: int = 0) -> Path:
     """Write the sample under `root` (idempotent: a finished build is marked by its version)."""
-    marker = root / "embedded.json"
-    if marker.exists() and json.loads(marker.read_text()).get("version") == FORMAT_VERSION:
-        return root
-    rng = random.Random(seed)
-    digits = private_digits()
-    rng.shuffle(digits)
+    return build_sample(root, FORMAT_VERSION, _write_problems, seed=seed)
+
+
+def _write_problems(root: Path, digits: list[Digit], rng: random.Random) -> int:
     problems, splits = {}, {name: [] for name, _ in SPLIT_FRACTIONS}
     start = 0
     for split, frac in SPLIT_FRACTIONS:
@@ -137,5 +135,4 @@ def build(root: Path, seed: int = 0) -> Path:
         splits[f"mini{split}"] = splits[split][: max(1, len(splits[split]) // 4)]
     write_json_atomic(root / "problems.json", problems)
     write_json_atomic(root / "pid_splits.json", splits)
-    write_json_atomic(marker, {"version": FORMAT_VERSION, "source": "scikit-learn load_digits", "n": len(problems)})
-    return root
+    return len(problems)

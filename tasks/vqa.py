@@ -21,16 +21,17 @@ vqav2 prompt; answers are generated greedily (16 new tokens at most, as lmms-eva
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from statistics import mean
 
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.tasks import vqa_embedded
-from dpbench.tasks.base import TASKS, Example, Task, TaskData
+from dpbench.examples import Example
+from dpbench.tasks.base import TASKS, Task, TaskData
+from dpbench.files import read_json
+from dpbench.tasks.loading import generate_all, read_dataset, require_examples
+from dpbench.tasks.coco import coco_file_name, coco_image, find_file, split_val
 from dpbench.tasks.vqa_metrics import vqa_accuracy
 
 ENV_VAR = "DPBENCH_VQA_DIR"
@@ -42,54 +43,6 @@ ANSWER_TYPES = {"yes/no": "accuracy_yes_no", "number": "accuracy_number", "other
 
 def build_prompt(question: str) -> str:
     return f"{question}{POST_PROMPT}"
-
-
-# -- COCO-layout helpers (captioning reads the same image folders) -------------------------
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except OSError as e:
-        raise DpbenchError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise DpbenchError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-download it") from None
-
-
-def find_file(root: Path, name: str) -> Path:
-    """`root/name`, else `root/<folder>/name` (e.g. the zips' Questions/ and Annotations/)."""
-    for path in [root / name, *sorted(root.glob(f"*/{name}"))]:
-        if path.is_file():
-            return path
-    raise DpbenchError(f"{root} has no {name} (nor one folder below it)")
-
-
-def coco_image(root: Path, split: str, file_name: str) -> Path:
-    """A COCO image in `{split}2014/` (or `images/{split}2014/`); a .png stands in for a .jpg."""
-    stem = Path(file_name).stem
-    folders = (root / f"{split}2014", root / "images" / f"{split}2014")
-    candidates = [f / file_name for f in folders] + [f / f"{stem}{ext}" for f in folders for ext in (".jpg", ".png")]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise DpbenchError(f"missing image {file_name}: expected {candidates[0]}")
-
-
-def coco_file_name(split: str, image_id: int) -> str:
-    return f"COCO_{split}2014_{int(image_id):012d}.jpg"
-
-
-def val_half(image_id) -> str:
-    """Which half of val2014 an image belongs to: "nonmembers" or "test" (see the module doc)."""
-    return "nonmembers" if hashlib.sha256(str(image_id).encode()).digest()[0] % 2 == 0 else "test"
-
-
-def split_val(train: list[Example], val: list[Example]) -> tuple[list[Example], list[Example]]:
-    """Non-members and test from val, each without an image that training has seen."""
-    seen = {e.group for e in train}
-    halves: dict[str, list[Example]] = {"nonmembers": [], "test": []}
-    for e in val:
-        if e.group not in seen:
-            halves[val_half(e.group)].append(e)
-    return halves["nonmembers"], halves["test"]
 
 
 # -- VQAv2 ---------------------------------------------------------------------------------
@@ -149,26 +102,15 @@ class VQAv2(Task):
     primary_metric = "accuracy"
 
     def load(self, data_dir: str | None) -> TaskData:
-        data_dir = data_dir or os.environ.get(ENV_VAR)
-        if data_dir:
-            splits = read_vqav2(Path(data_dir))
-            source, path = "local", str(Path(data_dir).resolve())
-        else:
-            root = vqa_embedded.build(cache_dir() / f"vqa-embedded-v{vqa_embedded.FORMAT_VERSION}")
-            print("Notice: no VQAv2 data given (--data-dir or $DPBENCH_VQA_DIR); using the embedded "
-                  "digit-image sample in VQAv2's format. It is NOT VQAv2; results say so.")
-            splits = read_vqav2(root)
-            source, path = "embedded-sample", None
+        splits, source, path = read_dataset(
+            data_dir, ENV_VAR, read_vqav2, lambda: vqa_embedded.build(cache_dir() / f"vqa-embedded-v{vqa_embedded.FORMAT_VERSION}"),
+            "VQAv2")
         nonmembers, test = split_val(splits["train"], splits["val"])
-        for name, examples in (("train", splits["train"]), ("test (half of val)", test)):
-            if not examples:
-                raise DpbenchError(f"the VQAv2 {name} split has no question")
+        require_examples({"VQAv2 train": splits["train"], "VQAv2 test (half of val)": test}, "question")
         return TaskData(splits["train"], nonmembers, test, source, path, "vqav2")
 
     def evaluate(self, model, examples: list[Example], batch_size: int = 64) -> dict[str, float]:
-        predictions = []
-        for i in range(0, len(examples), batch_size):
-            predictions += model.generate(examples[i : i + batch_size], MAX_NEW_TOKENS)
+        predictions = generate_all(model, examples, batch_size, MAX_NEW_TOKENS)
         scores = [vqa_accuracy(p, e.references) for p, e in zip(predictions, examples)]
         metrics = {"accuracy": mean(scores) if scores else 0.0}
         for answer_type, key in ANSWER_TYPES.items():  # as the official evaluation reports them

@@ -13,9 +13,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from dpbench.errors import DpbenchError
-from dpbench.methods.opacus_training import train_dp_sgd
-from dpbench.methods.token_pruning import STRATEGIES, TokenPruning, install_token_pruning
-from dpbench.models.architectures import architecture, image_only_qwen2_vl_processor
+from dpbench.methods.dpsgd import train_dp_sgd
+from dpbench.models.token_pruning import STRATEGIES, TokenPruning, install_token_pruning
+from dpbench.models.architectures import architecture
+from dpbench.models.qwen2_vl import image_only_qwen2_vl_processor
 from dpbench.models.registry import load_model
 from dpbench.spec import RunSpec
 
@@ -302,14 +303,14 @@ def test_a_dp_sgd_step_changes_exactly_the_trainable_parameters(model, digit_exa
 def test_every_method_trains_every_architecture(checkpoints, digit_examples, arch, method):
     """One step of each registered method (dualpriv: merge token pruning + update pruning) moves
     the trainable weights and only them."""
-    from dpbench.methods.base import METHODS
+    from dpbench import phases
 
-    model = checkpoints(arch, fresh=True)  # the method installs its hooks and pruning on it
+    model = checkpoints(arch, fresh=True)  # the run phases install the method's hooks and pruning on it
     spec = RunSpec(method=method).replace(**{"training.steps": 1, "training.batch_size": 4,
                                              "training.physical_batch_size": 4, "training.lr": 1e-2})
     trainable = set(model.set_trainable(dp_groups(model)))
-    chosen = METHODS.get(method)(**({"keep_ratio": 0.5} if method == "dualpriv" else {}))
-    chosen.prepare(model)
+    chosen = phases.make_method(spec)
+    phases.adapt(model, spec, chosen)  # dualpriv: its default token pruning, keep 0.5
     before = copy.deepcopy(model.model.state_dict())
     report = chosen.train(model, digit_examples, spec, 1e-3 if chosen.private else None)
     after = model.model.state_dict()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dpbench.attacks.audit import load_scores, score_attacks, summarise
+from dpbench.run_folder import RunFolder
 from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.population import losses_from_models
 
@@ -56,7 +57,7 @@ def test_every_attack_scores_every_example(name, models, examples, digit_example
     target, reference = models
     # stand-in reference models (the base model twice): only the shapes matter here
     refs = losses_from_models([reference, reference], examples[:12], digit_examples[:4])
-    scores = score_attacks([name], target, reference, examples[:6], examples[6:12], tmp_path, references=refs)
+    scores = score_attacks([name], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path), references=refs)
     members, nonmembers = scores[name]
     assert members.shape == nonmembers.shape == (6,)
     assert np.isfinite(members).all() and np.isfinite(nonmembers).all()
@@ -64,23 +65,23 @@ def test_every_attack_scores_every_example(name, models, examples, digit_example
 
 def test_attacks_needing_references_are_skipped_without_them(models, examples, tmp_path):
     target, reference = models
-    scores = score_attacks(["loss", "lira", "rmia"], target, reference, examples[:6], examples[6:12], tmp_path)
+    scores = score_attacks(["loss", "lira", "rmia"], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path))
     assert set(scores) == {"loss"}
 
 
 def test_memorised_members_are_separated_by_the_loss_attack(models, examples, tmp_path):
     target, reference = models
-    scores = score_attacks(["loss", "reference"], target, reference, examples[:6], examples[6:12], tmp_path)
+    scores = score_attacks(["loss", "reference"], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path))
     audit = summarise(scores, delta=1e-3)
-    assert audit["attacks"]["loss"]["auc"] >= 0.85
-    assert audit["attacks"]["reference"]["auc"] >= 0.85
+    assert audit.attacks["loss"]["auc"] >= 0.85
+    assert audit.attacks["reference"]["auc"] >= 0.85
     # the saved scores reload to the same numbers (what `dpbench audit` summarises again)
-    again = load_scores(tmp_path)
+    again = load_scores(RunFolder(tmp_path))
     np.testing.assert_array_equal(again["loss"][0], scores["loss"][0])
 
 
 def test_reference_and_image_attacks_see_nothing_when_target_is_the_reference(tiny_model, digit_examples, tmp_path):
-    scores = score_attacks(["reference", "image"], tiny_model, tiny_model, digit_examples[:6], digit_examples[6:12], tmp_path)
+    scores = score_attacks(["reference", "image"], tiny_model, tiny_model, digit_examples[:6], digit_examples[6:12], RunFolder(tmp_path))
     for name in ("reference", "image"):
         members, nonmembers = scores[name]
         assert np.allclose(members, 0, atol=1e-5) and np.allclose(nonmembers, 0, atol=1e-5)

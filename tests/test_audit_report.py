@@ -9,6 +9,7 @@ import pytest
 
 from dpbench.attacks.metrics import attack_summary
 from dpbench.attacks.report import verdict, write_report
+from dpbench.run_folder import RunFolder
 
 HOSTILE = "<script>alert(1)</script>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -31,7 +32,7 @@ def _result(scores, epsilon: float | None, method: str = "dpsgd", run_id: str = 
 
 def test_report_files_written_with_embedded_plots(tmp_path):
     scores = {"loss": _scores(0.0), "zlib": _scores(0.1, seed=1)}
-    md, page = write_report(tmp_path, _result(scores, 8.0), scores)
+    md, page = write_report(RunFolder(tmp_path), _result(scores, 8.0), scores)
     assert (md, page) == (tmp_path / "audit.md", tmp_path / "audit.html")
     for png in ("audit_roc.png", "audit_hist.png"):
         assert (tmp_path / png).read_bytes().startswith(PNG_MAGIC)
@@ -51,7 +52,7 @@ def test_report_files_written_with_embedded_plots(tmp_path):
 def test_hostile_strings_are_escaped(tmp_path):
     scores = {HOSTILE: _scores(0.0)}
     result = _result(scores, 8.0, method=HOSTILE, run_id=HOSTILE)
-    md, page = write_report(tmp_path, result, scores)
+    md, page = write_report(RunFolder(tmp_path), result, scores)
     for text in (page.read_text(), md.read_text()):
         assert HOSTILE not in text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -61,7 +62,7 @@ def test_table_puts_empirical_and_accounted_epsilon_side_by_side(tmp_path):
     scores = {"loss": _scores(0.0)}
     result = _result(scores, 8.0)
     result["audit"]["attacks"]["loss"]["epsilon_lower_bound"] = 0.4321
-    md, _ = write_report(tmp_path, result, scores)
+    md, _ = write_report(RunFolder(tmp_path), result, scores)
     row = next(line for line in md.read_text().splitlines() if line.startswith("| loss |"))
     assert row.rstrip(" |").endswith("0.43 | 8.00")
 
@@ -79,7 +80,7 @@ def test_verdict_flags_lower_bound_above_accounted_epsilon(tmp_path):
     assert result["audit"]["attacks"]["loss"]["epsilon_lower_bound"] > 0.5
     text = verdict(result)
     assert text.startswith("WARNING") and "exceeds the accounted ε = 0.50" in text
-    _, page = write_report(tmp_path, result, scores)
+    _, page = write_report(RunFolder(tmp_path), result, scores)
     assert 'class="verdict warn"' in page.read_text()
 
 
@@ -100,7 +101,7 @@ def test_report_without_attacks_or_scores(tmp_path):
               "privacy": {"epsilon": None, "delta": None}, "audit": None}
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "audit_roc.png").write_bytes(PNG_MAGIC)  # from an earlier audit
-    md, page = write_report(tmp_path / "new", result, {})
+    md, page = write_report(RunFolder(tmp_path / "new"), result, {})
     assert not (tmp_path / "new" / "audit_roc.png").exists()
     assert "No attacks were run." in md.read_text()
     assert "data:image/png" not in page.read_text()
@@ -110,5 +111,5 @@ def test_report_without_attacks_or_scores(tmp_path):
 @pytest.mark.parametrize("name", ["$x^2$", "a_b|c"])
 def test_odd_attack_names_do_not_break_plots_or_tables(tmp_path, name):
     scores = {name: _scores(0.5)}
-    md, _ = write_report(tmp_path, _result(scores, 8.0), scores)
+    md, _ = write_report(RunFolder(tmp_path), _result(scores, 8.0), scores)
     assert "a_b\\|c" in md.read_text() if "|" in name else name in md.read_text()

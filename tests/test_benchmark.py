@@ -69,7 +69,8 @@ def test_case_specs_carry_options_and_default_the_physical_batch_to_the_batch():
     base = {"model": "m", "task": "scienceqa", "device": "cpu", "privacy": {"epsilon": 3.0},
             "training": {"steps": 2, "seed": 1, "physical_batch_size": None}}
     spec = case_spec(base, Case(parse_method_entry("dualpriv:clipping=ghost"), 48, 0.5))
-    assert spec.method == "dualpriv" and spec.method_options == {"clipping": "ghost", "keep_ratio": 0.5}
+    assert spec.method == "dualpriv" and spec.method_options == {"clipping": "ghost"}
+    assert (spec.token_pruning.strategy, spec.token_pruning.keep_ratio) == ("random", 0.5)  # the method's, at 0.5
     assert (spec.training.batch_size, spec.training.physical_batch_size, spec.training.steps) == (48, 48, 2)
     assert spec.privacy.epsilon == 3.0 and spec.attacks == ()
     base["training"]["physical_batch_size"] = 8

@@ -4,6 +4,7 @@ seed; the bound is 0 for uninformative scores and positive for informative ones.
 import numpy as np
 import pytest
 
+from dpbench.run_folder import RunFolder
 from dpbench.attacks.canary_audit import GUESS_FRACTIONS, canary_section, make_canaries, one_run_audit
 from dpbench.errors import DpbenchError
 from dpbench.tasks.base import Example
@@ -90,7 +91,7 @@ def test_report_shows_the_canary_row_and_notes(tmp_path):
                   "notes": ["lira, rmia not run"],
                   "canary": canary_section(included, included.astype(float), seed=0, delta=1e-5)},
     }
-    md, page = write_report(tmp_path, result, scores)
+    md, page = write_report(RunFolder(tmp_path), result, scores)
     text = md.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| one-run canary audit |"))
     eps = result["audit"]["canary"]["epsilon_lower_bound"]
@@ -111,7 +112,7 @@ def checkpoint(tiny_model, tmp_path_factory):
 def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatch):
     import shutil
 
-    from dpbench.attacks import population
+    from dpbench import phases
     from dpbench.reaudit import reaudit
     from dpbench.results import validation_errors
     from dpbench.runner import run
@@ -122,7 +123,7 @@ def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatc
         "training": {"steps": 2, "batch_size": 8, "n_train": 16},
         "audit": {"references": 2, "reference_steps": 2, "canaries": 8},
     })
-    result = run(spec, tmp_path, save_checkpoint=True, log=lambda *_: None)
+    result = run(spec, tmp_path, save_checkpoint=True, log=lambda *_: None).to_dict()
     assert validation_errors(result) == []
     audit, run_dir = result["audit"], tmp_path / result["run_id"]
     assert set(audit["attacks"]) == {"loss", "lira", "rmia"} and audit["notes"] == []
@@ -140,14 +141,14 @@ def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatc
     def no_training(*_, **__):
         raise AssertionError("reference models were trained again")
 
-    monkeypatch.setattr(population, "train_reference", no_training)
-    again = reaudit(run_dir)["audit"]
+    monkeypatch.setattr(phases, "train_reference", no_training)
+    again = reaudit(run_dir).to_dict()["audit"]
     for name in ("lira", "rmia"):
         assert again["attacks"][name]["auc"] == pytest.approx(audit["attacks"][name]["auc"])
     assert again["canary"]["correct"] == canary["correct"]
     # and from the saved scores alone
     shutil.rmtree(run_dir / "checkpoint")
-    third = reaudit(run_dir)
+    third = reaudit(run_dir).to_dict()
     assert validation_errors(third) == [] and third["audit"]["canary"] == again["canary"]
     assert third["audit"]["references"] == audit["references"]
 
@@ -161,7 +162,7 @@ def test_zero_references_skip_lira_and_rmia_with_a_note(checkpoint, tmp_path):
         "method": "nonprivate", "model": str(checkpoint), "eval_limit": 4, "attacks": ["lira", "rmia"],
         "training": {"steps": 1, "batch_size": 4, "n_train": 8}, "audit": {"references": 0},
     })
-    result = run(spec, tmp_path, log=lambda *_: None)
+    result = run(spec, tmp_path, log=lambda *_: None).to_dict()
     assert validation_errors(result) == []
     assert result["audit"]["attacks"] == {} and "audit.references = 0" in result["audit"]["notes"][0]
     assert result["dataset"]["n_canaries"] == 0 and result["utility"]["notes"] == []

@@ -10,7 +10,7 @@ from dpbench.errors import DpbenchError
 from dpbench.tasks import caption_metrics, captioning_embedded
 from dpbench.tasks.caption_metrics import METRICS, caption_scores
 from dpbench.tasks.captioning import PROMPT, COCOCaptions, read_coco_captions
-from dpbench.tasks.vqa import val_half
+from dpbench.tasks.coco import val_half
 
 VAL_NONMEMBER = next(i for i in range(100, 200) if val_half(i) == "nonmembers")
 VAL_TEST = [i for i in range(100, 200) if val_half(i) == "test"][:2]

@@ -8,7 +8,7 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer
 
 from dpbench.methods import grad_samplers
-from dpbench.methods.opacus_training import train_dp_sgd
+from dpbench.methods.dpsgd import train_dp_sgd
 from dpbench.spec import RunSpec
 
 

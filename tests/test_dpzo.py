@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dpbench.models.token_pruning import TokenPruning, install_token_pruning
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS
 from dpbench.methods.dpzo import (
@@ -324,13 +325,12 @@ def test_random_token_pruning_on_the_tiny_llava_gives_consistent_differences(tin
     """Random visual-token pruning draws from a generator of its own. Shared by the ± passes,
     the difference quotient is a derivative: the same at μ and 2μ. Unshared, each pass keeps
     other tokens and the quotient is a loss gap over 2μ, far from the derivative."""
-    method = DPZO(token_pruning="random", keep_ratio=0.25)
-    method.prepare(tiny_model)
+    pruner = install_token_pruning(tiny_model, TokenPruning("random", 0.25))
     try:
         tiny_model.set_trainable(["projector", "language_model"])
         params = [p for p in tiny_model.model.parameters() if p.requires_grad]
         batch = tiny_model.encode(digit_examples[:4], [e.target for e in digit_examples[:4]])
-        gen = method.pruner.generator
+        gen = tiny_model.token_pruner.generator
         start = gen.get_state()
 
         def quotient(mu, shared):
@@ -341,7 +341,7 @@ def test_random_token_pruning_on_the_tiny_llava_gives_consistent_differences(tin
         torch.testing.assert_close(quotient(1e-4, True), quotient(2e-4, True), rtol=0.05, atol=0.5)
         assert (quotient(1e-4, False) - quotient(2e-4, False)).abs().max() > 10
     finally:
-        method.pruner.remove()
+        pruner.remove()
 
 
 def test_trains_the_tiny_llava_without_autograd(tiny_model, digit_examples, fast_calibration):

@@ -9,31 +9,42 @@ from opacus.accountants import RDPAccountant
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS
 from dpbench.methods.dualpriv import DualPriv
-from dpbench.methods.token_pruning import Images, merge
+from dpbench.models.token_pruning import Images, TokenPruning, install_token_pruning, merge
 from dpbench.spec import RunSpec
 
 
 def test_defaults_and_ablations_share_one_implementation():
     full, token, update = (METHODS.get(n)() for n in ("dualpriv", "dualpriv-token", "dualpriv-update"))
     assert all(isinstance(m, DualPriv) for m in (full, token, update))
-    assert (full.token_pruning.strategy, full.token_pruning.keep_ratio) == ("random", 0.5)
+    pruning = {n: RunSpec(method=n).token_pruning for n in ("dualpriv", "dualpriv-token", "dualpriv-update")}
+    assert (pruning["dualpriv"].strategy, pruning["dualpriv"].keep_ratio) == ("random", 0.5)
     assert full.opts["update_keep"] == 0.6
-    assert token.token_pruning.strategy == "random" and token.update_pruner() is None
-    assert update.token_pruning is None and update.update_pruner().keep == 0.6
+    assert pruning["dualpriv-token"].strategy == "random" and token.update_pruner() is None
+    assert not pruning["dualpriv-update"].enabled and update.update_pruner().keep == 0.6
     assert [METHODS.get(n).name for n in ("dualpriv", "dualpriv-token", "dualpriv-update")] == [
         "dualpriv", "dualpriv-token", "dualpriv-update"]
-    custom = METHODS.get("dualpriv")(token_pruning="text-guided", update_scope="global")
-    assert custom.token_pruning.strategy == "text-guided" and custom.update_pruner().scope == "global"
+    custom = RunSpec.from_dict({"method": "dualpriv", "token_pruning": "text-guided",
+                                "method_options": {"update_scope": "global"}})
+    assert custom.token_pruning.strategy == "text-guided"
+    assert METHODS.get("dualpriv")(**custom.method_options).update_pruner().scope == "global"
 
 
-@pytest.mark.parametrize("options", [{"update_keep": 0}, {"update_scope": "layer"}, {"token_pruning": "zip"},
-                                     {"keep_ratio": 0}, {"update_adam": "sgd"},
+@pytest.mark.parametrize("options", [{"update_keep": 0}, {"update_scope": "layer"}, {"update_adam": "sgd"},
                                      # option values arrive untyped: text and booleans are refused, not converted
-                                     {"keep_ratio": "abc"}, {"keep_ratio": True}, {"update_keep": "0.5"},
-                                     {"update_keep": True}, {"keep_count": True}])
+                                     {"update_keep": "0.5"}, {"update_keep": True},
+                                     # token pruning is the spec's, not a method option
+                                     {"token_pruning": "merge"}, {"keep_ratio": 0.5}])
 def test_bad_options_fail_when_the_method_is_made(options):
     with pytest.raises(DpbenchError):
         METHODS.get("dualpriv")(**options)
+
+
+@pytest.mark.parametrize("pruning", [{"strategy": "zip"}, {"keep_ratio": 0},
+                                     # values arrive untyped: text and booleans are refused, not converted
+                                     {"keep_ratio": "abc"}, {"keep_ratio": True}, {"keep_count": True}])
+def test_bad_token_pruning_fails_when_the_spec_is_made(pruning):
+    with pytest.raises(DpbenchError):
+        RunSpec.from_dict({"method": "dualpriv", "token_pruning": pruning})
 
 
 def test_dualpriv_trains_and_records_its_pruning(tiny_model, digit_examples):
@@ -41,16 +52,17 @@ def test_dualpriv_trains_and_records_its_pruning(tiny_model, digit_examples):
                                 "training.lr": 1e-9, "privacy.epsilon": 4.0})
     tiny_model.set_trainable(["projector", "language_model"])
     state = copy.deepcopy(tiny_model.model.state_dict())
-    method = METHODS.get("dualpriv")(token_pruning="merge", keep_ratio=0.25, fused_noise=True)  # merge records its split
+    pruner = install_token_pruning(tiny_model, TokenPruning("merge", 0.25))  # merge records its split
+    method = METHODS.get("dualpriv")(fused_noise=True)
     method.prepare(tiny_model)
     try:
         assert tiny_model.visual_tokens_kept == 16  # of 64
         report = method.train(tiny_model, digit_examples, spec, 1e-3)
     finally:
-        method.pruner.remove()
+        pruner.remove()
         tiny_model.model.load_state_dict(state)
         tiny_model.model.eval()
-    tokens, update = report.details["token_pruning"], report.details["update_pruning"]
+    tokens, update = pruner.details(), report.details["update_pruning"]  # the run phases record the former
     assert tokens["strategy"] == "merge" and tokens["keep_ratio"] == 0.25
     assert (tokens["visual_tokens_before"], tokens["visual_tokens_after"]) == (64, 16)
     assert (tokens["dominant"], tokens["contextual"]) == (14, 2)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from dpbench.errors import DpbenchError
-from dpbench.methods import opacus_training
+from dpbench.methods import dpsgd as opacus_training
 from dpbench.methods.base import METHODS
-from dpbench.methods.opacus_training import train_dp_sgd
-from dpbench.methods.token_pruning import TokenPruning, install_token_pruning
+from dpbench.methods.dpsgd import train_dp_sgd
+from dpbench.models.token_pruning import TokenPruning, install_token_pruning
 from dpbench.spec import RunSpec
 
 

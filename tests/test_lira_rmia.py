@@ -123,7 +123,7 @@ def test_without_references_the_attacks_are_skipped_with_a_note():
     assert "lira, rmia" in note and "audit.references = 0" in note
     assert skipped_notes(["loss", "lira"], 2) == [] and skipped_notes(["loss"], 0) == []
     section = summarise({}, 1e-5, n_members=10, notes=[note])
-    assert section["attacks"] == {} and section["n_members"] == 10 and section["notes"] == [note]
+    assert section.attacks == {} and section.n_members == 10 and section.notes == [note]
 
 
 def test_population_split_is_group_disjoint_and_reproducible():

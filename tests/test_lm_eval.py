@@ -15,10 +15,11 @@ import torch  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
+from dpbench import phases  # noqa: E402
 from dpbench.errors import DpbenchError  # noqa: E402
 from dpbench.lm_eval_model import TASK_DIR, DpbenchLM  # noqa: E402
-from dpbench.methods.base import METHODS  # noqa: E402
 from dpbench.models.base import ModelInfo, load_image  # noqa: E402
+from dpbench.models.pruning_spec import TokenPruning  # noqa: E402
 from dpbench.models.registry import load_hf  # noqa: E402
 from dpbench.runner import run  # noqa: E402
 from dpbench.spec import RunSpec, TrainingSpec  # noqa: E402
@@ -27,7 +28,7 @@ from dpbench.tasks.digits import WORDS, private_digits  # noqa: E402
 from dpbench.tasks.scienceqa import ScienceQA  # noqa: E402
 
 TASK = "scienceqa_img_dpbench"
-PRUNING = {"keep_ratio": 0.5}  # dualpriv prunes visual tokens by default (merge); keep half of them
+PRUNING = TokenPruning("random", 0.5)  # dualpriv's default visual-token pruning, written out
 
 
 def write_scienceqa(root, n_test=20):
@@ -61,11 +62,11 @@ def finished_run(tiny_model, tmp_path_factory):
     tiny_model.model.save_pretrained(base)
     tiny_model.processor.save_pretrained(base)
     data = write_scienceqa(tmp / "scienceqa")
-    spec = RunSpec(task="scienceqa", method="dualpriv", model=str(base), data_dir=str(data), method_options=PRUNING,
+    spec = RunSpec(task="scienceqa", method="dualpriv", model=str(base), data_dir=str(data), token_pruning=PRUNING,
                    training=TrainingSpec(steps=2, batch_size=4, physical_batch_size=4, lr=1e-2), attacks=())
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPBENCH_CACHE", str(tmp / "cache"))
-        result = run(spec, tmp / "runs", audit=False, save_checkpoint=True, log=lambda *_: None)
+        result = run(spec, tmp / "runs", audit=False, save_checkpoint=True, log=lambda *_: None).to_dict()
     return tmp / "runs" / result["run_id"], data, result
 
 
@@ -89,7 +90,9 @@ def test_lm_eval_accuracy_equals_dpbench_per_example(finished_run, offline, monk
     test = ScienceQA().load(str(data_dir)).test
     assert [s["doc"]["uid"] for s in samples] == [e.uid for e in test] and len(test) == 20  # image problems only
     model = load_hf(run_dir / "checkpoint", "cpu", ModelInfo("run", "local", None, "llava"))
-    METHODS.get("dualpriv")(**PRUNING).prepare(model)
+    spec = RunSpec.from_dict(json.loads((run_dir / "spec.json").read_text()))
+    phases.adapt(model, spec, phases.make_method(spec))
+    assert spec.token_pruning == PRUNING
     assert model.visual_tokens_kept < model.visual_tokens_per_image
     ours = model.choice_loglikelihoods(test)
 

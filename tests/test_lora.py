@@ -14,7 +14,8 @@ from safetensors import safe_open
 
 from dpbench.cli import main
 from dpbench.errors import DpbenchError
-from dpbench.methods import dpzo, opacus_training
+from dpbench.methods import dpzo
+from dpbench.methods import dpsgd as opacus_training
 from dpbench.methods.base import METHODS
 from dpbench.models import tiny_llava
 from dpbench.models.base import VisionLanguageModel

@@ -58,7 +58,9 @@ def test_grid_expands_nonprivate_once_per_seed_and_merges_base():
     assert [(s.method, s.privacy.epsilon) for s in specs] == [
         ("nonprivate", None), ("dpsgd", 1.0), ("dpsgd", 8.0), ("dualpriv", 1.0), ("dualpriv", 8.0)]
     assert all(s.training.steps == 20 for s in specs)
-    assert specs[3].method_options == {"keep_ratio": 0.1} and specs[1].method_options == {}
+    assert specs[3].method_options == {} and specs[1].method_options == {}
+    assert (specs[3].token_pruning.strategy, specs[3].token_pruning.keep_ratio) == ("random", 0.1)
+    assert not specs[1].token_pruning.enabled
     assert len({s.run_id() for s in specs}) == 5
 
 

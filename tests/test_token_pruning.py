@@ -10,7 +10,9 @@ from opacus import GradSampleModule
 from dpbench.errors import DpbenchError
 from dpbench.methods import grad_samplers  # noqa: F401  (the RMSNorm rule)
 from dpbench.methods.base import METHODS
-from dpbench.methods.token_pruning import STRATEGIES, Images, TokenPruning, install_token_pruning, merge
+from dpbench import phases
+from dpbench.spec import RunSpec
+from dpbench.models.token_pruning import STRATEGIES, Images, TokenPruning, install_token_pruning, merge
 
 DETERMINISTIC = [s for s in STRATEGIES.names() if s != "random"]
 
@@ -178,12 +180,12 @@ def test_keep_count_wins_and_bad_options_fail_early():
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_every_method_accepts_token_pruning_options(tiny_model, name):
-    method = METHODS.get(name)(token_pruning="cls-attention", keep_ratio=0.5)
-    method.prepare(tiny_model)
+def test_every_method_runs_under_the_specs_token_pruning(tiny_model, name):
+    spec = RunSpec.from_dict({"method": name, "token_pruning": {"strategy": "cls-attention", "keep_ratio": 0.5}})
+    phases.adapt(tiny_model, spec, phases.make_method(spec))
     try:
         assert tiny_model.visual_tokens_kept == tiny_model.visual_tokens_per_image // 2
     finally:
-        method.pruner.remove()
+        tiny_model.token_pruner.remove()
     assert tiny_model.visual_tokens_kept == tiny_model.visual_tokens_per_image
-    assert METHODS.get(name)(token_pruning=None).token_pruning is None
+    assert not RunSpec.from_dict({"method": name, "token_pruning": "none"}).token_pruning.enabled

@@ -10,7 +10,8 @@ from PIL import Image
 from dpbench.errors import DpbenchError
 from dpbench.tasks import vqa_embedded
 from dpbench.tasks.base import Example
-from dpbench.tasks.vqa import VQAv2, build_prompt, read_vqav2, val_half
+from dpbench.tasks.coco import val_half
+from dpbench.tasks.vqa import VQAv2, build_prompt, read_vqav2
 from dpbench.tasks.vqa_metrics import normalize_answer, vqa_accuracy
 
 

@@ -2,9 +2,9 @@
 
 `VisionLanguageModel` asks its architecture for: the `--trainable` parameter groups (module-name
 prefixes), how many visual tokens one image becomes, which image-processor outputs travel
-with `pixel_values`, how to load and set up the processor, and (Qwen2-VL) the 3-D positions.
-Token pruning keeps its own per-architecture adapters next to its hooks
-(`dpbench.methods.pruning_adapters.ADAPTERS`).
+with `pixel_values`, how to load and set up the processor, and where visual-token pruning
+hooks in (`pruning_adapter`, from `dpbench.models.pruning_adapters`). Adding an architecture is
+one entry here.
 
 Every image becomes a fixed number of visual tokens (the DP unit is one example, and pruning
 keeps k of N per image): Idefics3/SmolVLM with image splitting off, Qwen2-VL with every image
@@ -14,13 +14,13 @@ resized to one square size.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from dpbench.errors import DpbenchError
+from dpbench.models.pruning_adapters import Adapter, Idefics3Adapter, LlavaAdapter, Qwen2VLAdapter
+from dpbench.models.qwen2_vl import image_only_qwen2_vl_processor
 from dpbench.registry import Registry
 
 QWEN2_VL_IMAGE_SIDE = 448  # px: 32 x 32 patches of 14 px, merged 2 x 2 into 256 visual tokens
@@ -35,6 +35,7 @@ class Architecture:
     # example): Opacus' per-sample gradients there are per patch, and clipping them bounds
     # nothing about one example
     flat_groups: tuple[str, ...] = ()
+    pruning_adapter: type[Adapter]  # where visual-token pruning hooks into this architecture
 
     def load_processor(self, path: str | Path):
         from transformers import AutoProcessor
@@ -67,6 +68,7 @@ class Llava(Architecture):
         "projector": ("model.multi_modal_projector.",),
         "language_model": ("model.language_model.", "lm_head."),
     }
+    pruning_adapter = LlavaAdapter
 
     def visual_tokens_per_image(self, model, processor) -> int:
         return int(model.config.image_seq_length)
@@ -80,6 +82,7 @@ class Idefics3(Architecture):
         "language_model": ("model.text_model.", "lm_head."),
     }
     image_inputs = ("pixel_values", "pixel_attention_mask")
+    pruning_adapter = Idefics3Adapter
 
     def prepare_processor(self, processor, model) -> None:
         # without splitting, every image is resized to one max_image_size square: image_seq_len tokens
@@ -116,6 +119,7 @@ class Qwen2VL(Architecture):
     image_inputs = ("pixel_values", "image_grid_thw")
     mrope = True
     flat_groups = ("vision_tower", "projector")  # the ViT and merger run on (all patches, D)
+    pruning_adapter = Qwen2VLAdapter
 
     def load_processor(self, path: str | Path):
         return image_only_qwen2_vl_processor().from_pretrained(path, local_files_only=True)
@@ -137,72 +141,3 @@ class Qwen2VL(Architecture):
     def visual_tokens_per_image(self, model, processor) -> int:
         vision = model.config.vision_config
         return (self.image_side(processor) // vision.patch_size) ** 2 // vision.spatial_merge_size**2
-
-
-def mrope_positions(hf_model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    image_grid_thw: torch.Tensor | None, kept: torch.Tensor) -> torch.Tensor:
-    """Qwen2-VL's (3, B, L) M-RoPE positions for a batch whose images keep tokens `kept`
-    (n_images, k) of their N (all N: the unpruned batch).
-
-    The model's own `get_rope_index` runs on the batch with every image's placeholders
-    restored to N, and each kept token takes its position there (FastV's and VisionZip's
-    choice for Qwen2-VL): text positions never depend on which tokens were kept. Padding gets
-    position 0, as in the model.
-    """
-    image_id = hf_model.config.image_token_id
-    n_images, k = kept.shape
-    per_image = 0
-    if n_images:
-        merge = hf_model.config.vision_config.spatial_merge_size
-        sizes = (image_grid_thw.prod(-1) // merge**2).tolist()
-        if len(set(sizes)) != 1 or len(sizes) != n_images:
-            raise DpbenchError(f"expected {n_images} images of one size, got token counts {sizes}")
-        per_image = sizes[0]
-    kept = kept.tolist()
-    rows, masks, columns, image = [], [], [], 0
-    for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-        full, full_mask, where, run = [], [], [], 0
-        for t, m in zip(ids, mask):
-            if t == image_id and m:
-                if run % k == 0:  # an image's first kept placeholder: restore all N
-                    start, image = len(full), image + 1
-                    full += [image_id] * per_image
-                    full_mask += [1] * per_image
-                where.append(start + kept[image - 1][run % k])
-                run += 1
-            else:
-                run = 0
-                where.append(len(full))
-                full.append(t)
-                full_mask.append(m)
-        rows.append(full), masks.append(full_mask), columns.append(where)
-    if image != n_images:
-        raise DpbenchError(f"the batch has placeholders for {image} images but {n_images} images")
-    width = max(map(len, rows))
-    pad = [width - len(r) for r in rows]  # left padding, like the batch itself
-    full_ids = torch.tensor([[0] * p + r for p, r in zip(pad, rows)], device=input_ids.device)
-    full_mask = torch.tensor([[0] * p + m for p, m in zip(pad, masks)], device=input_ids.device)
-    positions, _ = hf_model.model.get_rope_index(
-        full_ids, mm_token_type_ids=(full_ids == image_id).int() * full_mask,
-        image_grid_thw=image_grid_thw, attention_mask=full_mask,
-    )
-    index = torch.tensor([[p + c for c in cols] for p, cols in zip(pad, columns)], device=input_ids.device)
-    return positions.gather(2, index.unsqueeze(0).expand(3, -1, -1))
-
-
-@lru_cache(maxsize=1)
-def image_only_qwen2_vl_processor():
-    """Qwen2VLProcessor without its video processor, which needs torchvision (dpbench feeds
-    images only). Built on first use: importing transformers is slow."""
-    from transformers import Qwen2VLProcessor
-    from transformers.processing_utils import ProcessorMixin
-
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
-            self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
-
-    return ImageOnlyQwen2VLProcessor

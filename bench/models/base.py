@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from dpbench.errors import DpbenchError
-from dpbench.models.architectures import architecture, mrope_positions
-from dpbench.tasks.base import Example
+from dpbench.models.architectures import architecture
+from dpbench.models.qwen2_vl import mrope_positions
+from dpbench.examples import Example
 
 
 @lru_cache(maxsize=8192)
@@ -58,6 +59,7 @@ class VisionLanguageModel:
         self._visual_tokens = self.arch.visual_tokens_per_image(model, processor)
         self.tokens_encoded = 0  # non-padding tokens handed to the model, for throughput
         self.visual_tokens_kept = self.visual_tokens_per_image  # token pruning lowers it
+        self.token_pruner = None  # the installed `TokenPruner`, if any
         self.last_batch: dict | None = None  # the latest `encode` output (text-guided pruning reads it)
         self._prompt_ids_cache: dict[Example, tuple[int, ...]] = {}
         self._pixel_cache: dict[Path, dict[str, torch.Tensor]] = {}

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dpbench.tasks.base import Example
+from dpbench.examples import Example
+from dpbench.training_loop import TrainingLoop
 from dpbench.tasks.digits import WORDS, public_digits
 
 CORPUS_VERSION = 6
@@ -224,13 +225,10 @@ def _optimise(params, step_loss, steps: int, lr: float, *, weight_decay: float, 
               label: str) -> list[float]:
     """Every stage's loop: AdamW under a one-cycle schedule; `step_loss()` draws a batch and
     returns its loss. Returns the loss curve."""
-    from dpbench.progress import progress
-
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    losses = []
-    with progress() as bar:
-        task = bar.add_task(label, total=steps)
+    loop = TrainingLoop()  # each stage seeds its own generators
+    with loop.running(label, steps):
         for _ in range(steps):
             loss = step_loss()
             opt.zero_grad(set_to_none=True)
@@ -239,6 +237,5 @@ def _optimise(params, step_loss, steps: int, lr: float, *, weight_decay: float, 
                 torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
             sched.step()
-            losses.append(loss.item())
-            bar.update(task, advance=1, description=f"{label} loss {losses[-1]:.3f}")
-    return losses
+            loop.end_step(loss.item())
+    return loop.losses

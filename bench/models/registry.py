@@ -122,13 +122,18 @@ class TinyLlava(ModelLoader):
         return load_hf(path, device, ModelInfo(self.name, "embedded-pretrained", str(path), "llava"))
 
 
+def check_model_name(name_or_path: str) -> None:
+    """A registered name, a local folder, or a hub id (loaded from the local cache only);
+    anything else is the unknown-name error with close matches."""
+    if name_or_path not in MODELS and not Path(name_or_path).is_dir() and "/" not in name_or_path:
+        MODELS.get(name_or_path)
+
+
 def load_model(name_or_path: str, device: str) -> VisionLanguageModel:
     """A registered model name, or a local checkpoint folder / hub-cache id (offline)."""
+    check_model_name(name_or_path)
     if name_or_path in MODELS:
         return MODELS.get(name_or_path)().load(device)
-    if Path(name_or_path).is_dir():
-        return load_hf(name_or_path, device, ModelInfo(name_or_path, "local", str(Path(name_or_path).resolve()), "llava"))
-    if "/" in name_or_path:  # a hub id: only from the local cache, never downloaded
-        return load_hf(name_or_path, device, ModelInfo(name_or_path, "local", None, "llava"))
-    MODELS.get(name_or_path)  # raises the unknown-name error with close matches
-    raise AssertionError("unreachable")
+    path = Path(name_or_path)  # a hub id has no local folder: its path stays unrecorded
+    return load_hf(name_or_path, device, ModelInfo(name_or_path, "local", str(path.resolve()) if path.is_dir() else None,
+                                                   "llava"))

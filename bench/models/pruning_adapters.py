@@ -3,7 +3,8 @@
 An adapter names the module whose output is pruned (projector / connector / merger), the
 language model's entry (its input_ids say where each image's placeholders are), the vision
 attention whose input gives the [CLS] or mean-attention cue, and the input embeddings
-(text-guided). `TokenPruner` in `token_pruning` installs the hooks through it.
+(text-guided). `TokenPruner` in `token_pruning` installs the hooks through it; each architecture names its
+adapter in `dpbench.models.architectures`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from dpbench.models.architectures import mrope_positions
+from dpbench.models.qwen2_vl import mrope_positions
 
 if TYPE_CHECKING:
-    from dpbench.methods.token_pruning import TokenPruner
+    from dpbench.models.token_pruning import TokenPruner
 
 
 def qk_attention(attn, hidden: torch.Tensor, cls_dropped: bool) -> torch.Tensor:
@@ -151,10 +152,3 @@ class _Unpatch:
     def remove(self) -> None:
         self.obj.__dict__.pop(self.attribute, None)
 
-
-ADAPTERS: dict[str, type[Adapter]] = {
-    "llava": LlavaAdapter,
-    "idefics3": Idefics3Adapter,
-    "smolvlm": Idefics3Adapter,
-    "qwen2_vl": Qwen2VLAdapter,
-}

@@ -1,4 +1,4 @@
-"""Visual-token pruning between the projector and the language model, usable by every method.
+"""Visual-token pruning between the projector and the language model: a model transform.
 
 A hook on the projector's output (LLaVA's projector, Idefics3's connector; for Qwen2-VL the
 per-image merger output that `get_image_features` returns) turns each image's N tokens into
@@ -8,6 +8,9 @@ give each kept token the position it has in the unpruned sequence (as FastV and 
 for Qwen2-VL). Selection is per image, from that image's own vision features and its own
 prompt only: per-example gradients (and so Opacus' clipping) never mix examples. Kept tokens
 stay in their original order. The per-architecture hook points are in `pruning_adapters`.
+
+The spec names it (`dpbench.models.pruning_spec.TokenPruning`); the run phases install it
+after LoRA and the trainable groups, before the method's own preparation.
 
 Strategies (`STRATEGIES`, selected by name):
   cls-attention  the patches the vision tower's [CLS] attends to most (heads averaged, at the
@@ -25,43 +28,17 @@ Strategies (`STRATEGIES`, selected by name):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from dpbench.errors import DpbenchError
-from dpbench.methods.pruning_adapters import ADAPTERS
-from dpbench.registry import Registry
-from dpbench.spec import check_fraction
+from dpbench.models.pruning_spec import STRATEGIES, TokenPruning
 
-TOKEN_PRUNING_OPTIONS: dict[str, Any] = {"token_pruning": None, "keep_ratio": 0.25, "keep_count": None}
+__all__ = ["STRATEGIES", "Images", "TokenPruner", "TokenPruning", "install_token_pruning", "merge"]
+
 CONTEXTUAL_SHARE = 10 / 64  # VisionZip's 54 dominant + 10 contextual of 64 kept
-
-
-@dataclass(frozen=True)
-class TokenPruning:
-    strategy: str
-    keep_ratio: float = 0.25
-    keep_count: int | None = None  # wins over keep_ratio when set
-    seed: int = 0  # the random strategy's generator
-
-    def __post_init__(self):
-        STRATEGIES.get(self.strategy)  # unknown name: an error listing close matches
-        check_fraction("keep_ratio", self.keep_ratio)
-        count = self.keep_count
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-            raise DpbenchError(f"keep_count must be a positive integer, got {self.keep_count!r}")
-
-    @classmethod
-    def from_options(cls, opts: dict[str, Any]) -> TokenPruning | None:
-        if opts.get("token_pruning") in (None, False, "none"):
-            return None
-        return cls(str(opts["token_pruning"]), check_fraction("keep_ratio", opts["keep_ratio"]), opts.get("keep_count"))
-
-    def kept(self, n: int) -> int:
-        return min(n, self.keep_count if self.keep_count is not None else max(1, round(self.keep_ratio * n)))
 
 
 class Images:
@@ -114,7 +91,6 @@ class Images:
 
 
 Strategy = Callable[[Images, int], torch.Tensor]  # (images, k) -> (n_images, k, D)
-STRATEGIES: Registry[Strategy] = Registry("token-pruning strategy")
 
 
 def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -177,11 +153,10 @@ class TokenPruner:
     """Installed token pruning: hooks on one model; `remove()` undoes it."""
 
     def __init__(self, model, config: TokenPruning):
-        model_type = model.model.config.model_type
-        if model_type not in ADAPTERS:
-            raise DpbenchError(f"token pruning supports {', '.join(ADAPTERS)} models, not {model_type!r}")
+        if not config.enabled:
+            raise DpbenchError("token pruning 'none' keeps every token: there is nothing to install")
         self.model, self.config = model, config
-        self.adapter = ADAPTERS[model_type](model.model)
+        self.adapter = model.arch.pruning_adapter(model.model)
         self.n = model.visual_tokens_per_image
         self.k = config.kept(self.n)
         self.strategy = STRATEGIES.get(config.strategy)
@@ -191,6 +166,7 @@ class TokenPruner:
         self.kept: torch.Tensor | None = None  # the latest images' kept token indices (n_images, k)
         self.handles = self.adapter.install(self)
         model.visual_tokens_kept = self.k
+        model.token_pruner = self
 
     def _on_vision(self, module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # the attention's input
@@ -234,6 +210,7 @@ class TokenPruner:
         for h in self.handles:
             h.remove()
         self.model.visual_tokens_kept = self.n
+        self.model.token_pruner = None
 
     def details(self) -> dict[str, Any]:
         d = {"strategy": self.config.strategy, "keep_ratio": self.config.keep_ratio,

@@ -1,0 +1,222 @@
+"""The phases of one run: prepare -> train -> evaluate -> audit -> record.
+
+`dpbench run` (the runner), the benchmark worker, `dpbench audit` and the audit's reference
+models all go through these functions, so a model is loaded, adapted and measured one way.
+The training phase is the first heavy work in the process (the embedded model is built in a
+process of its own), so its memory high-water mark belongs to the method alone.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from dpbench.attacks.audit import audit_run
+from dpbench.attacks.base import ATTACKS
+from dpbench.attacks.canary_audit import UTILITY_NOTE, Canaries, make_canaries
+from dpbench.errors import DpbenchError
+from dpbench.examples import Example
+from dpbench.methods.base import METHODS, Method, TrainReport
+from dpbench.models.base import VisionLanguageModel
+from dpbench.models.lora import merge_lora, setup_parameters
+from dpbench.models.registry import check_model_name, load_hf, load_model
+from dpbench.models.token_pruning import install_token_pruning
+from dpbench.privacy import check_delta, default_delta
+from dpbench.run_folder import RunFolder
+from dpbench.run_result import (AuditRecord, DatasetRecord, ModelRecord, RunResult, SystemsRecord, TrainingRecord,
+                                UtilityRecord)
+from dpbench.spec import RunSpec
+from dpbench.systems import PeakMemory, environment, throughput
+from dpbench.tasks.base import TASKS, Task, TaskData
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before it trains; names resolved, data and model loaded."""
+
+    spec: RunSpec
+    task: Task
+    method: Method
+    data: TaskData
+    train: list[Example]  # the task's training examples this run draws on
+    canaries: Canaries | None
+    fit: list[Example]  # what the method trains on: `train` and the included canaries
+    delta: float
+    scored: list[Example]  # where utility is measured
+    model: VisionLanguageModel
+
+    @property
+    def utility_notes(self) -> list[str]:
+        return [UTILITY_NOTE] if self.canaries is not None else []
+
+
+@dataclass
+class Trained:
+    report: TrainReport
+    peak_memory: list[dict]
+    wall_s: float
+    parameters: tuple[int, int]  # (total, trainable), counted before LoRA adapters are merged
+    visual_tokens: dict[str, int]
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    wall_s: float
+    tokens: int
+    examples: int
+
+
+def resolve_names(spec: RunSpec) -> None:
+    """Every registry name of the spec, checked before anything slow."""
+    TASKS.get(spec.task)
+    METHODS.get(spec.method)
+    check_model_name(spec.model)
+    for name in spec.attacks:
+        ATTACKS.get(name)
+
+
+def make_method(spec: RunSpec) -> Method:
+    return METHODS.get(spec.method)(**spec.method_options)  # bad options fail here
+
+
+def training_examples(spec: RunSpec, data: TaskData) -> list[Example]:
+    train = data.train
+    if spec.training.n_train is not None:
+        if spec.training.n_train > len(train):
+            raise DpbenchError(f"n_train = {spec.training.n_train} exceeds the {len(train)} training examples")
+        train = random.Random(spec.training.seed).sample(train, spec.training.n_train)
+    return train
+
+
+def run_delta(spec: RunSpec, n_train: int) -> float:
+    """The run's δ; a non-private run uses it only for the audit's ε lower bounds."""
+    return spec.privacy.delta if spec.privacy.delta is not None else default_delta(n_train)
+
+
+def audit_sets(spec: RunSpec, train: list[Example], data: TaskData) -> tuple[list[Example], list[Example]]:
+    """Equal-size members and non-members (so AUC and the ε bound weigh both alike),
+    reproducible from the spec, so a re-audit scores the same examples."""
+    n = min(len(train), len(data.nonmembers))
+    return random.Random(spec.training.seed + 1).sample(train, n), data.nonmembers[:n]
+
+
+def run_canaries(spec: RunSpec, train: list[Example]) -> Canaries | None:
+    """The one-run audit's canaries, when the spec asks for them (they change the training set)."""
+    return make_canaries(train, spec.audit.canaries, spec.training.seed) if spec.audit.canaries else None
+
+
+def adapt(model: VisionLanguageModel, spec: RunSpec, method: Method) -> VisionLanguageModel:
+    """The spec's transforms of a loaded model that training and evaluation both see: visual-token
+    pruning, then the method's own preparation."""
+    if spec.token_pruning.enabled:
+        install_token_pruning(model, spec.token_pruning)
+    method.prepare(model)
+    return model
+
+
+def load_target(spec: RunSpec, method: Method) -> VisionLanguageModel:
+    """The base model with the spec's LoRA adapters, trainable groups and transforms."""
+    model = load_model(spec.model, spec.device)
+    setup_parameters(model, spec)
+    return adapt(model, spec, method)
+
+
+def load_checkpoint(spec: RunSpec, method: Method, folder: RunFolder, base_info) -> VisionLanguageModel:
+    """A finished run's saved model, transformed as the run's was, so scores match the run's."""
+    if not folder.checkpoint.is_dir():
+        raise DpbenchError(f"{folder.path} has no checkpoint/: rerun it with `dpbench run --save-checkpoint`")
+    return adapt(load_hf(folder.checkpoint, spec.device, base_info), spec, method)
+
+
+def prepare(spec: RunSpec) -> Prepared:
+    resolve_names(spec)
+    task, method = TASKS.get(spec.task)(), make_method(spec)
+    data = task.load(spec.data_dir)
+    train = training_examples(spec, data)
+    canaries = run_canaries(spec, train)
+    fit = train + canaries.included_examples() if canaries else train
+    delta = run_delta(spec, len(fit))
+    if method.private:
+        check_delta(delta, len(fit))
+    scored = data.nonmembers if spec.eval_split == "validation" else data.test
+    scored = scored[: spec.eval_limit] if spec.eval_limit else scored
+    model = load_target(spec, method)
+    return Prepared(spec, task, method, data, train, canaries, fit, delta, scored, model)
+
+
+def train(p: Prepared) -> Trained:
+    """The method's training, with peak memory and wall time measured around it alone."""
+    with PeakMemory(p.spec.device) as memory:
+        t0 = time.perf_counter()
+        report = p.method.train(p.model, p.fit, p.spec, p.delta)
+        wall = time.perf_counter() - t0
+    pruner = p.model.token_pruner
+    report.details["token_pruning"] = pruner.details() if pruner is not None else None
+    visual = {"before": p.model.visual_tokens_per_image, "after": p.model.visual_tokens_kept}
+    return Trained(report, memory.records, wall, p.model.parameter_counts(), visual)
+
+
+def evaluate(task: Task, model: VisionLanguageModel, examples: list[Example]) -> Evaluation:
+    tokens_before, t0 = model.tokens_encoded, time.perf_counter()
+    metrics = task.evaluate(model, examples)
+    return Evaluation(metrics, time.perf_counter() - t0, model.tokens_encoded - tokens_before, len(examples))
+
+
+def save_checkpoint(p: Prepared, folder: RunFolder) -> None:
+    """A plain HF checkpoint: LoRA adapters are merged first, so the audit then scores the merged model."""
+    if p.spec.lora is not None:
+        merge_lora(p.model)
+    p.model.model.save_pretrained(folder.checkpoint)
+    p.model.processor.save_pretrained(folder.checkpoint)
+
+
+def audit(p: Prepared, base: VisionLanguageModel, folder: RunFolder, target_epochs: float, log=print):
+    """The membership-inference attacks and canaries; (None, {}) when the spec asks for neither."""
+    if not (p.spec.attacks or p.canaries):
+        return None, {}
+    members, nonmembers = audit_sets(p.spec, p.train, p.data)
+    return audit_run(p.spec, p.spec.attacks, p.model, base, members, nonmembers, p.data.test, delta=p.delta,
+                     target_epochs=target_epochs, folder=folder, train_reference=train_reference,
+                     canaries=p.canaries, log=log)
+
+
+def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -> VisionLanguageModel:
+    """A reference model of the offline attacks: non-private, from the same base, LoRA adapters and
+    trainable groups as the target, without its token pruning (it stands for a model trained elsewhere)."""
+    ref_spec = spec.replace(**{"method": "nonprivate", "method_options": {}, "training.seed": seed,
+                               "training.steps": steps, "training.n_train": None, "token_pruning": "none"})
+    method = make_method(ref_spec)
+    model = load_target(ref_spec, method)
+    method.train(model, data, ref_spec, None)  # δ: unused without privacy
+    return model
+
+
+def record(p: Prepared, trained: Trained, evaluation: Evaluation, zero_shot: dict[str, float],
+           audit_record: AuditRecord | None, total_wall_s: float) -> RunResult:
+    spec, data, model, report = p.spec, p.data, p.model, trained.report
+    return RunResult(
+        run_id=spec.run_id(), spec=spec.to_dict(), environment=environment(spec.device),
+        dataset=DatasetRecord(
+            task=spec.task, source=data.source, path=data.path, layout=data.layout, n_train=len(p.fit),
+            n_canaries=len(p.fit) - len(p.train), n_members=audit_record.n_members if audit_record else 0,
+            n_nonmembers=audit_record.n_nonmembers if audit_record else 0, n_test=evaluation.examples),
+        model=ModelRecord(
+            name=model.info.name, source=model.info.source, path=model.info.path,
+            architecture=model.info.architecture, parameters_total=trained.parameters[0],
+            parameters_trainable=trained.parameters[1], zero_shot=zero_shot),
+        utility=UtilityRecord(
+            split=spec.eval_split, primary_metric=p.task.primary_metric, higher_is_better=p.task.higher_is_better,
+            metrics=evaluation.metrics, unavailable=p.task.unavailable_metrics(), notes=p.utility_notes),
+        privacy=report.privacy.to_dict(),
+        training=TrainingRecord(
+            steps=report.steps, epochs=report.epochs, final_loss=report.losses[-1] if report.losses else None,
+            loss_curve=[round(x, 5) for x in report.losses], details=report.details),
+        systems=SystemsRecord(
+            device=spec.device, peak_memory=trained.peak_memory,
+            train=throughput(trained.wall_s, report.samples, report.tokens),
+            eval=throughput(evaluation.wall_s, evaluation.examples, evaluation.tokens),
+            total_wall_s=total_wall_s, visual_tokens=trained.visual_tokens),
+        audit=audit_record,
+    )

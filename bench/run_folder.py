@@ -1,0 +1,66 @@
+"""A run folder, `runs/<run-id>/`: the one place that names its files and says whether the run
+finished.
+
+A run is finished when its `result.json` exists and validates: the runner writes it last, and
+atomically, so a crash at any earlier point leaves a folder that `finished()` calls unfinished
+and a sweep re-runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dpbench.results import validation_errors
+
+if TYPE_CHECKING:
+    from dpbench.spec import RunSpec
+
+
+class _File:
+    """A file of the run folder: `folder.result` is `folder.path / "result.json"`."""
+
+    def __init__(self, name: str, doc: str = ""):
+        self.name, self.__doc__ = name, doc
+
+    def __get__(self, folder: RunFolder | None, owner: type) -> Path:
+        return self if folder is None else folder.path / self.name
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    result = _File("result.json", "the finished run's record; written last")
+    spec = _File("spec.json", "the run spec, written before training")
+    checkpoint = _File("checkpoint", "the fine-tuned model (`--save-checkpoint`)")
+    attack_scores = _File("audit_scores.npz", "member and non-member scores of every attack")
+    reference_losses = _File("audit_references.npz", "the reference models' losses, reused by re-audits")
+    canary_scores = _File("audit_canaries.npz", "the one-run audit's canaries and their scores")
+    audit_work = _File(".audit", "scratch space of the attacks (e.g. images for the image attack)")
+    report_markdown = _File("audit.md")
+    report_html = _File("audit.html")
+
+    @classmethod
+    def of(cls, runs_dir: str | Path, run_id: str) -> RunFolder:
+        return cls(Path(runs_dir) / run_id)
+
+    def report_image(self, name: str) -> Path:
+        return self.path / f"audit_{name}.png"
+
+    def create(self) -> RunFolder:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def finished(self, spec: RunSpec | None = None) -> bool:
+        """A valid result exists (for exactly `spec`, when given): the run is done and a sweep skips it."""
+        try:
+            result = json.loads(self.result.read_text())
+        except (OSError, ValueError):
+            return False
+        if validation_errors(result):
+            return False
+        # through JSON, so tuples and lists (attacks) compare as the file stores them
+        return spec is None or result.get("spec") == json.loads(json.dumps(spec.to_dict()))
