@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test leaderboard
+.PHONY: setup run test lint leaderboard
 
 $(BIN)/dpbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -P -m pytest -q
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 leaderboard: setup
 	$(BIN)/dpbench leaderboard --check

@@ -14,8 +14,9 @@ from dpbench.run_result import AuditRecord
 CONFIDENCE = 0.95
 
 
-def score_attacks(attacks, target, reference, members, nonmembers, folder: RunFolder,
-                  references: ReferenceLosses | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def score_attacks(
+    attacks, target, reference, members, nonmembers, folder: RunFolder, references: ReferenceLosses | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Scores of every attack; attacks that need reference models are left out without them
     (`population.skipped_notes` says so in the result)."""
     signals = Signals(target, reference, members + nonmembers, work_dir=folder.audit_work, references=references)
@@ -27,8 +28,11 @@ def score_attacks(attacks, target, reference, members, nonmembers, folder: RunFo
             continue
         s = np.asarray(attack().score(signals), dtype=float)
         scores[name] = (s[:n], s[n:])
-    np.savez(folder.attack_scores, **{f"{k}/members": v[0] for k, v in scores.items()},
-             **{f"{k}/nonmembers": v[1] for k, v in scores.items()})
+    np.savez(
+        folder.attack_scores,
+        **{f"{k}/members": v[0] for k, v in scores.items()},
+        **{f"{k}/nonmembers": v[1] for k, v in scores.items()},
+    )
     return scores
 
 
@@ -38,8 +42,15 @@ def load_scores(folder: RunFolder) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {n: (data[f"{n}/members"], data[f"{n}/nonmembers"]) for n in names}
 
 
-def summarise(scores: dict[str, tuple[np.ndarray, np.ndarray]], delta: float, *, n_members: int | None = None,
-              notes=(), references: dict | None = None, canary: dict | None = None) -> AuditRecord:
+def summarise(
+    scores: dict[str, tuple[np.ndarray, np.ndarray]],
+    delta: float,
+    *,
+    n_members: int | None = None,
+    notes=(),
+    references: dict | None = None,
+    canary: dict | None = None,
+) -> AuditRecord:
     """The result's audit section. `n_members` is needed only when no attack was scored."""
     attacks = {}
     for name, (mem, non) in scores.items():
@@ -50,18 +61,36 @@ def summarise(scores: dict[str, tuple[np.ndarray, np.ndarray]], delta: float, *,
     return AuditRecord(
         n_members=int(len(first[0])) if first is not None else int(n_members or 0),
         n_nonmembers=int(len(first[1])) if first is not None else int(n_members or 0),
-        confidence=CONFIDENCE, attacks=attacks, notes=list(notes), references=references, canary=canary,
+        confidence=CONFIDENCE,
+        attacks=attacks,
+        notes=list(notes),
+        references=references,
+        canary=canary,
         report="audit.html",
     )
 
 
-def audit_run(spec, attacks, target, base, members, nonmembers, test, *, delta: float, target_epochs: float,
-              folder: RunFolder, train_reference: population.ReferenceTrainer,
-              canaries: canary_audit.Canaries | None = None, log=print):
+def audit_run(
+    spec,
+    attacks,
+    target,
+    base,
+    members,
+    nonmembers,
+    test,
+    *,
+    delta: float,
+    target_epochs: float,
+    folder: RunFolder,
+    train_reference: population.ReferenceTrainer,
+    canaries: canary_audit.Canaries | None = None,
+    log=print,
+):
     """Everything the audit does to a trained model: reference models when an attack needs
     them, every attack, the canaries. Returns (audit section, attack scores)."""
-    refs = population.reference_losses(spec, attacks, test, members + nonmembers, target_epochs, folder,
-                                       train_reference, log)
+    refs = population.reference_losses(
+        spec, attacks, test, members + nonmembers, target_epochs, folder, train_reference, log
+    )
     scores = score_attacks(attacks, target, base, members, nonmembers, folder, references=refs)
     canary = None
     if canaries is not None:
@@ -69,6 +98,12 @@ def audit_run(spec, attacks, target, base, members, nonmembers, test, *, delta: 
         canary_audit.save_canary_scores(folder, canaries, canary_scores)
         canary = canary_audit.canary_section(canaries.included, canary_scores, canaries.seed, delta)
     notes = population.skipped_notes(attacks, spec.audit.references)
-    section = summarise(scores, delta, n_members=len(members), notes=notes,
-                        references=refs.info if refs is not None else None, canary=canary)
+    section = summarise(
+        scores,
+        delta,
+        n_members=len(members),
+        notes=notes,
+        references=refs.info if refs is not None else None,
+        canary=canary,
+    )
     return section, scores

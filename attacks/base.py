@@ -9,6 +9,8 @@ import numpy as np
 from dpbench.attacks.signals import Signals
 from dpbench.registries import ATTACKS
 
+__all__ = ["ATTACKS", "Attack"]  # the registry re-exported beside its base class
+
 
 class Attack(ABC):
     name: str  # set by the registry decorator

@@ -42,9 +42,7 @@ def p_value(m: int, guesses: int, correct: int, epsilon: float, delta: float) ->
     return min(beta + alpha * delta * 2 * m, 1.0)
 
 
-def one_run_epsilon_lower_bound(
-    m: int, guesses: int, correct: int, delta: float, confidence: float = 0.95
-) -> float:
+def one_run_epsilon_lower_bound(m: int, guesses: int, correct: int, delta: float, confidence: float = 0.95) -> float:
     """Largest ε such that ``correct`` of ``guesses`` right guesses rejects (ε, δ)-DP.
 
     ``m``: canaries (each included with probability ½); ``guesses``: non-abstaining guesses

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+
 import numpy as np
 
 from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
@@ -28,8 +29,10 @@ CONFIDENCE = 0.95
 # maximum stays a sound bound.
 GUESS_FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
 SCORE = "base-model loss minus target-model loss on the canary's wrong target"
-UTILITY_NOTE = ("utility was measured on a model trained with canaries (mislabelled copies of training "
-                "examples) inserted for the one-run audit")
+UTILITY_NOTE = (
+    "utility was measured on a model trained with canaries (mislabelled copies of training "
+    "examples) inserted for the one-run audit"
+)
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,14 @@ def one_run_audit(scores, included, delta: float, confidence: float = CONFIDENCE
         eps = one_run_epsilon_lower_bound(m, r, v, delta, level)
         if eps > best["epsilon_lower_bound"] or best["guesses"] == 0:
             best = {"epsilon_lower_bound": eps, "guesses": r, "correct": v}
-    return {"m": int(m), "included": int(np.sum(included)), **best, "confidence": confidence,
-            "guess_fractions": list(GUESS_FRACTIONS), "score": SCORE}
+    return {
+        "m": int(m),
+        "included": int(np.sum(included)),
+        **best,
+        "confidence": confidence,
+        "guess_fractions": list(GUESS_FRACTIONS),
+        "score": SCORE,
+    }
 
 
 def canary_section(included, scores, seed: int, delta: float) -> dict:
@@ -101,8 +110,12 @@ def canary_section(included, scores, seed: int, delta: float) -> dict:
 
 
 def save_canary_scores(folder: RunFolder, canaries: Canaries, scores: np.ndarray) -> None:
-    np.savez(folder.canary_scores, uids=np.array([e.uid for e in canaries.examples]),
-             included=canaries.included, scores=scores)
+    np.savez(
+        folder.canary_scores,
+        uids=np.array([e.uid for e in canaries.examples]),
+        included=canaries.included,
+        scores=scores,
+    )
 
 
 def load_canary_scores(folder: RunFolder) -> tuple[np.ndarray, np.ndarray]:

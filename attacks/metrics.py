@@ -46,9 +46,7 @@ def _scores(member_scores: ArrayLike, nonmember_scores: ArrayLike) -> tuple[np.n
 
 
 def roc_summary(
-    member_scores: ArrayLike,
-    nonmember_scores: ArrayLike,
-    fprs: Sequence[float] = DEFAULT_FPRS,
+    member_scores: ArrayLike, nonmember_scores: ArrayLike, fprs: Sequence[float] = DEFAULT_FPRS
 ) -> dict[str, Any]:
     """AUC, TPR at fixed low FPRs and best balanced accuracy of a score-threshold attack.
 
@@ -158,11 +156,7 @@ def _counts_at(sorted_scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def empirical_epsilon(
-    member_scores: ArrayLike,
-    nonmember_scores: ArrayLike,
-    delta: float,
-    confidence: float = 0.95,
-    seed: int = 0,
+    member_scores: ArrayLike, nonmember_scores: ArrayLike, delta: float, confidence: float = 0.95, seed: int = 0
 ) -> EpsilonBound:
     """Lower confidence bound on ε from member / non-member scores (Jagielski et al. 2020).
 
@@ -194,9 +188,7 @@ def empirical_epsilon(
     ts = _candidate_thresholds(np.concatenate([m_cal, n_cal]))
     fp = _counts_at(n_cal, ts)  # non-members called member
     fn = m_cal.size - _counts_at(m_cal, ts)  # members called non-member
-    eps_cal = _epsilon_from_rates(
-        _cp_upper_vec(fp, n_cal.size, alpha), _cp_upper_vec(fn, m_cal.size, alpha), delta
-    )
+    eps_cal = _epsilon_from_rates(_cp_upper_vec(fp, n_cal.size, alpha), _cp_upper_vec(fn, m_cal.size, alpha), delta)
     t = float(ts[int(np.argmax(eps_cal))])
 
     # Evaluation: fresh counts at the fixed threshold.
@@ -216,12 +208,7 @@ def empirical_epsilon(
 
 
 def attack_summary(
-    member_scores: ArrayLike,
-    nonmember_scores: ArrayLike,
-    delta: float,
-    confidence: float = 0.95,
-    *,
-    seed: int = 0,
+    member_scores: ArrayLike, nonmember_scores: ArrayLike, delta: float, confidence: float = 0.95, *, seed: int = 0
 ) -> dict[str, Any]:
     """One attack's audit figures, shaped like the result schema's ``$defs/attack_result``."""
     roc = roc_summary(member_scores, nonmember_scores)

@@ -35,8 +35,10 @@ def skipped_notes(attacks, n_references: int) -> list[str]:
     """Why requested attacks were not run (recomputable from the spec, e.g. by a re-audit)."""
     skipped = needing_references(attacks)
     if skipped and n_references == 0:
-        return [f"{', '.join(skipped)} not run: audit.references = 0 (they need reference models "
-                "fine-tuned on population data)"]
+        return [
+            f"{', '.join(skipped)} not run: audit.references = 0 (they need reference models "
+            "fine-tuned on population data)"
+        ]
     return []
 
 
@@ -79,8 +81,16 @@ def losses_from_models(models, audited: list[Example], population: list[Example]
     )
 
 
-def reference_losses(spec, attacks, test: list[Example], audited: list[Example], target_epochs: float,
-                     folder: RunFolder, train_reference: ReferenceTrainer, log=print) -> ReferenceLosses | None:
+def reference_losses(
+    spec,
+    attacks,
+    test: list[Example],
+    audited: list[Example],
+    target_epochs: float,
+    folder: RunFolder,
+    train_reference: ReferenceTrainer,
+    log=print,
+) -> ReferenceLosses | None:
     """The run's reference losses: from the run folder's cache if it matches, else trained now.
     None when none of `attacks` needs them or `audit.references` is 0."""
     k = spec.audit.references
@@ -107,21 +117,31 @@ def reference_losses(spec, attacks, test: list[Example], audited: list[Example],
         sizes.append(len(data))
         del model
     a = estimate_offline_a(np.exp(-np.stack(pool_losses)), pool_in)
-    info = {"models": k, "steps": steps, "examples_per_model": round(sum(sizes) / k),
-            "population_samples": len(population),
-            "rmia_offline_a": a,
-            "data": "test split: half of its images train the references (each a random half of those), "
-                    "the other half are RMIA's population samples z"}
-    refs = ReferenceLosses(tuple(e.uid for e in audited), np.stack(losses), tuple(population),
-                           np.stack(population_losses), a, info)
+    info = {
+        "models": k,
+        "steps": steps,
+        "examples_per_model": round(sum(sizes) / k),
+        "population_samples": len(population),
+        "rmia_offline_a": a,
+        "data": "test split: half of its images train the references (each a random half of those), "
+        "the other half are RMIA's population samples z",
+    }
+    refs = ReferenceLosses(
+        tuple(e.uid for e in audited), np.stack(losses), tuple(population), np.stack(population_losses), a, info
+    )
     save_references(folder, refs)
     return refs
 
 
 def save_references(folder: RunFolder, refs: ReferenceLosses) -> None:
-    np.savez(folder.reference_losses, uids=np.array(refs.uids), losses=refs.losses,
-             population_uids=np.array([e.uid for e in refs.population]),
-             population_losses=refs.population_losses, info=np.array(json.dumps(refs.info)))  # info holds a
+    np.savez(
+        folder.reference_losses,
+        uids=np.array(refs.uids),
+        losses=refs.losses,
+        population_uids=np.array([e.uid for e in refs.population]),
+        population_losses=refs.population_losses,
+        info=np.array(json.dumps(refs.info)),
+    )  # info holds a
 
 
 def load_references(folder: RunFolder, population: list[Example]) -> ReferenceLosses | None:
@@ -133,5 +153,11 @@ def load_references(folder: RunFolder, population: list[Example]) -> ReferenceLo
     if [str(u) for u in data["population_uids"]] != [e.uid for e in population]:
         return None
     info = json.loads(str(data["info"]))
-    return ReferenceLosses(tuple(str(u) for u in data["uids"]), data["losses"], tuple(population),
-                           data["population_losses"], info.get("rmia_offline_a"), info)
+    return ReferenceLosses(
+        tuple(str(u) for u in data["uids"]),
+        data["losses"],
+        tuple(population),
+        data["population_losses"],
+        info.get("rmia_offline_a"),
+        info,
+    )

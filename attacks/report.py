@@ -90,10 +90,7 @@ def verdict(result: Mapping[str, Any]) -> str:
     attacks = _audit(result).get("attacks") or {}
     bounds = _lower_bounds(result)
     if not bounds:
-        return (
-            "No membership-inference attack was run, so there is no empirical evidence "
-            "either way."
-        )
+        return "No membership-inference attack was run, so there is no empirical evidence either way."
     eps, _ = _accounted(result)
     conf = _audit(result).get("confidence", 0.95)
     worst_name, worst = max(bounds.items(), key=lambda kv: kv[1])
@@ -103,8 +100,7 @@ def verdict(result: Mapping[str, Any]) -> str:
             f"the largest empirical lower bound is ε̂ = {worst:.2f} ({worst_name}) at {conf:.0%} "
             "confidence: the training leaks at least this much about membership."
             if worst > 0
-            else "no attack gave evidence strong enough for a positive ε lower bound at this "
-            "sample size."
+            else "no attack gave evidence strong enough for a positive ε lower bound at this sample size."
         )
         return f"Non-private run (no accounted ε). {leak}; {tail}"
     over = {n: b for n, b in bounds.items() if b > eps}
@@ -129,18 +125,37 @@ def _table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     fprs = [p["fpr"] for p in next(iter(attacks.values()), {}).get("tpr_at_fpr", [])]
     eps, _ = _accounted(result)
     conf = _audit(result).get("confidence", 0.95)
-    header = ["Attack", "AUC", *[f"TPR@{100 * f:g}% FPR" for f in fprs], "Balanced acc.",
-              f"ε̂ ({conf:.0%} lower bound)", "Accounted ε"]
+    header = [
+        "Attack",
+        "AUC",
+        *[f"TPR@{100 * f:g}% FPR" for f in fprs],
+        "Balanced acc.",
+        f"ε̂ ({conf:.0%} lower bound)",
+        "Accounted ε",
+    ]
     rows = []
     for name, a in attacks.items():
         tprs = {p["fpr"]: p["tpr"] for p in a.get("tpr_at_fpr", [])}
-        rows.append([_esc(name), _fmt(a.get("auc")), *[_fmt(tprs.get(f)) for f in fprs],
-                     _fmt(a.get("balanced_accuracy")), _fmt(a.get("epsilon_lower_bound"), 2),
-                     _fmt(eps, 2)])
+        rows.append(
+            [
+                _esc(name),
+                _fmt(a.get("auc")),
+                *[_fmt(tprs.get(f)) for f in fprs],
+                _fmt(a.get("balanced_accuracy")),
+                _fmt(a.get("epsilon_lower_bound"), 2),
+                _fmt(eps, 2),
+            ]
+        )
     canary = _audit(result).get("canary")
     if rows and isinstance(canary, Mapping):  # no ROC: the one-run audit only bounds ε
-        rows.append(["one-run canary audit", *["n/a"] * (len(header) - 3),
-                     _fmt(canary.get("epsilon_lower_bound"), 2), _fmt(eps, 2)])
+        rows.append(
+            [
+                "one-run canary audit",
+                *["n/a"] * (len(header) - 3),
+                _fmt(canary.get("epsilon_lower_bound"), 2),
+                _fmt(eps, 2),
+            ]
+        )
     return header, rows
 
 
@@ -167,9 +182,15 @@ def _roc_png(scores: Scores) -> bytes:
         floor = min(floor, lo)
         ax.plot(np.maximum(fpr, lo), np.maximum(tpr, lo), label=_label(name))
     ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
-    ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1.05),
-           xlabel="False positive rate", ylabel="True positive rate",
-           title="Membership-inference ROC")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlim=(floor, 1),
+        ylim=(floor, 1.05),
+        xlabel="False positive rate",
+        ylabel="True positive rate",
+        title="Membership-inference ROC",
+    )
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return _png(fig)
@@ -215,8 +236,7 @@ def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Method", _esc((result.get("spec") or {}).get("method", "n/a"))),
         ("Accounted ε", _fmt(eps, 2) if eps is not None else "none (non-private)"),
         ("δ", _esc(delta) if delta is not None else "n/a"),
-        ("Members / non-members",
-         f"{_esc(audit.get('n_members', 'n/a'))} / {_esc(audit.get('n_nonmembers', 'n/a'))}"),
+        ("Members / non-members", f"{_esc(audit.get('n_members', 'n/a'))} / {_esc(audit.get('n_nonmembers', 'n/a'))}"),
         ("Confidence of ε̂", _esc(audit.get("confidence", "n/a"))),
         *_reference_facts(audit),
     ]
@@ -226,10 +246,14 @@ def _reference_facts(audit: Mapping[str, Any]) -> list[tuple[str, str]]:
     refs = audit.get("references")
     if not isinstance(refs, Mapping):
         return []
-    return [("Reference models (lira, rmia)",
-             f"{_esc(refs.get('models', 'n/a'))} × {_esc(refs.get('steps', 'n/a'))} non-private steps on "
-             f"{_esc(refs.get('examples_per_model', 'n/a'))} examples; "
-             f"{_esc(refs.get('population_samples', 'n/a'))} population samples")]
+    return [
+        (
+            "Reference models (lira, rmia)",
+            f"{_esc(refs.get('models', 'n/a'))} × {_esc(refs.get('steps', 'n/a'))} non-private steps on "
+            f"{_esc(refs.get('examples_per_model', 'n/a'))} examples; "
+            f"{_esc(refs.get('population_samples', 'n/a'))} population samples",
+        )
+    ]
 
 
 def _notes(result: Mapping[str, Any]) -> list[str]:
@@ -256,8 +280,10 @@ def _canary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not isinstance(canary, Mapping):
         return []
     known = [k for k in _CANARY_LABELS if k in canary] + [k for k in canary if k not in _CANARY_LABELS]
-    return [(_esc(_CANARY_LABELS.get(k, k)), _fmt(canary[k], 3) if isinstance(canary[k], float) else _esc(canary[k]))
-            for k in known]
+    return [
+        (_esc(_CANARY_LABELS.get(k, k)), _fmt(canary[k], 3) if isinstance(canary[k], float) else _esc(canary[k]))
+        for k in known
+    ]
 
 
 def _markdown(result: Mapping[str, Any], plots: bool) -> str:
@@ -276,8 +302,11 @@ def _markdown(result: Mapping[str, Any], plots: bool) -> str:
     if notes := _notes(result):
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     out += ["", "## Plots", ""]
-    out += (["![ROC curves (log-log)](audit_roc.png)", "", "![Score histograms](audit_hist.png)"]
-            if plots else ["No member/non-member scores were given, so there are no plots."])
+    out += (
+        ["![ROC curves (log-log)](audit_roc.png)", "", "![Score histograms](audit_hist.png)"]
+        if plots
+        else ["No member/non-member scores were given, so there are no plots."]
+    )
     return "\n".join(out) + "\n"
 
 
@@ -287,20 +316,28 @@ def _html(result: Mapping[str, Any], roc: bytes | None, hist: bytes | None) -> s
     warn = " warn" if text.startswith("WARNING") else ""
     title = f"Privacy audit: {_esc(result.get('run_id', 'n/a'))}"
     parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{title}</title><style>{_CSS}</style></head><body>", f"<h1>{title}</h1>",
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{title}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{title}</h1>",
         "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in _facts(result)) + "</dl>",
-        f'<h2>Verdict</h2><p class="verdict{warn}">{_esc(text)}</p>', "<h2>Attacks</h2>",
+        f'<h2>Verdict</h2><p class="verdict{warn}">{_esc(text)}</p>',
+        "<h2>Attacks</h2>",
     ]
     if rows:
-        parts.append("<table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr>"
-                     + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-                     + "</table>")
+        parts.append(
+            "<table><tr>"
+            + "".join(f"<th>{_esc(h)}</th>" for h in header)
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+            + "</table>"
+        )
     else:
         parts.append("<p>No attacks were run.</p>")
     if canary := _canary_rows(result):
-        parts.append("<h2>One-run canary audit</h2><dl>"
-                     + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in canary) + "</dl>")
+        parts.append(
+            "<h2>One-run canary audit</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in canary) + "</dl>"
+        )
     if notes := _notes(result):
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Plots</h2>")

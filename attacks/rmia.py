@@ -43,8 +43,14 @@ def marginal_probability(reference_probs: ArrayLike, a: float = OFFLINE_A) -> np
     return ((1.0 + a) * out + (1.0 - a)) / 2.0
 
 
-def rmia_offline(target_x: ArrayLike, references_x: ArrayLike, target_z: ArrayLike, references_z: ArrayLike,
-                 a: float = OFFLINE_A, gamma: float = GAMMA) -> np.ndarray:
+def rmia_offline(
+    target_x: ArrayLike,
+    references_x: ArrayLike,
+    target_z: ArrayLike,
+    references_z: ArrayLike,
+    a: float = OFFLINE_A,
+    gamma: float = GAMMA,
+) -> np.ndarray:
     """Per example x: the fraction of population samples z with LR(x, z) > γ, where
     LR(x, z) = [Pr(x|θ) / Pr(x)] / [Pr(z|θ) / Pr(z)].
 
@@ -69,5 +75,10 @@ class RmiaAttack(Attack):
     def score(self, signals):
         ref_x, target_z, ref_z = signals.reference_losses()
         a = signals.references.offline_a
-        return rmia_offline(np.exp(-signals.loss("target")), np.exp(-ref_x), np.exp(-target_z), np.exp(-ref_z),
-                            a=OFFLINE_A if a is None else a)
+        return rmia_offline(
+            np.exp(-signals.loss("target")),
+            np.exp(-ref_x),
+            np.exp(-target_z),
+            np.exp(-ref_z),
+            a=OFFLINE_A if a is None else a,
+        )

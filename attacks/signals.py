@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dpbench.models.base import VisionLanguageModel
 from dpbench.examples import Example
+from dpbench.models.base import VisionLanguageModel
 
 
 def per_example_losses(model: VisionLanguageModel, examples: list[Example], batch_size: int = 64) -> np.ndarray:
@@ -50,13 +50,22 @@ class ReferenceLosses:
     def __post_init__(self):
         k, m = len(self.losses), len(self.population)
         if self.losses.shape != (k, len(self.uids)) or self.population_losses.shape != (k, m) or k < 1:
-            raise ValueError(f"reference losses {self.losses.shape} / {self.population_losses.shape} do not "
-                             f"match {len(self.uids)} examples and {m} population samples")
+            raise ValueError(
+                f"reference losses {self.losses.shape} / {self.population_losses.shape} do not "
+                f"match {len(self.uids)} examples and {m} population samples"
+            )
 
 
 class Signals:
-    def __init__(self, target: VisionLanguageModel, reference: VisionLanguageModel, examples: list[Example],
-                 work_dir: Path, batch_size: int = 64, references: ReferenceLosses | None = None):
+    def __init__(
+        self,
+        target: VisionLanguageModel,
+        reference: VisionLanguageModel,
+        examples: list[Example],
+        work_dir: Path,
+        batch_size: int = 64,
+        references: ReferenceLosses | None = None,
+    ):
         if references is not None and references.uids != tuple(e.uid for e in examples):
             raise ValueError("reference losses were computed on other examples than the ones audited")
         self.models = {"target": target, "reference": reference}
@@ -86,8 +95,9 @@ class Signals:
             raise ValueError("this attack needs reference models (audit.references > 0)")
         key = ("population", "target")
         if key not in self._cache:
-            self._cache[key] = per_example_losses(self.models["target"], list(self.references.population),
-                                                  self.batch_size)
+            self._cache[key] = per_example_losses(
+                self.models["target"], list(self.references.population), self.batch_size
+            )
         return self.references.losses, self._cache[key], self.references.population_losses
 
     def token_stats(self, role: str = "target") -> list[dict[str, np.ndarray]]:

@@ -107,8 +107,12 @@ def prunes_tokens(entry: MethodEntry) -> bool:
     return spec.token_pruning.enabled
 
 
-def plan_cases(entries: list[MethodEntry], batch_sizes: list[int], keep_ratios: list[float] | None,
-               prunes: Callable[[MethodEntry], bool] = prunes_tokens) -> list[Case]:
+def plan_cases(
+    entries: list[MethodEntry],
+    batch_sizes: list[int],
+    keep_ratios: list[float] | None,
+    prunes: Callable[[MethodEntry], bool] = prunes_tokens,
+) -> list[Case]:
     cases = []
     for b in batch_sizes:
         for e in entries:
@@ -119,10 +123,13 @@ def plan_cases(entries: list[MethodEntry], batch_sizes: list[int], keep_ratios: 
 
 def case_spec(base: dict[str, Any], case: Case) -> RunSpec:
     """The run spec of a case; the physical batch defaults to the logical one, so memory grows with it."""
-    training = {"batch_size": case.batch_size, "physical_batch_size": base["training"].get("physical_batch_size")
-                or case.batch_size}
-    return RunSpec.from_dict(merge(base, {**method_override(case.entry.name, case.options),
-                                          "training": training, "attacks": []}))
+    training = {
+        "batch_size": case.batch_size,
+        "physical_batch_size": base["training"].get("physical_batch_size") or case.batch_size,
+    }
+    return RunSpec.from_dict(
+        merge(base, {**method_override(case.entry.name, case.options), "training": training, "attacks": []})
+    )
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -137,16 +144,25 @@ def subprocess_worker(spec) -> dict:
     with tempfile.TemporaryDirectory(prefix="dpbench-bench-") as tmp:
         spec_path, out = Path(tmp) / "spec.json", Path(tmp) / "systems.json"
         spec_path.write_text(json.dumps(spec.to_dict()))
-        proc = subprocess.run([sys.executable, "-m", "dpbench.benchmark_worker", str(spec_path), str(out)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "dpbench.benchmark_worker", str(spec_path), str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0 or not out.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise MeasurementFailed(f"exit status {proc.returncode}: {tail[0]}")
         return json.loads(out.read_text())
 
 
-def run_rounds(cases: list[Case], specs: list, rounds: int, worker: Worker = subprocess_worker,
-               echo: Callable[[str], None] = lambda _: None) -> list[dict]:
+def run_rounds(
+    cases: list[Case],
+    specs: list,
+    rounds: int,
+    worker: Worker = subprocess_worker,
+    echo: Callable[[str], None] = lambda _: None,
+) -> list[dict]:
     measurements, total = [], rounds * len(cases)
     for r in range(rounds):
         shift = r % len(cases)
@@ -178,31 +194,43 @@ def case_medians(runs: list[dict]) -> dict[str, Any]:
         for rec in s["peak_memory"]:
             d = devices.setdefault(rec["device"], {"name": rec["name"], "kind": rec["kind"], "values": []})
             d["values"].append(rec["peak_bytes"])
-    memory = {dev: {"name": d["name"], "kind": d["kind"], "peak_bytes": median(d["values"])}
-              for dev, d in devices.items()}
-    return {"samples_per_s": median([s["train"]["samples_per_s"] for s in runs]), "memory": memory,
-            "visual_tokens": runs[-1]["visual_tokens"] if runs else None}
+    memory = {
+        dev: {"name": d["name"], "kind": d["kind"], "peak_bytes": median(d["values"])} for dev, d in devices.items()
+    }
+    return {
+        "samples_per_s": median([s["train"]["samples_per_s"] for s in runs]),
+        "memory": memory,
+        "visual_tokens": runs[-1]["visual_tokens"] if runs else None,
+    }
 
 
 def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
     """One row per case: medians over its successful runs and ratios to nonprivate at its batch size."""
-    medians = [case_medians([m["systems"] for m in measurements if m["case"] == i and m["systems"]])
-               for i in range(len(cases))]
+    medians = [
+        case_medians([m["systems"] for m in measurements if m["case"] == i and m["systems"]]) for i in range(len(cases))
+    ]
     rows = []
     for i, case in enumerate(cases):
         base_i = cases.index(Case(BASELINE, case.batch_size))
         med, base = medians[i], medians[base_i]
-        rows.append({
-            "label": case.label, "method": case.entry.name, "options": case.options,
-            "batch_size": case.batch_size, "keep_ratio": case.keep_ratio,
-            "runs": sum(1 for m in measurements if m["case"] == i and m["systems"]),
-            "failed": sum(1 for m in measurements if m["case"] == i and m["error"]),
-            "visual_tokens": med["visual_tokens"],
-            "samples_per_s": med["samples_per_s"],
-            "throughput_ratio": ratio(med["samples_per_s"], base["samples_per_s"]),
-            "memory": {dev: {**m, "ratio": ratio(m["peak_bytes"], base["memory"].get(dev, {}).get("peak_bytes"))}
-                       for dev, m in med["memory"].items()},
-        })
+        rows.append(
+            {
+                "label": case.label,
+                "method": case.entry.name,
+                "options": case.options,
+                "batch_size": case.batch_size,
+                "keep_ratio": case.keep_ratio,
+                "runs": sum(1 for m in measurements if m["case"] == i and m["systems"]),
+                "failed": sum(1 for m in measurements if m["case"] == i and m["error"]),
+                "visual_tokens": med["visual_tokens"],
+                "samples_per_s": med["samples_per_s"],
+                "throughput_ratio": ratio(med["samples_per_s"], base["samples_per_s"]),
+                "memory": {
+                    dev: {**m, "ratio": ratio(m["peak_bytes"], base["memory"].get(dev, {}).get("peak_bytes"))}
+                    for dev, m in med["memory"].items()
+                },
+            }
+        )
     return rows
 
 
@@ -212,8 +240,13 @@ def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
 @click.option("--task", default="scienceqa", show_default=True)
 @click.option("--data-dir", help="Local copy of the task's dataset; without it, the embedded sample.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--methods", default=DEFAULT_METHODS, show_default=True, metavar="NAME[:KEY=VALUE]...,...",
-              help="Comma-separated method entries; nonprivate (the baseline) is added when missing.")
+@click.option(
+    "--methods",
+    default=DEFAULT_METHODS,
+    show_default=True,
+    metavar="NAME[:KEY=VALUE]...,...",
+    help="Comma-separated method entries; nonprivate (the baseline) is added when missing.",
+)
 @click.option("--batch-sizes", default="64", show_default=True, help="Comma-separated expected batch sizes.")
 @click.option("--keep-ratios", help="Comma-separated visual keep ratios, for methods that prune visual tokens.")
 @click.option("--physical-batch-size", type=int, help="Largest physical batch. [default: the batch size]")
@@ -230,12 +263,24 @@ def bench_command(**kw) -> None:
         raise DpbenchError("--rounds and --steps must be at least 1")
     entries = parse_methods(kw["methods"])
     batch_sizes = parse_numbers(kw["batch_sizes"], "--batch-sizes", int, lambda b: b >= 1, "positive integers")
-    keep_ratios = (parse_numbers(kw["keep_ratios"], "--keep-ratios", float, lambda r: 0 < r <= 1, "ratios in (0, 1]")
-                   if kw["keep_ratios"] else None)
-    base = {"model": kw["model"], "task": kw["task"], "data_dir": kw["data_dir"], "device": kw["device"],
-            "privacy": {"epsilon": kw["epsilon"]},
-            "training": {"steps": kw["steps"], "seed": kw["seed"], "n_train": kw["n_train"],
-                         "physical_batch_size": kw["physical_batch_size"]}}
+    keep_ratios = (
+        parse_numbers(kw["keep_ratios"], "--keep-ratios", float, lambda r: 0 < r <= 1, "ratios in (0, 1]")
+        if kw["keep_ratios"]
+        else None
+    )
+    base = {
+        "model": kw["model"],
+        "task": kw["task"],
+        "data_dir": kw["data_dir"],
+        "device": kw["device"],
+        "privacy": {"epsilon": kw["epsilon"]},
+        "training": {
+            "steps": kw["steps"],
+            "seed": kw["seed"],
+            "n_train": kw["n_train"],
+            "physical_batch_size": kw["physical_batch_size"],
+        },
+    }
     cases = plan_cases(entries, batch_sizes, keep_ratios)
     specs = [case_spec(base, c) for c in cases]  # every spec validated before anything runs
     resolve_names(specs[0])
@@ -243,8 +288,11 @@ def bench_command(**kw) -> None:
     result = {
         "kind": "dpbench-bench",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "base": base, "rounds": kw["rounds"], "environment": environment(kw["device"]),
-        "cases": summarise(cases, measurements), "measurements": measurements,
+        "base": base,
+        "rounds": kw["rounds"],
+        "environment": environment(kw["device"]),
+        "cases": summarise(cases, measurements),
+        "measurements": measurements,
     }
     model = Path(kw["model"]).name or kw["model"]
     stem = kw["name"] or f"bench-{kw['task']}-{model}-{kw['device'].replace(':', '')}"

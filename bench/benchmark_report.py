@@ -43,16 +43,23 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row = [c["label"], str(c["batch_size"]), f"{tokens['after']}/{tokens['before']}" if tokens else "—"]
         for dev in devs:
             m = c["memory"].get(dev, {})
-            row += [fmt(m["peak_bytes"] / MIB if m.get("peak_bytes") is not None else None, ".1f"),
-                    fmt(m.get("ratio"), ".2f", "×")]
-        row += [fmt(c["samples_per_s"], ".2f"), fmt(c["throughput_ratio"], ".2f", "×"),
-                str(c["runs"]) + (f" ({c['failed']} failed)" if c["failed"] else "")]
+            row += [
+                fmt(m["peak_bytes"] / MIB if m.get("peak_bytes") is not None else None, ".1f"),
+                fmt(m.get("ratio"), ".2f", "×"),
+            ]
+        row += [
+            fmt(c["samples_per_s"], ".2f"),
+            fmt(c["throughput_ratio"], ".2f", "×"),
+            str(c["runs"]) + (f" ({c['failed']} failed)" if c["failed"] else ""),
+        ]
         rows.append(row)
     return head, rows
 
 
 def device_notes(result: dict[str, Any]) -> list[str]:
-    return [f"{dev}: {d['name']}; {MEMORY_KINDS.get(d['kind'], d['kind'])}." for dev, d in devices(result["cases"]).items()]
+    return [
+        f"{dev}: {d['name']}; {MEMORY_KINDS.get(d['kind'], d['kind'])}." for dev, d in devices(result["cases"]).items()
+    ]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -84,8 +91,10 @@ def plot_png(result: dict[str, Any]) -> bytes:
     cases = result["cases"]
     several_batches = len({c["batch_size"] for c in cases}) > 1
     labels = [c["label"].replace("$", r"\$") + (f" B={c['batch_size']}" if several_batches else "") for c in cases]
-    panels = [(f"peak memory {dev} ÷ nonprivate", [c["memory"].get(dev, {}).get("ratio") for c in cases])
-              for dev in devices(cases)]
+    panels = [
+        (f"peak memory {dev} ÷ nonprivate", [c["memory"].get(dev, {}).get("ratio") for c in cases])
+        for dev in devices(cases)
+    ]
     panels.append(("train samples/s ÷ nonprivate", [c["throughput_ratio"] for c in cases]))
     fig = Figure(figsize=(4 + 4 * len(panels), 2 + 0.35 * len(cases)))
     for k, (title, values) in enumerate(panels):

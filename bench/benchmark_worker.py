@@ -4,14 +4,14 @@
 (`python -m dpbench.benchmark_worker SPEC.json OUT.json`), so no allocator cache, compiled
 kernel or leaked tensor of one method inflates or flatters the next. It runs the prepare and
 train phases of `dpbench run` (`dpbench.phases`: the same loading, the same `PeakMemory` around
-`Method.train`) but neither evaluates nor audits nor writes a run folder: those would cost far more than the steps measured.
+`Method.train`) but neither evaluates nor audits nor writes a run folder: those would cost far
+more than the steps measured.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from dpbench import phases

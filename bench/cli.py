@@ -32,7 +32,11 @@ def cli() -> None:
 @cli.command()
 @click.option("--method", help="Fine-tuning method (see `dpbench list methods`). [default: dpsgd]")
 @click.option("--task", help="Task (see `dpbench list tasks`). [default: scienceqa]")
-@click.option("--model", help="Registered model name, or a local checkpoint folder (or cached hub id) of a LLaVA, Qwen2-VL or Idefics3/SmolVLM model. [default: tiny-llava]")
+@click.option(
+    "--model",
+    help="Registered model name, or a local checkpoint folder (or cached hub id) of a LLaVA, Qwen2-VL or "
+    "Idefics3/SmolVLM model. [default: tiny-llava]",
+)
 @click.option("--data-dir", help="Local copy of the task's dataset; without it, the embedded sample is used.")
 @click.option("--epsilon", type=float, help="Target ε for the planned steps. [default: 8]")
 @click.option("--delta", type=float, help="δ. [default: 1/(10·n_train)]")
@@ -40,37 +44,58 @@ def cli() -> None:
 @click.option("--max-grad-norm", type=float, help="Per-example clipping bound C. [default: 1.0]")
 @click.option("--steps", type=int, help="Optimisation steps (logical batches). [default: 150]")
 @click.option("--batch-size", type=int, help="Expected logical batch size (Poisson sampling). [default: 64]")
-@click.option("--physical-batch-size", type=int, help="Largest batch per forward/backward (memory bound). [default: 32]")
+@click.option(
+    "--physical-batch-size", type=int, help="Largest batch per forward/backward (memory bound). [default: 32]"
+)
 @click.option("--lr", type=float, help="Learning rate (Adam). [default: the method's, see `dpbench list methods`]")
 @click.option("--seed", type=int, help="Seed for sampling, noise and initialisation. [default: 0]")
 @click.option("--n-train", type=int, help="Train on a random subset of this many examples.")
 @click.option("--trainable", help="Comma-separated parameter groups: vision_tower, projector, language_model.")
-@click.option("--lora", metavar="TEXT", help="LoRA adapters on the language model (with language_model in --trainable it "
-              "trains them only): r=R,alpha=A[,dropout=P][,targets=NAME,NAME...], e.g. r=8,alpha=16,targets=q_proj,v_proj; "
-              "'none' turns a config's off. [default: off]")
-@click.option("--token-pruning", metavar="TEXT", help="Visual-token pruning, a transform of the model: "
-              "STRATEGY[,keep_ratio=R][,keep_count=K] (strategies: random, merge, cls-attention, text-guided), "
-              "keep_ratio=R for the method's own strategy, or 'none'. [default: the method's, see `dpbench list methods`]")
+@click.option(
+    "--lora",
+    metavar="TEXT",
+    help="LoRA adapters on the language model (with language_model in --trainable it "
+    "trains them only): r=R,alpha=A[,dropout=P][,targets=NAME,NAME...], e.g. r=8,alpha=16,targets=q_proj,v_proj; "
+    "'none' turns a config's off. [default: off]",
+)
+@click.option(
+    "--token-pruning",
+    metavar="TEXT",
+    help="Visual-token pruning, a transform of the model: "
+    "STRATEGY[,keep_ratio=R][,keep_count=K] (strategies: random, merge, cls-attention, text-guided), "
+    "keep_ratio=R for the method's own strategy, or 'none'. [default: the method's, see `dpbench list methods`]",
+)
 @click.option("--device", help="cpu, cuda or cuda:N. [default: cpu]")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--attacks", help="Comma-separated membership-inference attacks for the audit.")
 @click.option("--no-audit", is_flag=True, help="Skip the membership-inference audit.")
 @click.option("--audit-references", type=int, help="Reference models for lira/rmia (0 skips them). [default: 2]")
-@click.option("--canaries", type=int, help="One-run canary audit with this many canaries (changes the training set). [default: 0]")
+@click.option(
+    "--canaries", type=int, help="One-run canary audit with this many canaries (changes the training set). [default: 0]"
+)
 @click.option("--eval-limit", type=int, help="Evaluate on the first N examples of the evaluation split only.")
-@click.option("--eval-split", type=click.Choice(EVAL_SPLITS),
-              help="Where utility is measured: test (default), or the held-out validation examples, "
-                   "to choose hyperparameters without looking at the test split.")
+@click.option(
+    "--eval-split",
+    type=click.Choice(EVAL_SPLITS),
+    help="Where utility is measured: test (default), or the held-out validation examples, "
+    "to choose hyperparameters without looking at the test split.",
+)
 @click.option("--config", type=click.Path(dir_okay=False), help="YAML/TOML run spec; flags override it.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--save-checkpoint", is_flag=True, help="Save the fine-tuned model in the run folder.")
 def run(**kw) -> None:
     """Fine-tune, account, audit and record one run: runs/<run-id>/result.json."""
     spec_dict = load_spec_file(kw["config"]) if kw["config"] else {}
-    top = {k: kw[k] for k in ("method", "task", "model", "data_dir", "device", "eval_limit", "eval_split") if kw[k] is not None}
+    top = {
+        k: kw[k]
+        for k in ("method", "task", "model", "data_dir", "device", "eval_limit", "eval_split")
+        if kw[k] is not None
+    }
     privacy = {k: kw[k] for k in ("epsilon", "delta", "accountant", "max_grad_norm") if kw[k] is not None}
     training = {
-        k: kw[k] for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable") if kw[k] is not None
+        k: kw[k]
+        for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable")
+        if kw[k] is not None
     }
     audit = {k: kw[f] for k, f in (("references", "audit_references"), ("canaries", "canaries")) if kw[f] is not None}
     flags = {**top, "privacy": privacy, "training": training, "audit": audit}
@@ -131,8 +156,9 @@ def validate(files: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-@cli.command("lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                          "help_option_names": []})
+@cli.command(
+    "lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def lm_eval_command(args: tuple[str, ...]) -> None:
     """lm-evaluation-harness with the `dpbench` model type and dpbench's task folder, e.g.

@@ -113,12 +113,21 @@ class DpbenchLM(LM):
 
     MULTIMODAL = True  # lm-eval hands tasks with `doc_to_image` only to multimodal models
 
-    def __init__(self, run_dir: str | None = None, pretrained: str | None = None, device: str | None = None,
-                 batch_size: int | str | None = None, max_batch_size: int | None = None, **unknown):
+    def __init__(
+        self,
+        run_dir: str | None = None,
+        pretrained: str | None = None,
+        device: str | None = None,
+        batch_size: int | str | None = None,
+        max_batch_size: int | None = None,
+        **unknown,
+    ):
         super().__init__()
         if unknown:
-            raise DpbenchError(f"the dpbench model has no argument(s) {', '.join(sorted(unknown))}; "
-                               "known: run_dir, pretrained, device, batch_size")
+            raise DpbenchError(
+                f"the dpbench model has no argument(s) {', '.join(sorted(unknown))}; "
+                "known: run_dir, pretrained, device, batch_size"
+            )
         if (run_dir is None) == (pretrained is None):
             raise DpbenchError("give the dpbench model one of run_dir=runs/<id> or pretrained=<checkpoint folder>")
         device = _device(device)
@@ -164,8 +173,10 @@ class DpbenchLM(LM):
             if continuation not in choices.setdefault(e, []):
                 choices[e].append(continuation)
             keys.append((e, continuation))
-        examples = [Example(uid=str(i), prompt=e.prompt, target="", image=e.image, choices=tuple(c))
-                    for i, (e, c) in enumerate(choices.items())]
+        examples = [
+            Example(uid=str(i), prompt=e.prompt, target="", image=e.image, choices=tuple(c))
+            for i, (e, c) in enumerate(choices.items())
+        ]
         scores = {}
         for i in tqdm(range(0, len(examples), self.batch_size), disable=disable_tqdm, desc="dpbench loglikelihood"):
             chunk = examples[i : i + self.batch_size]
@@ -177,8 +188,10 @@ class DpbenchLM(LM):
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        raise NotImplementedError("the dpbench model scores continuations of a prompt (multiple choice, "
-                                  "loglikelihood); rolling perplexity tasks are not supported")
+        raise NotImplementedError(
+            "the dpbench model scores continuations of a prompt (multiple choice, "
+            "loglikelihood); rolling perplexity tasks are not supported"
+        )
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy, as dpbench generates; the text is cut at the first of the task's `until` strings."""
@@ -188,8 +201,10 @@ class DpbenchLM(LM):
             kwargs = dict(gen_kwargs or {})
             if kwargs.get("do_sample"):
                 raise DpbenchError("the dpbench model generates greedily; the task asks for sampling (do_sample)")
-            text = self.vlm.generate([self._example(context, aux[0] if aux else None, images)],
-                                     int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)))[0]
+            text = self.vlm.generate(
+                [self._example(context, aux[0] if aux else None, images)],
+                int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)),
+            )[0]
             until = kwargs.get("until") or []
             for stop in [until] if isinstance(until, str) else until:
                 text = text.split(stop)[0] if stop else text

@@ -24,8 +24,15 @@ from dpbench.models.registry import check_model_name, load_hf, load_model
 from dpbench.models.token_pruning import install_token_pruning
 from dpbench.privacy import check_delta, default_delta
 from dpbench.run_folder import RunFolder
-from dpbench.run_result import (AuditRecord, DatasetRecord, ModelRecord, RunResult, SystemsRecord, TrainingRecord,
-                                UtilityRecord)
+from dpbench.run_result import (
+    AuditRecord,
+    DatasetRecord,
+    ModelRecord,
+    RunResult,
+    SystemsRecord,
+    TrainingRecord,
+    UtilityRecord,
+)
 from dpbench.spec import RunSpec
 from dpbench.systems import PeakMemory, environment, throughput
 from dpbench.tasks.base import TASKS, Task, TaskData
@@ -177,46 +184,98 @@ def audit(p: Prepared, base: VisionLanguageModel, folder: RunFolder, target_epoc
     if not (p.spec.attacks or p.canaries):
         return None, {}
     members, nonmembers = audit_sets(p.spec, p.train, p.data)
-    return audit_run(p.spec, p.spec.attacks, p.model, base, members, nonmembers, p.data.test, delta=p.delta,
-                     target_epochs=target_epochs, folder=folder, train_reference=train_reference,
-                     canaries=p.canaries, log=log)
+    return audit_run(
+        p.spec,
+        p.spec.attacks,
+        p.model,
+        base,
+        members,
+        nonmembers,
+        p.data.test,
+        delta=p.delta,
+        target_epochs=target_epochs,
+        folder=folder,
+        train_reference=train_reference,
+        canaries=p.canaries,
+        log=log,
+    )
 
 
 def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -> VisionLanguageModel:
     """A reference model of the offline attacks: non-private, from the same base, LoRA adapters and
     trainable groups as the target, without its token pruning (it stands for a model trained elsewhere)."""
-    ref_spec = spec.replace(**{"method": "nonprivate", "method_options": {}, "training.seed": seed,
-                               "training.steps": steps, "training.n_train": None, "token_pruning": "none"})
+    ref_spec = spec.replace(
+        **{
+            "method": "nonprivate",
+            "method_options": {},
+            "training.seed": seed,
+            "training.steps": steps,
+            "training.n_train": None,
+            "token_pruning": "none",
+        }
+    )
     method = make_method(ref_spec)
     model = load_target(ref_spec, method)
     method.train(model, data, ref_spec, None)  # δ: unused without privacy
     return model
 
 
-def record(p: Prepared, trained: Trained, evaluation: Evaluation, zero_shot: dict[str, float],
-           audit_record: AuditRecord | None, total_wall_s: float) -> RunResult:
+def record(
+    p: Prepared,
+    trained: Trained,
+    evaluation: Evaluation,
+    zero_shot: dict[str, float],
+    audit_record: AuditRecord | None,
+    total_wall_s: float,
+) -> RunResult:
     spec, data, model, report = p.spec, p.data, p.model, trained.report
     return RunResult(
-        run_id=spec.run_id(), spec=spec.to_dict(), environment=environment(spec.device),
+        run_id=spec.run_id(),
+        spec=spec.to_dict(),
+        environment=environment(spec.device),
         dataset=DatasetRecord(
-            task=spec.task, source=data.source, path=data.path, layout=data.layout, n_train=len(p.fit),
-            n_canaries=len(p.fit) - len(p.train), n_members=audit_record.n_members if audit_record else 0,
-            n_nonmembers=audit_record.n_nonmembers if audit_record else 0, n_test=evaluation.examples),
+            task=spec.task,
+            source=data.source,
+            path=data.path,
+            layout=data.layout,
+            n_train=len(p.fit),
+            n_canaries=len(p.fit) - len(p.train),
+            n_members=audit_record.n_members if audit_record else 0,
+            n_nonmembers=audit_record.n_nonmembers if audit_record else 0,
+            n_test=evaluation.examples,
+        ),
         model=ModelRecord(
-            name=model.info.name, source=model.info.source, path=model.info.path,
-            architecture=model.info.architecture, parameters_total=trained.parameters[0],
-            parameters_trainable=trained.parameters[1], zero_shot=zero_shot),
+            name=model.info.name,
+            source=model.info.source,
+            path=model.info.path,
+            architecture=model.info.architecture,
+            parameters_total=trained.parameters[0],
+            parameters_trainable=trained.parameters[1],
+            zero_shot=zero_shot,
+        ),
         utility=UtilityRecord(
-            split=spec.eval_split, primary_metric=p.task.primary_metric, higher_is_better=p.task.higher_is_better,
-            metrics=evaluation.metrics, unavailable=p.task.unavailable_metrics(), notes=p.utility_notes),
+            split=spec.eval_split,
+            primary_metric=p.task.primary_metric,
+            higher_is_better=p.task.higher_is_better,
+            metrics=evaluation.metrics,
+            unavailable=p.task.unavailable_metrics(),
+            notes=p.utility_notes,
+        ),
         privacy=report.privacy.to_dict(),
         training=TrainingRecord(
-            steps=report.steps, epochs=report.epochs, final_loss=report.losses[-1] if report.losses else None,
-            loss_curve=[round(x, 5) for x in report.losses], details=report.details),
+            steps=report.steps,
+            epochs=report.epochs,
+            final_loss=report.losses[-1] if report.losses else None,
+            loss_curve=[round(x, 5) for x in report.losses],
+            details=report.details,
+        ),
         systems=SystemsRecord(
-            device=spec.device, peak_memory=trained.peak_memory,
+            device=spec.device,
+            peak_memory=trained.peak_memory,
             train=throughput(trained.wall_s, report.samples, report.tokens),
             eval=throughput(evaluation.wall_s, evaluation.examples, evaluation.tokens),
-            total_wall_s=total_wall_s, visual_tokens=trained.visual_tokens),
+            total_wall_s=total_wall_s,
+            visual_tokens=trained.visual_tokens,
+        ),
         audit=audit_record,
     )

@@ -35,6 +35,35 @@ class PrivacyReport:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
+    def released(
+        cls,
+        spec,
+        *,
+        epsilon: float,
+        delta: float,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        notes: tuple[str, ...],
+        releases_per_step: int = 1,
+    ) -> PrivacyReport:
+        """A private run's record; the target ε, accountant and clipping bound come from the spec."""
+        p = spec.privacy
+        return cls(
+            True,
+            float(epsilon),
+            p.epsilon,
+            delta,
+            noise_multiplier,
+            sample_rate,
+            steps,
+            releases_per_step,
+            p.accountant,
+            p.max_grad_norm,
+            tuple(notes),
+        )
+
+    @classmethod
     def non_private(cls, steps: int) -> PrivacyReport:
         return cls(False, None, None, None, None, None, steps, notes=("non-private: no privacy guarantee",))
 
@@ -51,7 +80,9 @@ def default_delta(n_train: int) -> float:
 
 def check_delta(delta: float, n_train: int) -> None:
     if not 0 < delta < 1.0 / n_train:
-        raise DpbenchError(f"delta must lie in (0, 1/n_train) = (0, {1.0 / n_train:.3g}) for {n_train} training examples, got {delta}")
+        raise DpbenchError(
+            f"delta must lie in (0, 1/n_train) = (0, {1.0 / n_train:.3g}) for {n_train} training examples, got {delta}"
+        )
 
 
 EPSILON_TOLERANCE = 0.005
@@ -67,8 +98,17 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     (`$DPBENCH_CACHE/noise-calibration.json`): a sweep's second seed and every benchmark round
     after the first reuse it.
     """
-    key = json.dumps([accountant, repr(float(target_epsilon)), repr(float(delta)), repr(float(sample_rate)),
-                      int(steps), EPSILON_TOLERANCE, opacus.__version__])
+    key = json.dumps(
+        [
+            accountant,
+            repr(float(target_epsilon)),
+            repr(float(delta)),
+            repr(float(sample_rate)),
+            int(steps),
+            EPSILON_TOLERANCE,
+            opacus.__version__,
+        ]
+    )
     path = cache_dir() / CALIBRATION_CACHE
     try:
         known = json.loads(path.read_text())

@@ -30,10 +30,20 @@ def rescore(result: RunResult, spec: RunSpec, folder: RunFolder, attacks: list[s
     members, nonmembers = phases.audit_sets(spec, train, data)
     base = load_model(spec.model, spec.device)
     target = phases.load_checkpoint(spec, method, folder, base.info)
-    return audit_run(spec, attacks or list(spec.attacks), target, base, members, nonmembers, data.test,
-                     delta=result.privacy["delta"] or phases.run_delta(spec, result.dataset.n_train),
-                     target_epochs=result.training.epochs, folder=folder, train_reference=phases.train_reference,
-                     canaries=phases.run_canaries(spec, train))
+    return audit_run(
+        spec,
+        attacks or list(spec.attacks),
+        target,
+        base,
+        members,
+        nonmembers,
+        data.test,
+        delta=result.privacy["delta"] or phases.run_delta(spec, result.dataset.n_train),
+        target_epochs=result.training.epochs,
+        folder=folder,
+        train_reference=phases.train_reference,
+        canaries=phases.run_canaries(spec, train),
+    )
 
 
 def resummarise(result: RunResult, spec: RunSpec, folder: RunFolder) -> tuple[AuditRecord, dict]:
@@ -45,9 +55,14 @@ def resummarise(result: RunResult, spec: RunSpec, folder: RunFolder) -> tuple[Au
     if spec.audit.canaries:
         included, canary_scores = load_canary_scores(folder)
         canary = canary_section(included, canary_scores, spec.training.seed, delta)
-    audit = summarise(scores, delta, n_members=old.n_members if old else None,
-                      notes=skipped_notes(spec.attacks, spec.audit.references),
-                      references=old.references if old else None, canary=canary)
+    audit = summarise(
+        scores,
+        delta,
+        n_members=old.n_members if old else None,
+        notes=skipped_notes(spec.attacks, spec.audit.references),
+        references=old.references if old else None,
+        canary=canary,
+    )
     return audit, scores
 
 

@@ -26,7 +26,8 @@ def schema(name: str = "result") -> dict[str, Any]:
 def _validator(name: str) -> jsonschema.Draft202012Validator:
     # The bench schema reuses the result schema's definitions by $id; no network lookups.
     registry = Registry().with_resources(
-        (schema(n)["$id"], Resource.from_contents(schema(n))) for n in ("result", "bench"))
+        (schema(n)["$id"], Resource.from_contents(schema(n))) for n in ("result", "bench")
+    )
     return jsonschema.Draft202012Validator(schema(name), registry=registry, format_checker=jsonschema.FormatChecker())
 
 

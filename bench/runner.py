@@ -20,8 +20,10 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     prepared = phases.prepare(spec)
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
     write_json_atomic(folder.spec, spec.to_dict())
-    log(f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(prepared.fit)} training examples, "
-        f"{prepared.data.source})")
+    log(
+        f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(prepared.fit)} training examples, "
+        f"{prepared.data.source})"
+    )
 
     trained = phases.train(prepared)
     evaluation = phases.evaluate(prepared.task, prepared.model, prepared.scored)

@@ -10,11 +10,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 from dpbench.errors import DpbenchError
@@ -105,7 +105,9 @@ class RunSpec:
             raise DpbenchError(f"bad run spec: {e}") from None
         d["attacks"] = tuple(d.get("attacks", cls.attacks))
         d["lora"] = LoraSpec.from_value(d.get("lora"))
-        d["token_pruning"] = TokenPruning.from_value(d.get("token_pruning"), default_token_pruning(d.get("method", cls.method)))
+        d["token_pruning"] = TokenPruning.from_value(
+            d.get("token_pruning"), default_token_pruning(d.get("method", cls.method))
+        )
         return cls(privacy=privacy, training=training, audit=audit, **d).validated()
 
     def replace(self, **changes: Any) -> RunSpec:
@@ -120,7 +122,12 @@ class RunSpec:
         return RunSpec.from_dict(d)
 
     def validated(self) -> RunSpec:
-        for prefix, part in (("", self), ("privacy.", self.privacy), ("training.", self.training), ("audit.", self.audit)):
+        for prefix, part in (
+            ("", self),
+            ("privacy.", self.privacy),
+            ("training.", self.training),
+            ("audit.", self.audit),
+        ):
             check_scalar_types(part, prefix)
         p, t = self.privacy, self.training
         if p.epsilon is not None and not (math.isfinite(p.epsilon) and p.epsilon > 0):
@@ -148,8 +155,10 @@ class RunSpec:
         if self.eval_split not in EVAL_SPLITS:
             raise DpbenchError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
         if self.lora is not None and "language_model" not in [g.strip() for g in t.trainable.split(",")]:
-            raise DpbenchError("--lora adapts the language model: keep language_model in --trainable "
-                               "(with LoRA it trains the adapters only)")
+            raise DpbenchError(
+                "--lora adapts the language model: keep language_model in --trainable "
+                "(with LoRA it trains the adapters only)"
+            )
         return self
 
     def spec_hash(self) -> str:
@@ -169,8 +178,12 @@ class RunSpec:
 
 
 # a spec file's values arrive untyped: each scalar field is checked against its annotation
-SCALAR_TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
-                "None": ((type(None),), "null")}
+SCALAR_TYPES = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "None": ((type(None),), "null"),
+}
 
 
 def check_scalar_types(part: Any, prefix: str) -> None:
@@ -199,8 +212,10 @@ TOKEN_PRUNING_KEYS = {"token_pruning": "strategy", "keep_ratio": "keep_ratio", "
 def method_override(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The spec fields a method entry sets: `dualpriv` with {clipping: ghost, keep_ratio: 0.5} is
     method dualpriv, method option clipping, and the method's token pruning at keep 0.5."""
-    override: dict[str, Any] = {"method": name,
-                                "method_options": {k: v for k, v in options.items() if k not in TOKEN_PRUNING_KEYS}}
+    override: dict[str, Any] = {
+        "method": name,
+        "method_options": {k: v for k, v in options.items() if k not in TOKEN_PRUNING_KEYS},
+    }
     pruning = {TOKEN_PRUNING_KEYS[k]: v for k, v in options.items() if k in TOKEN_PRUNING_KEYS}
     if pruning:
         override["token_pruning"] = pruning["strategy"] if set(pruning) == {"strategy"} else pruning

@@ -17,14 +17,19 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
     d, m, u, p, s = result.dataset, result.model, result.utility, result.privacy, result.systems
     table = Table(title=f"dpbench run {result.run_id}", show_header=False)
     table.add_row("data", f"{d.task} ({d.source}), {d.n_train} train / {d.n_test} {u.split}")
-    table.add_row("model", f"{m.name} ({m.source}), {m.parameters_trainable:,} of {m.parameters_total:,} params trained")
+    table.add_row(
+        "model", f"{m.name} ({m.source}), {m.parameters_trainable:,} of {m.parameters_total:,} params trained"
+    )
     for name, value in u.metrics.items():
         zs = m.zero_shot.get(name)
         table.add_row(name, f"{value:.4f}" + (f"  (zero-shot {zs:.4f})" if zs is not None else ""))
     if p["private"]:
-        table.add_row("privacy", f"ε = {p['epsilon']:.3f} (target {p['target_epsilon']}), δ = {p['delta']:.2e}, "
-                                 f"σ = {p['noise_multiplier']:.3f}, q = {p['sample_rate']:.4f}, {p['steps']} steps, "
-                                 f"{p['accountant']}")
+        table.add_row(
+            "privacy",
+            f"ε = {p['epsilon']:.3f} (target {p['target_epsilon']}), δ = {p['delta']:.2e}, "
+            f"σ = {p['noise_multiplier']:.3f}, q = {p['sample_rate']:.4f}, {p['steps']} steps, "
+            f"{p['accountant']}",
+        )
     else:
         table.add_row("privacy", "non-private (no guarantee)")
     audit = result.audit
@@ -33,12 +38,19 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
         table.add_row("audit", f"best AUC {a['auc']:.3f} ({best}), largest ε̂ {b['epsilon_lower_bound']:.3f} ({top})")
     if audit is not None and audit.canary:
         c = audit.canary
-        table.add_row("canary audit", f"ε̂ {c['epsilon_lower_bound']:.3f} ({c['correct']}/{c['guesses']} right of "
-                                      f"{c['m']} canaries); utility is of a canary-trained model")
+        table.add_row(
+            "canary audit",
+            f"ε̂ {c['epsilon_lower_bound']:.3f} ({c['correct']}/{c['guesses']} right of "
+            f"{c['m']} canaries); utility is of a canary-trained model",
+        )
     for rec in s.peak_memory:
-        table.add_row(f"peak memory ({rec['device']})", f"{_mib(rec['peak_bytes'])} [{rec['kind']}] {rec.get('name', '')}")
-    table.add_row("train throughput", f"{s.train['samples_per_s']:.1f} samples/s, {s.train['tokens_per_s']:.0f} "
-                                      f"tokens/s, {s.train['wall_s']:.1f} s")
+        table.add_row(
+            f"peak memory ({rec['device']})", f"{_mib(rec['peak_bytes'])} [{rec['kind']}] {rec.get('name', '')}"
+        )
+    table.add_row(
+        "train throughput",
+        f"{s.train['samples_per_s']:.1f} samples/s, {s.train['tokens_per_s']:.0f} tokens/s, {s.train['wall_s']:.1f} s",
+    )
     table.add_row("visual tokens", f"{s.visual_tokens['after']} of {s.visual_tokens['before']} per image")
     table.add_row("result", str(folder.result))
     Console().print(table)

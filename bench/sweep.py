@@ -66,8 +66,10 @@ def expand(grid: dict[str, Any]) -> list[RunSpec]:
     unknown = set(grid) - {*GRID_KEYS, "base"}
     missing = [k for k in GRID_KEYS if k not in grid]
     if unknown or missing:
-        raise DpbenchError(f"sweep file: unknown key(s) {sorted(unknown)}, missing key(s) {missing}; "
-                           f"expected {', '.join(GRID_KEYS)} and optional base")
+        raise DpbenchError(
+            f"sweep file: unknown key(s) {sorted(unknown)}, missing key(s) {missing}; "
+            f"expected {', '.join(GRID_KEYS)} and optional base"
+        )
     base = grid.get("base") or {}
     if not isinstance(base, dict):
         raise DpbenchError("sweep `base` must be a mapping of run-spec fields")
@@ -83,8 +85,12 @@ def expand(grid: dict[str, Any]) -> list[RunSpec]:
         for name, options in map(method_entry, as_list(grid, "methods")):
             for eps in [None] if name in NON_PRIVATE_METHODS else epsilons:
                 for seed in seeds:
-                    override = {"task": task, "privacy": {"epsilon": eps}, "training": {"seed": seed},
-                                **method_override(name, options)}
+                    override = {
+                        "task": task,
+                        "privacy": {"epsilon": eps},
+                        "training": {"seed": seed},
+                        **method_override(name, options),
+                    }
                     spec = RunSpec.from_dict(merge(base, override))
                     specs.setdefault(spec.run_id(), spec)
     return list(specs.values())
@@ -118,8 +124,14 @@ class SweepSummary:
         return f"sweep: {total} run(s): " + ", ".join(parts)
 
 
-def run_sweep(specs: list[RunSpec], runs_dir: str | Path, *, runner: CommandRunner = subprocess_runner,
-              dry_run: bool = False, echo: Callable[[str], None] = lambda _: None) -> SweepSummary:
+def run_sweep(
+    specs: list[RunSpec],
+    runs_dir: str | Path,
+    *,
+    runner: CommandRunner = subprocess_runner,
+    dry_run: bool = False,
+    echo: Callable[[str], None] = lambda _: None,
+) -> SweepSummary:
     summary = SweepSummary()
     for i, spec in enumerate(specs, 1):
         run_id = spec.run_id()
@@ -140,8 +152,9 @@ def run_sweep(specs: list[RunSpec], runs_dir: str | Path, *, runner: CommandRunn
         if status != 0:
             summary.failed.append(f"{run_id}: exit status {status}")
         elif not is_done(runs_dir, spec):  # the run claims success: hold it to that
-            summary.failed.append(f"{run_id}: exited 0 but left no valid result for this spec at "
-                                  f"{result_path(runs_dir, spec)}")
+            summary.failed.append(
+                f"{run_id}: exited 0 but left no valid result for this spec at {result_path(runs_dir, spec)}"
+            )
         else:
             summary.ran.append(run_id)
     return summary
@@ -149,8 +162,13 @@ def run_sweep(specs: list[RunSpec], runs_dir: str | Path, *, runner: CommandRunn
 
 @click.command("sweep")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
-              help="Each run writes <runs-dir>/<run-id>/result.json.")
+@click.option(
+    "--runs-dir",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Each run writes <runs-dir>/<run-id>/result.json.",
+)
 @click.option("--dry-run", is_flag=True, help="List which runs would run and which are done; run nothing.")
 def sweep_command(file: str, runs_dir: str, dry_run: bool) -> None:
     """Run a grid of tasks x methods x epsilons x seeds from FILE; finished runs are skipped."""

@@ -111,7 +111,12 @@ def target_epsilon(result: dict[str, Any]) -> float | None:
 NAMED_FIELDS = {"task", "method", "model", "device", "data_dir", "method_options", "privacy.epsilon", "training.seed"}
 
 
-SECTIONS = ("privacy", "training", "audit", "token_pruning")  # nested in the spec: each field its own option; lora is one value
+SECTIONS = (
+    "privacy",
+    "training",
+    "audit",
+    "token_pruning",
+)  # nested in the spec: each field its own option; lora is one value
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -132,8 +137,7 @@ def _default_spec(method: str) -> dict[str, Any]:
 def options(spec: dict[str, Any]) -> str:
     """Canonical JSON of the method options plus every other spec field off its default."""
     defaults = _default_spec(spec["method"])
-    changed = {k: v for k, v in _flat(spec).items()
-               if k not in NAMED_FIELDS and k in defaults and v != defaults[k]}
+    changed = {k: v for k, v in _flat(spec).items() if k not in NAMED_FIELDS and k in defaults and v != defaults[k]}
     merged = {**spec["method_options"], **changed}
     return json.dumps(merged, sort_keys=True) if merged else ""
 
@@ -144,8 +148,16 @@ def config_key(result: dict[str, Any]) -> tuple:
     eps = target_epsilon(result)
     # (False, 0) sorts non-private before every ε inside a tuple without comparing None.
     eps_sort = (False, 0.0) if eps is NON_PRIVATE else (True, eps)
-    return (spec["task"], spec["model"], method_rank(spec["method"]), spec["method"], options_json, eps_sort,
-            dataset_source(result), *device_label(result))
+    return (
+        spec["task"],
+        spec["model"],
+        method_rank(spec["method"]),
+        spec["method"],
+        options_json,
+        eps_sort,
+        dataset_source(result),
+        *device_label(result),
+    )
 
 
 CANARY_MARK = "+canaries"  # appended to a dataset source whose training set had canaries added
@@ -166,7 +178,9 @@ def tpr_at(attack: dict[str, Any], fpr: float) -> float | None:
     return next((p["tpr"] for p in attack["tpr_at_fpr"] if math.isclose(p["fpr"], fpr)), None)
 
 
-def best_attack(results: list[dict[str, Any]], figure: Callable[[dict], float | None]) -> tuple[Stat | None, str | None]:
+def best_attack(
+    results: list[dict[str, Any]], figure: Callable[[dict], float | None]
+) -> tuple[Stat | None, str | None]:
     """The attack whose mean figure over seeds is highest (the strongest attack), with that mean.
 
     Picking one attack and averaging it over seeds (rather than the max per seed) keeps the

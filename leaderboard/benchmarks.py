@@ -33,8 +33,10 @@ class Benchmark:
     @property
     def title(self) -> str:
         b, t = self.data["base"], self.data["base"]["training"]
-        return (f"{b['task']} on {b['model']}: {t['steps']} training steps per measurement, "
-                f"{self.data['rounds']} interleaved round(s), medians; {self.data['created'][:10]}")
+        return (
+            f"{b['task']} on {b['model']}: {t['steps']} training steps per measurement, "
+            f"{self.data['rounds']} interleaved round(s), medians; {self.data['created'][:10]}"
+        )
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         return table(self.data)

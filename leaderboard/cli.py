@@ -21,18 +21,33 @@ def results_dirs(results: tuple[str, ...], include_runs: tuple[str, ...]) -> lis
     return dirs + [Path(d) for d in include_runs]
 
 
+def folders_option(flag: str, help: str):
+    """A repeatable folder flag."""
+    return click.option(flag, multiple=True, type=click.Path(file_okay=False), help=help)
+
+
 @click.command("leaderboard")
-@click.option("--results", "results", multiple=True, type=click.Path(file_okay=False),
-              help="Folder of committed results (*.json, */result.json); repeatable. [default: leaderboard/results]")
-@click.option("--include-runs", "include_runs", multiple=True, type=click.Path(file_okay=False),
-              help="Also include run folders from this directory (e.g. runs); repeatable.")
-@click.option("--benchmarks", "benchmarks", multiple=True, type=click.Path(file_okay=False),
-              help="Folder of `dpbench bench` outputs (*.json); repeatable. [default: benchmarks, if present]")
-@click.option("--out", "out", default=str(DEFAULT_OUT), show_default=True, type=click.Path(file_okay=False),
-              help="Where README.md and index.html are written.")
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a result is invalid or the files are out of date.")
-def leaderboard_command(results: tuple[str, ...], include_runs: tuple[str, ...], benchmarks: tuple[str, ...],
-                        out: str, check: bool) -> None:
+@folders_option(
+    "--results", "Folder of committed results (*.json, */result.json); repeatable. [default: leaderboard/results]"
+)
+@folders_option("--include-runs", "Also include run folders from this directory (e.g. runs); repeatable.")
+@folders_option(
+    "--benchmarks", "Folder of `dpbench bench` outputs (*.json); repeatable. [default: benchmarks, if present]"
+)
+@click.option(
+    "--out",
+    "out",
+    default=str(DEFAULT_OUT),
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where README.md and index.html are written.",
+)
+@click.option(
+    "--check", is_flag=True, help="Write nothing; exit 1 if a result is invalid or the files are out of date."
+)
+def leaderboard_command(
+    results: tuple[str, ...], include_runs: tuple[str, ...], benchmarks: tuple[str, ...], out: str, check: bool
+) -> None:
     """Validate result and benchmark files and render the leaderboard (Markdown, HTML and plots)."""
     if not benchmarks:
         benchmarks = (str(DEFAULT_BENCHMARKS),) if DEFAULT_BENCHMARKS.is_dir() else ()
@@ -49,8 +64,10 @@ def leaderboard_command(results: tuple[str, ...], include_runs: tuple[str, ...],
     if check:
         stale = stale_files(board, out)
         if stale:
-            click.echo(f"error: leaderboard out of date: {', '.join(stale)}; run `dpbench leaderboard` "
-                       "and commit the result", err=True)
+            click.echo(
+                f"error: leaderboard out of date: {', '.join(stale)}; run `dpbench leaderboard` and commit the result",
+                err=True,
+            )
             raise SystemExit(1)
         click.echo(f"leaderboard up to date ({summary})")
         return

@@ -98,22 +98,38 @@ FORMATS: dict[str, Callable[[Any], str]] = {
 
 COLUMNS: tuple[Column, ...] = (
     Column("method", "Method", "text"),
-    Column("method_options", "Options", "options",
-           description="method options, and every other run-spec field that differs from its default"),
+    Column(
+        "method_options",
+        "Options",
+        "options",
+        description="method options, and every other run-spec field that differs from its default",
+    ),
     Column("model", "Model", "text"),
     Column("target_epsilon", "Target ε", "target", description="privacy.epsilon of the run spec"),
-    Column("utility", "Utility", "stat3", HIGHER,
-           "the task's primary metric on the test split (the validation split where Options say eval_split)"),
-    Column("zero_shot", "Zero-shot", "mean3", description="the same metric of the pre-trained model, before fine-tuning"),
+    Column(
+        "utility",
+        "Utility",
+        "stat3",
+        HIGHER,
+        "the task's primary metric on the test split (the validation split where Options say eval_split)",
+    ),
+    Column(
+        "zero_shot", "Zero-shot", "mean3", description="the same metric of the pre-trained model, before fine-tuning"
+    ),
     Column("epsilon", "ε (accounted)", "stat2", LOWER, "privacy spent, from the accountant"),
     Column("delta", "δ", "delta"),
     Column("eps_hat", "ε̂ (audit)", "stat2", LOWER, "empirical ε lower bound of the strongest attack"),
     Column("eps_hat_attack", "ε̂ attack", "text", description="the attack giving the best ε̂"),
     Column("auc", "Best AUC", "stat3", LOWER, "highest membership-inference AUC over attacks (0.5 = chance)"),
     Column("tpr_at_1pct_fpr", "TPR@1%FPR", "stat3", LOWER, "highest true-positive rate at 1% false positives"),
-    Column("peak_memory_mib", "Peak memory (MiB)", "stat1", LOWER,
-           "training peak memory on the device (CPU: resident-memory high-water mark above the "
-           "pre-training baseline; CUDA: torch max allocated)"),
+    Column(
+        "peak_memory_mib",
+        "Peak memory (MiB)",
+        "stat1",
+        LOWER,
+        "training peak memory on the device (CPU: resident-memory high-water mark above the "
+        "pre-training baseline; CUDA: torch max allocated)",
+    ),
     Column("device", "Device", "text"),
     Column("train_samples_per_s", "Train samples/s", "stat1", HIGHER, "training throughput"),
     Column("dataset_source", "Dataset", "source"),

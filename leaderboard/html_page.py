@@ -11,8 +11,8 @@ from html import escape
 
 from dpbench.leaderboard import plots
 from dpbench.leaderboard.aggregate import Row
-from dpbench.leaderboard.columns import COLUMNS, Column
 from dpbench.leaderboard.benchmarks import Benchmark, device_types
+from dpbench.leaderboard.columns import COLUMNS, Column
 from dpbench.leaderboard.render import NOTE, SYSTEMS_NOTE, TITLE, header, task_note, tasks
 
 STYLE = """
@@ -77,6 +77,7 @@ def table(rows: list[Row]) -> str:
 
 def plain_table(head: list[str], rows: list[list[str]]) -> str:
     """A sortable table of text cells; numeric-looking cells (`1.23×`, `64`) sort as numbers."""
+
     def td(text: str) -> str:
         number = text.rstrip("×").split(" ")[0].split("/")[0]
         try:
@@ -94,15 +95,20 @@ def systems_section(benchmarks: list[Benchmark]) -> list[str]:
     for device in device_types(benchmarks):
         parts += [f"<h2>Systems benchmark: {escape(device)}</h2>", f'<p class="note">{escape(SYSTEMS_NOTE)}</p>']
         for b in (b for b in benchmarks if b.device_type == device):
-            parts += [f"<h3>{escape(b.title)} <small>({escape(b.name)})</small></h3>", plain_table(*b.table()),
-                      "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in b.notes()) + "</ul>"]
+            parts += [
+                f"<h3>{escape(b.title)} <small>({escape(b.name)})</small></h3>",
+                plain_table(*b.table()),
+                "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in b.notes()) + "</ul>",
+            ]
     return parts
 
 
 def image(plot: plots.Plot) -> str:
     data = base64.b64encode(plots.draw(plot)).decode("ascii")
-    return (f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
-            f'src="data:image/png;base64,{data}">')
+    return (
+        f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
+        f'src="data:image/png;base64,{data}">'
+    )
 
 
 def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = ()) -> str:
@@ -121,8 +127,12 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
         parts.append("<p>No results yet.</p>")
     for task in tasks(rows):
         task_rows = [r for r in rows if r.task == task]
-        parts += [f"<h2>{escape(task)}</h2>", f'<p class="note">{escape(task_note(task_rows))}</p>',
-                  table(task_rows), image(plots.frontier_data(rows, task))]
+        parts += [
+            f"<h2>{escape(task)}</h2>",
+            f'<p class="note">{escape(task_note(task_rows))}</p>',
+            table(task_rows),
+            image(plots.frontier_data(rows, task)),
+        ]
     device_types = sorted({r.device_type for r in rows})
     if device_types:
         parts.append("<h2>Memory and throughput per device type</h2>")

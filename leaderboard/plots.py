@@ -20,8 +20,18 @@ from dpbench.leaderboard.aggregate import Row
 from dpbench.leaderboard.columns import fmt_options
 
 Plot = dict[str, Any]
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-          "tab:gray", "tab:olive", "tab:cyan")
+COLORS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
 
 
 def data_hash(plot: Plot) -> str:
@@ -82,13 +92,21 @@ def systems_data(rows: list[Row], device_type: str) -> Plot:
             if stat is not None:  # weight each row by its seeds: the mean over all runs
                 sums[label][key][0] += stat.mean * stat.n
                 sums[label][key][1] += stat.n
-    bars = [{"label": k,
-             "memory": v["memory"][0] / v["memory"][1] if v["memory"][1] else None,
-             "throughput": v["throughput"][0] / v["throughput"][1] if v["throughput"][1] else None}
-            for k, v in sums.items()]
+    bars = [
+        {
+            "label": k,
+            "memory": v["memory"][0] / v["memory"][1] if v["memory"][1] else None,
+            "throughput": v["throughput"][0] / v["throughput"][1] if v["throughput"][1] else None,
+        }
+        for k, v in sums.items()
+    ]
     kinds = sorted({r.memory_kind for r in dev_rows if r.memory_kind})
-    return {"kind": "systems", "title": f"{device_type}: memory and throughput per method",
-            "memory_kind": ", ".join(kinds), "bars": bars}
+    return {
+        "kind": "systems",
+        "title": f"{device_type}: memory and throughput per method",
+        "memory_kind": ", ".join(kinds),
+        "bars": bars,
+    }
 
 
 def png(fig: Figure) -> bytes:

@@ -1,5 +1,8 @@
 """Fine-tuning methods. Importing this package registers every method."""
 
-from dpbench.methods import dpsgd, nonprivate  # noqa: F401  (registers them)
-from dpbench.methods import dpzo  # noqa: F401
-from dpbench.methods import dualpriv  # noqa: F401
+from dpbench.methods import (  # noqa: F401  (registers them)
+    dpsgd,
+    dpzo,  # noqa: F401
+    dualpriv,  # noqa: F401
+    nonprivate,
+)

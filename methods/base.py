@@ -47,9 +47,11 @@ class Method(ABC):
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.options)
         if unknown & set(TOKEN_PRUNING_KEYS):
-            raise DpbenchError(f"{', '.join(sorted(unknown & set(TOKEN_PRUNING_KEYS)))}: token pruning is part of "
-                               "the run spec, not a method option: --token-pruning STRATEGY[,keep_ratio=R] "
-                               "(or token_pruning: in a spec file)")
+            raise DpbenchError(
+                f"{', '.join(sorted(unknown & set(TOKEN_PRUNING_KEYS)))}: token pruning is part of "
+                "the run spec, not a method option: --token-pruning STRATEGY[,keep_ratio=R] "
+                "(or token_pruning: in a spec file)"
+            )
         if unknown:
             known = ", ".join(self.options) or "none"
             raise DpbenchError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; known: {known}")

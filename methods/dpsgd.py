@@ -39,6 +39,7 @@ from dpbench.training_loop import TrainingLoop, adam, trainable_parameters
 # and before the optimiser consumes it: anything here is post-processing of a DP release.
 PostNoiseHook = Callable[[list[torch.nn.Parameter]], None]
 
+NOT_SECURE = ("noise from torch's generator seeded by the spec's seed: reproducible, not for deployment",)
 # our option value -> Opacus' grad_sample_mode
 CLIPPING_MODES = {"per-sample": "hooks", "ghost": "ghost"}
 
@@ -83,8 +84,13 @@ def opacus_sample_rate(n: int, batch_size: int) -> float:
 def dp_sgd_noise_multiplier(spec, delta: float, n: int) -> float:
     """σ for the spec's target ε over its planned steps, at the rate Opacus samples n examples at."""
     t, p = spec.training, spec.privacy
-    return calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=opacus_sample_rate(n, t.batch_size),
-                           steps=t.steps, accountant=p.accountant)
+    return calibrate_noise(
+        target_epsilon=p.epsilon,
+        delta=delta,
+        sample_rate=opacus_sample_rate(n, t.batch_size),
+        steps=t.steps,
+        accountant=p.accountant,
+    )
 
 
 @dataclass
@@ -105,17 +111,23 @@ def make_private(model, n: int, spec, sigma: float, *, clipping: str, secure_rng
     model.model.train()  # Opacus validates in training mode, and its hooks skip eval mode
     engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
     private = engine.make_private(
-        module=model.model, optimizer=adam(params, spec), criterion=PerExampleLoss(),
-        data_loader=DataLoader(IndexDataset(n), batch_size=t.batch_size), noise_multiplier=sigma,
-        max_grad_norm=p.max_grad_norm, poisson_sampling=True, grad_sample_mode=CLIPPING_MODES[clipping],
+        module=model.model,
+        optimizer=adam(params, spec),
+        criterion=PerExampleLoss(),
+        data_loader=DataLoader(IndexDataset(n), batch_size=t.batch_size),
+        noise_multiplier=sigma,
+        max_grad_norm=p.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=CLIPPING_MODES[clipping],
     )
     if clipping == "ghost":  # Opacus returns the wrapped criterion only in ghost mode
         module, optimizer, criterion, loader = private
     else:
         (module, optimizer, loader), criterion = private, PerExampleLoss()
     if loader.sample_rate != opacus_sample_rate(n, t.batch_size):  # Opacus changed how it sets the rate
-        raise DpbenchError(f"Opacus samples at {loader.sample_rate}, σ was calibrated at "
-                           f"{opacus_sample_rate(n, t.batch_size)}")
+        raise DpbenchError(
+            f"Opacus samples at {loader.sample_rate}, σ was calibrated at {opacus_sample_rate(n, t.batch_size)}"
+        )
     return Private(engine, module, optimizer, criterion, loader, params)
 
 
@@ -130,8 +142,9 @@ def empty_draw(params: list[torch.nn.Parameter]) -> None:
 def dp_steps(model, data, spec, dp: Private, loop: TrainingLoop, post_noise_hook: PostNoiseHook | None) -> None:
     """`spec.training.steps` noisy steps over Poisson-sampled logical batches, split into physical ones."""
     t, running = spec.training, 0.0
-    with BatchMemoryManager(data_loader=dp.loader, max_physical_batch_size=t.physical_batch_size,
-                            optimizer=dp.optimizer) as physical_batches:
+    with BatchMemoryManager(
+        data_loader=dp.loader, max_physical_batch_size=t.physical_batch_size, optimizer=dp.optimizer
+    ) as physical_batches:
         while loop.steps < t.steps:
             for (idx,) in physical_batches:
                 idx = idx.tolist()
@@ -156,9 +169,18 @@ def dp_steps(model, data, spec, dp: Private, loop: TrainingLoop, post_noise_hook
                     break
 
 
-def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostNoiseHook | None = None,
-                 secure_rng: bool = False, clipping: str = "per-sample") -> TrainReport:
-    t, p = spec.training, spec.privacy
+def train_dp_sgd(
+    model,
+    data,
+    spec,
+    delta,
+    *,
+    label: str,
+    post_noise_hook: PostNoiseHook | None = None,
+    secure_rng: bool = False,
+    clipping: str = "per-sample",
+) -> TrainReport:
+    t = spec.training
     check_clipping(clipping)
     model.check_per_example_gradients()  # before anything is spent: some towers mix examples
     loop = TrainingLoop(t.seed)
@@ -169,15 +191,25 @@ def train_dp_sgd(model, data, spec, delta, *, label: str, post_noise_hook: PostN
         dp_steps(model, data, spec, dp, loop, post_noise_hook)
     dp.module.remove_hooks()
     dp.module.eval()
-    privacy = PrivacyReport(
-        private=True, epsilon=float(dp.engine.accountant.get_epsilon(delta=delta)), target_epsilon=p.epsilon,
-        delta=delta, noise_multiplier=sigma, sample_rate=dp.loader.sample_rate, steps=loop.steps,
-        accountant=p.accountant, max_grad_norm=p.max_grad_norm,
-        notes=(("noise from a cryptographically secure generator",) if secure_rng else
-               ("noise from torch's generator seeded by the spec's seed: reproducible, not for deployment",)),
+    notes = ("noise from a cryptographically secure generator",) if secure_rng else NOT_SECURE
+    privacy = PrivacyReport.released(
+        spec,
+        epsilon=dp.engine.accountant.get_epsilon(delta=delta),
+        delta=delta,
+        noise_multiplier=sigma,
+        sample_rate=dp.loader.sample_rate,
+        steps=loop.steps,
+        notes=notes,
     )
-    return TrainReport(steps=loop.steps, epochs=loop.steps * dp.loader.sample_rate, losses=loop.losses,
-                       privacy=privacy, samples=loop.samples, tokens=loop.tokens, details={"clipping": clipping})
+    return TrainReport(
+        steps=loop.steps,
+        epochs=loop.steps * dp.loader.sample_rate,
+        losses=loop.losses,
+        privacy=privacy,
+        samples=loop.samples,
+        tokens=loop.tokens,
+        details={"clipping": clipping},
+    )
 
 
 @METHODS.register("dpsgd")
@@ -192,5 +224,6 @@ class DPSGD(Method):
         check_clipping(self.opts["clipping"])
 
     def train(self, model, data, spec, delta) -> TrainReport:
-        return train_dp_sgd(model, data, spec, delta, label="DP-SGD", secure_rng=self.opts["secure_rng"],
-                            clipping=self.opts["clipping"])
+        return train_dp_sgd(
+            model, data, spec, delta, label="DP-SGD", secure_rng=self.opts["secure_rng"], clipping=self.opts["clipping"]
+        )

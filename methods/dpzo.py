@@ -37,8 +37,8 @@ import torch
 
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.training_loop import TrainingLoop, chunks, trainable_parameters
 from dpbench.privacy import PrivacyReport, calibrate_noise, spent_epsilon
+from dpbench.training_loop import TrainingLoop, chunks, trainable_parameters
 
 LR_SCHEDULES = ("constant", "linear")
 
@@ -62,14 +62,21 @@ class RandomStream:
     def normal(self, n: int) -> torch.Tensor:
         if not self.secure:
             return torch.randn(n, generator=self._torch, dtype=torch.float64)
-        return torch.tensor([sum(self._os.gauss(0.0, 1.0) for _ in range(4)) / 2 for _ in range(n)], dtype=torch.float64)
+        return torch.tensor(
+            [sum(self._os.gauss(0.0, 1.0) for _ in range(4)) / 2 for _ in range(n)], dtype=torch.float64
+        )
 
 
 def streams(seed: int, secure: bool) -> tuple[RandomStream, torch.Generator, RandomStream]:
     """(sampling, perturbation seeds, noise): independent streams spawned from the run seed."""
-    sampling, perturbation, noise = (int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(3))
-    return (RandomStream(None if secure else sampling), torch.Generator().manual_seed(perturbation),
-            RandomStream(None if secure else noise))
+    sampling, perturbation, noise = (
+        int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(3)
+    )
+    return (
+        RandomStream(None if secure else sampling),
+        torch.Generator().manual_seed(perturbation),
+        RandomStream(None if secure else noise),
+    )
 
 
 def poisson_sample(stream: RandomStream, n: int, rate: float) -> list[int]:
@@ -91,8 +98,14 @@ class Difference(NamedTuple):
     loss: torch.Tensor  # (B,) float64: (L₊ + L₋) / 2 per example, ≈ L(θ), for the loss curve
 
 
-def central_difference(loss: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], seed: int, mu: float,
-                       common_seed: int, generators: Sequence[torch.Generator] = ()) -> Difference:
+def central_difference(
+    loss: Callable[[], torch.Tensor],
+    params: Sequence[torch.Tensor],
+    seed: int,
+    mu: float,
+    common_seed: int,
+    generators: Sequence[torch.Generator] = (),
+) -> Difference:
     """Per-example directional derivatives along z(seed); θ is restored (up to rounding) even on error.
 
     Both passes see the same random numbers: the global generators are seeded with
@@ -131,10 +144,22 @@ class StepResult:
     clipped: int  # scalars that hit ±C
 
 
-def dpzo_step(params: Sequence[torch.Tensor], batches: Sequence[Sequence[int]], seeds: Sequence[int],
-              encode: Callable[[list[int]], object], loss: Callable[[object], torch.Tensor], *, mu: float, clip: float,
-              noise_std: float, noise: RandomStream, lr: float, expected_batch_size: float,
-              physical_batch_size: int, generators: Sequence[torch.Generator] = ()) -> StepResult:
+def dpzo_step(
+    params: Sequence[torch.Tensor],
+    batches: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    encode: Callable[[list[int]], object],
+    loss: Callable[[object], torch.Tensor],
+    *,
+    mu: float,
+    clip: float,
+    noise_std: float,
+    noise: RandomStream,
+    lr: float,
+    expected_batch_size: float,
+    physical_batch_size: int,
+    generators: Sequence[torch.Generator] = (),
+) -> StepResult:
     """One DP-ZO step: a release per (batch, seed) pair, then θ −= lr · mean_j(noisy_j / B) · z_j."""
     out = StepResult([], 0.0, 0, 0)
     for batch, seed in zip(batches, seeds, strict=True):
@@ -180,10 +205,12 @@ class DPZO(Method):
         k, n = o["directions"], len(data)
         rate = t.batch_size / n
         if p.epsilon is None or rate > 1:
-            raise DpbenchError(f"dpzo needs a target ε and batch_size ≤ n_train ({n}); "
-                               f"got ε={p.epsilon}, batch_size={t.batch_size}")
-        sigma = calibrate_noise(target_epsilon=p.epsilon, delta=delta, sample_rate=rate, steps=t.steps * k,
-                                accountant=p.accountant)
+            raise DpbenchError(
+                f"dpzo needs a target ε and batch_size ≤ n_train ({n}); got ε={p.epsilon}, batch_size={t.batch_size}"
+            )
+        sigma = calibrate_noise(
+            target_epsilon=p.epsilon, delta=delta, sample_rate=rate, steps=t.steps * k, accountant=p.accountant
+        )
         params = trainable_parameters(model.model)
         if not params:
             raise DpbenchError("dpzo: the model has no trainable parameters")
@@ -204,36 +231,64 @@ class DPZO(Method):
                 batches = [poisson_sample(sampling, n, rate) for _ in range(k)]
                 seeds = torch.randint(2**62, (k,), generator=perturbation).tolist()
                 lr = learning_rate(o["lr"], o["lr_schedule"], step, t.steps)
-                r = dpzo_step(params, batches, seeds, encode, model.per_example_loss, mu=o["mu"], clip=p.max_grad_norm,
-                              noise_std=sigma * p.max_grad_norm, noise=noise, lr=lr, expected_batch_size=t.batch_size,
-                              physical_batch_size=t.physical_batch_size, generators=generators)
+                r = dpzo_step(
+                    params,
+                    batches,
+                    seeds,
+                    encode,
+                    model.per_example_loss,
+                    mu=o["mu"],
+                    clip=p.max_grad_norm,
+                    noise_std=sigma * p.max_grad_norm,
+                    noise=noise,
+                    lr=lr,
+                    expected_batch_size=t.batch_size,
+                    physical_batch_size=t.physical_batch_size,
+                    generators=generators,
+                )
                 clipped += r.clipped
                 loop.end_step(r.loss_sum / (k * t.batch_size))
         model.model.eval()
-        return TrainReport(steps=t.steps, epochs=t.steps * k * rate, losses=loop.losses,
-                           privacy=self.privacy_report(spec, delta, sigma, rate), samples=loop.samples,
-                           tokens=loop.tokens, details=self.details(clipped / max(1, loop.samples)))
+        return TrainReport(
+            steps=t.steps,
+            epochs=t.steps * k * rate,
+            losses=loop.losses,
+            privacy=self.privacy_report(spec, delta, sigma, rate),
+            samples=loop.samples,
+            tokens=loop.tokens,
+            details=self.details(clipped / max(1, loop.samples)),
+        )
 
     def privacy_report(self, spec, delta: float, sigma: float, rate: float) -> PrivacyReport:
         t, p, k = spec.training, spec.privacy, self.opts["directions"]
-        return PrivacyReport(
-            private=True,
-            epsilon=spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=t.steps * k,
-                                  accountant=p.accountant),
-            target_epsilon=p.epsilon, delta=delta, noise_multiplier=sigma, sample_rate=rate, steps=t.steps,
-            releases_per_step=k, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
-            notes=(
-                "per release: a 1-D sum of per-example finite differences clipped to [-C, C], sensitivity C",
-                "each of the k directions of a step has its own Poisson sample: steps*k composed releases",
-                "noise and sampling from the OS CSPRNG" if self.opts["secure_rng"] else
-                "noise and sampling from torch generators seeded by the spec's seed: reproducible, not for deployment",
-            ),
+        epsilon = spent_epsilon(
+            noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=t.steps * k, accountant=p.accountant
+        )
+        notes = (
+            "per release: a 1-D sum of per-example finite differences clipped to [-C, C], sensitivity C",
+            "each of the k directions of a step has its own Poisson sample: steps*k composed releases",
+            "noise and sampling from the OS CSPRNG"
+            if self.opts["secure_rng"]
+            else "noise and sampling from torch generators seeded by the spec's seed: reproducible, not for deployment",
+        )
+        return PrivacyReport.released(
+            spec,
+            epsilon=epsilon,
+            delta=delta,
+            noise_multiplier=sigma,
+            sample_rate=rate,
+            steps=t.steps,
+            releases_per_step=k,
+            notes=notes,
         )
 
     def details(self, clipped_fraction: float) -> dict:
         o = self.opts
         return {
-            "directions": o["directions"], "mu": o["mu"], "lr": o["lr"], "lr_schedule": o["lr_schedule"],
+            "directions": o["directions"],
+            "mu": o["mu"],
+            "lr": o["lr"],
+            "lr_schedule": o["lr_schedule"],
             "lr_source": "method option lr (SGD along z); spec.training.lr not used",
             "perturbation": "gaussian N(0, I) over every trainable parameter, regenerated from a seed",
             "update": "theta -= lr * mean_j(noisy_sum_j / batch_size) * z_j",

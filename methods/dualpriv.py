@@ -62,8 +62,16 @@ class DualPriv(Method):
             sigma = dp_sgd_noise_multiplier(spec, delta, len(data))  # the one train_dp_sgd will use
             model.token_pruner.fused_noise_std = sigma * p.max_grad_norm / t.batch_size  # the averaged gradient's noise
         with self.update or nullcontext():
-            report = train_dp_sgd(model, data, spec, delta, label=self.name, post_noise_hook=self.update,
-                                  secure_rng=self.opts["secure_rng"], clipping=self.opts["clipping"])
+            report = train_dp_sgd(
+                model,
+                data,
+                spec,
+                delta,
+                label=self.name,
+                post_noise_hook=self.update,
+                secure_rng=self.opts["secure_rng"],
+                clipping=self.opts["clipping"],
+            )
         report.details["update_pruning"] = self.update.details() if self.update is not None else None
         return report
 

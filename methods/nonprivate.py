@@ -36,5 +36,11 @@ class NonPrivate(Method):
                 optimizer.step()
                 loop.end_step(total)
         model.model.eval()
-        return TrainReport(steps=t.steps, epochs=t.steps * batch_size / len(data), losses=loop.losses,
-                           privacy=PrivacyReport.non_private(t.steps), samples=loop.samples, tokens=loop.tokens)
+        return TrainReport(
+            steps=t.steps,
+            epochs=t.steps * batch_size / len(data),
+            losses=loop.losses,
+            privacy=PrivacyReport.non_private(t.steps),
+            samples=loop.samples,
+            tokens=loop.tokens,
+        )

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from dpbench.errors import DpbenchError
 from dpbench.checks import check_fraction
+from dpbench.errors import DpbenchError
 
 SCOPES = ("tensor", "global")
 ADAM_MODES = ("freeze", "decay")
@@ -77,8 +77,10 @@ class UpdatePruner:
 
     # -- the optimizer step around it ---------------------------------------------------------
     def __enter__(self) -> UpdatePruner:
-        self.handles = [register_optimizer_step_pre_hook(self._before_step),
-                        register_optimizer_step_post_hook(self._after_step)]
+        self.handles = [
+            register_optimizer_step_pre_hook(self._before_step),
+            register_optimizer_step_post_hook(self._after_step),
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -93,8 +95,11 @@ class UpdatePruner:
         if self.adam != "freeze":
             return
         for p in self._params(optimizer):  # whole copies: torch.where is much faster than boolean indexing
-            moments = {name: s.clone() for name, s in optimizer.state.get(p, {}).items()
-                       if torch.is_tensor(s) and s.shape == p.shape}
+            moments = {
+                name: s.clone()
+                for name, s in optimizer.state.get(p, {}).items()
+                if torch.is_tensor(s) and s.shape == p.shape
+            }
             self.saved[p] = (p.detach().clone(), moments)
 
     def _after_step(self, optimizer, args, kwargs) -> None:

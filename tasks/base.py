@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from dpbench.examples import Example
 from dpbench.registries import TASKS
 
+__all__ = ["TASKS", "Example", "Task", "TaskData"]  # the registry re-exported beside its base class
+
 if TYPE_CHECKING:
     from dpbench.models.base import VisionLanguageModel
 

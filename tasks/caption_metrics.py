@@ -49,8 +49,10 @@ def tokenize(captions: dict) -> dict:
     try:
         return PTBTokenizer().tokenize(captions)
     except PermissionError as e:  # it writes its temp file beside the package
-        raise DpbenchError(f"pycocoevalcap's tokenizer cannot write beside its jar ({e.filename}); "
-                           "install pycocoevalcap where it is writable (e.g. a virtual environment)") from None
+        raise DpbenchError(
+            f"pycocoevalcap's tokenizer cannot write beside its jar ({e.filename}); "
+            "install pycocoevalcap where it is writable (e.g. a virtual environment)"
+        ) from None
 
 
 def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
@@ -67,8 +69,10 @@ def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     from pycocoevalcap.rouge.rouge import Rouge
 
     # one tokenizer call for both sides (a JVM start saved): -preserveLines tokenizes line by line
-    both = tokenize({("ref", i): [{"caption": c} for c in refs] for i, refs in enumerate(references)}
-                    | {("hyp", i): [{"caption": p}] for i, p in enumerate(predictions)})
+    both = tokenize(
+        {("ref", i): [{"caption": c} for c in refs] for i, refs in enumerate(references)}
+        | {("hyp", i): [{"caption": p}] for i, p in enumerate(predictions)}
+    )
     gts = {i: both[("ref", i)] for i in range(len(references))}
     res = {i: both[("hyp", i)] for i in range(len(predictions))}
 

@@ -23,13 +23,13 @@ from pathlib import Path
 
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
-from dpbench.tasks import captioning_embedded
 from dpbench.examples import Example
+from dpbench.files import read_json
+from dpbench.tasks import captioning_embedded
 from dpbench.tasks.base import TASKS, Task, TaskData
 from dpbench.tasks.caption_metrics import UNAVAILABLE, caption_scores, check_environment
-from dpbench.files import read_json
-from dpbench.tasks.loading import generate_all, read_dataset, require_examples
 from dpbench.tasks.coco import coco_image, find_file, split_val
+from dpbench.tasks.loading import generate_all, read_dataset, require_examples
 
 ENV_VAR = "DPBENCH_COCO_DIR"
 PROMPT = "Provide a one-sentence caption for the provided image."
@@ -92,12 +92,18 @@ class COCOCaptions(Task):
     def load(self, data_dir: str | None) -> TaskData:
         check_environment()  # before any training: scoring needs Java
         splits, source, path = read_dataset(
-            data_dir, ENV_VAR, read_coco_captions,
-            lambda: captioning_embedded.build(cache_dir() / f"captioning-embedded-v{captioning_embedded.FORMAT_VERSION}"),
-            "COCO Captions")
+            data_dir,
+            ENV_VAR,
+            read_coco_captions,
+            lambda: captioning_embedded.build(
+                cache_dir() / f"captioning-embedded-v{captioning_embedded.FORMAT_VERSION}"
+            ),
+            "COCO Captions",
+        )
         nonmembers, test = split_val(splits["train"], splits["val"])
-        require_examples({"COCO captions train": splits["train"], "COCO captions test (half of val)": test},
-                         "captioned image")
+        require_examples(
+            {"COCO captions train": splits["train"], "COCO captions test (half of val)": test}, "captioned image"
+        )
         return TaskData(splits["train"], nonmembers, test, source, path, "coco-captions")
 
     def evaluate(self, model, examples: list[Example], batch_size: int = 64) -> dict[str, float]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dpbench.results import write_json_atomic
 from dpbench.tasks.digits import WORDS, Digit
-from dpbench.tasks.embedded import build_sample, train_and_val
+from dpbench.tasks.embedded import build_sample, save_coco_images, train_and_val
 
 FORMAT_VERSION = 1
 CAPTIONS_PER_IMAGE = 5
@@ -44,25 +44,26 @@ def _captions(d: Digit, rng: random.Random) -> list[str]:
 
 
 def _write_split(root: Path, split: str, digits: list[Digit], rng: random.Random) -> int:
-    folder = root / f"{split}2014"
-    folder.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for d in digits:
-        image_id = d.index + 1
-        file_name = f"COCO_{split}2014_{image_id:012d}.png"
-        image = d.image()
-        image.save(folder / file_name)
-        images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height,
-                       "license": 0})
+    for d, image_id, file_name, image in save_coco_images(root, split, digits):
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": image.width, "height": image.height, "license": 0}
+        )
         for k, caption in enumerate(_captions(d, rng)):
             annotations.append({"image_id": image_id, "id": image_id * 10 + k, "caption": caption})
-    write_json_atomic(root / "annotations" / f"captions_{split}2014.json", {
-        "info": {"description": "dpbench embedded sample in COCO's captions layout: scikit-learn digit "
-                 "images. NOT COCO.", "version": FORMAT_VERSION},
-        "licenses": [{"id": 0, "name": "BSD-3-Clause (scikit-learn digits)"}],
-        "images": images,
-        "annotations": annotations,
-    })
+    write_json_atomic(
+        root / "annotations" / f"captions_{split}2014.json",
+        {
+            "info": {
+                "description": "dpbench embedded sample in COCO's captions layout: scikit-learn digit "
+                "images. NOT COCO.",
+                "version": FORMAT_VERSION,
+            },
+            "licenses": [{"id": 0, "name": "BSD-3-Clause (scikit-learn digits)"}],
+            "images": images,
+            "annotations": annotations,
+        },
+    )
     return len(images)
 
 

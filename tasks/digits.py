@@ -43,9 +43,7 @@ def _all_digits() -> tuple[Digit, ...]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    return tuple(
-        Digit(int(i), int(y), x.reshape(8, 8)) for i, (x, y) in enumerate(zip(data.data, data.target))
-    )
+    return tuple(Digit(int(i), int(y), x.reshape(8, 8)) for i, (x, y) in enumerate(zip(data.data, data.target)))
 
 
 def _partition() -> tuple[np.ndarray, np.ndarray]:

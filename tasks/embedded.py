@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+from PIL import Image
 
 from dpbench.results import write_json_atomic
 from dpbench.tasks.digits import Digit, private_digits
@@ -16,8 +18,14 @@ from dpbench.tasks.digits import Digit, private_digits
 SplitWriter = Callable[[Path, str, list[Digit], random.Random], int]
 
 
-def build_sample(root: Path, version: int, write: Callable[[Path, list[Digit], random.Random], int], *,
-                 seed: int = 0, count: str = "n") -> Path:
+def build_sample(
+    root: Path,
+    version: int,
+    write: Callable[[Path, list[Digit], random.Random], int],
+    *,
+    seed: int = 0,
+    count: str = "n",
+) -> Path:
     """Write a sample under `root` with `write(root, shuffled digits, rng)`, unless a finished build
     of this `version` is there (its marker file, written last, records `count` records)."""
     marker = root / "embedded.json"
@@ -29,6 +37,19 @@ def build_sample(root: Path, version: int, write: Callable[[Path, list[Digit], r
     n = write(root, digits, rng)
     write_json_atomic(marker, {"version": version, "source": "scikit-learn load_digits", count: n})
     return root
+
+
+def save_coco_images(root: Path, split: str, digits: list[Digit]) -> Iterator[tuple[Digit, int, str, Image.Image]]:
+    """Each digit's image saved as `{split}2014/COCO_{split}2014_{id:012d}.png` (COCO's names, PNG for
+    lossless digits), yielded as (digit, image id, file name, image) once it is on disk."""
+    folder = root / f"{split}2014"
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in digits:
+        image_id = d.index + 1
+        file_name = f"COCO_{split}2014_{image_id:012d}.png"
+        image = d.image()
+        image.save(folder / file_name)
+        yield d, image_id, file_name, image
 
 
 def train_and_val(write_split: SplitWriter, train_fraction: float) -> Callable[[Path, list[Digit], random.Random], int]:

@@ -14,15 +14,18 @@ from dpbench.examples import Example
 T = TypeVar("T")
 
 
-def read_dataset(data_dir: str | None, env_var: str, read: Callable[[Path], T], embedded: Callable[[], Path],
-                 dataset: str) -> tuple[T, str, str | None]:
+def read_dataset(
+    data_dir: str | None, env_var: str, read: Callable[[Path], T], embedded: Callable[[], Path], dataset: str
+) -> tuple[T, str, str | None]:
     """(what `read` gives, source, resolved local path or None). `embedded()` builds the sample once."""
     data_dir = data_dir or os.environ.get(env_var)
     if data_dir:
         return read(Path(data_dir)), "local", str(Path(data_dir).resolve())
     root = embedded()
-    print(f"Notice: no {dataset} data given (--data-dir or ${env_var}); using the embedded digit-image sample "
-          f"in {dataset}'s format. It is NOT {dataset}; results say so.")
+    print(
+        f"Notice: no {dataset} data given (--data-dir or ${env_var}); using the embedded digit-image sample "
+        f"in {dataset}'s format. It is NOT {dataset}; results say so."
+    )
     return read(root), "embedded-sample", None
 
 

@@ -19,9 +19,9 @@ import numpy as np
 
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
-from dpbench.tasks import scienceqa_embedded
 from dpbench.examples import Example
 from dpbench.files import read_json
+from dpbench.tasks import scienceqa_embedded
 from dpbench.tasks.base import TASKS, Task, TaskData
 from dpbench.tasks.loading import read_dataset, require_examples
 
@@ -141,7 +141,8 @@ def read_scienceqa(root: Path) -> tuple[dict[str, list[Example]], str]:
     if any(root.rglob("*.parquet")):
         return read_layout_b(root), "parquet"
     raise DpbenchError(
-        f"{root} holds neither problems.json + pid_splits.json nor parquet files; point --data-dir at a ScienceQA folder"
+        f"{root} holds neither problems.json + pid_splits.json nor parquet files; "
+        "point --data-dir at a ScienceQA folder"
     )
 
 
@@ -151,13 +152,18 @@ class ScienceQA(Task):
 
     def load(self, data_dir: str | None) -> TaskData:
         (splits, layout), source, path = read_dataset(
-            data_dir, ENV_VAR, read_scienceqa,
+            data_dir,
+            ENV_VAR,
+            read_scienceqa,
             lambda: scienceqa_embedded.build(cache_dir() / f"scienceqa-embedded-v{scienceqa_embedded.FORMAT_VERSION}"),
-            "ScienceQA")
+            "ScienceQA",
+        )
         train_groups = {e.group for e in splits["train"]}
         # an image seen in training would make a "non-member" a member in all but name
         nonmembers = [e for e in splits["val"] if e.group not in train_groups]
-        require_examples({"ScienceQA train": splits["train"], "ScienceQA test": splits["test"]}, "problem with an image")
+        require_examples(
+            {"ScienceQA train": splits["train"], "ScienceQA test": splits["test"]}, "problem with an image"
+        )
         return TaskData(splits["train"], nonmembers, splits["test"], source, path, layout)
 
     def evaluate(self, model, examples: list[Example], batch_size: int = 64) -> dict[str, float]:

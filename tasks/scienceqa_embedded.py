@@ -27,10 +27,16 @@ HINTS = (
 )
 
 
-def _which_digit(d: Digit, rng: random.Random) -> dict:
-    n = rng.randint(2, 5)
+def _digit_choices(d: Digit, rng: random.Random, fewest: int) -> list[int]:
+    """The digit and `fewest` to 5 - 1 other digits, shuffled."""
+    n = rng.randint(fewest, 5)
     choices = [d.label] + rng.sample([k for k in range(10) if k != d.label], n - 1)
     rng.shuffle(choices)
+    return choices
+
+
+def _which_digit(d: Digit, rng: random.Random) -> dict:
+    choices = _digit_choices(d, rng, 2)
     return dict(
         question="Which digit is shown in the image?",
         choices=[str(c) for c in choices],
@@ -42,9 +48,7 @@ def _which_digit(d: Digit, rng: random.Random) -> dict:
 
 
 def _digit_word(d: Digit, rng: random.Random) -> dict:
-    n = rng.randint(3, 5)
-    choices = [d.label] + rng.sample([k for k in range(10) if k != d.label], n - 1)
-    rng.shuffle(choices)
+    choices = _digit_choices(d, rng, 3)
     return dict(
         question="Which word names the number in the image?",
         choices=[WORDS[c] for c in choices],

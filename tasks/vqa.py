@@ -26,12 +26,12 @@ from statistics import mean
 
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
-from dpbench.tasks import vqa_embedded
 from dpbench.examples import Example
-from dpbench.tasks.base import TASKS, Task, TaskData
 from dpbench.files import read_json
-from dpbench.tasks.loading import generate_all, read_dataset, require_examples
+from dpbench.tasks import vqa_embedded
+from dpbench.tasks.base import TASKS, Task, TaskData
 from dpbench.tasks.coco import coco_file_name, coco_image, find_file, split_val
+from dpbench.tasks.loading import generate_all, read_dataset, require_examples
 from dpbench.tasks.vqa_metrics import vqa_accuracy
 
 ENV_VAR = "DPBENCH_VQA_DIR"
@@ -103,8 +103,12 @@ class VQAv2(Task):
 
     def load(self, data_dir: str | None) -> TaskData:
         splits, source, path = read_dataset(
-            data_dir, ENV_VAR, read_vqav2, lambda: vqa_embedded.build(cache_dir() / f"vqa-embedded-v{vqa_embedded.FORMAT_VERSION}"),
-            "VQAv2")
+            data_dir,
+            ENV_VAR,
+            read_vqav2,
+            lambda: vqa_embedded.build(cache_dir() / f"vqa-embedded-v{vqa_embedded.FORMAT_VERSION}"),
+            "VQAv2",
+        )
         nonmembers, test = split_val(splits["train"], splits["val"])
         require_examples({"VQAv2 train": splits["train"], "VQAv2 test (half of val)": test}, "question")
         return TaskData(splits["train"], nonmembers, test, source, path, "vqav2")

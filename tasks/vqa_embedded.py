@@ -23,14 +23,25 @@ from pathlib import Path
 
 from dpbench.results import write_json_atomic
 from dpbench.tasks.digits import WORDS, Digit
-from dpbench.tasks.embedded import build_sample, train_and_val
+from dpbench.tasks.embedded import build_sample, save_coco_images, train_and_val
 
 FORMAT_VERSION = 1
 QUESTIONS_PER_IMAGE = 3
 TRAIN_FRACTION = 0.5
 ANNOTATORS = 10
 # digits a hurried reader takes for one another (both directions)
-CONFUSABLE = {0: (6, 8), 1: (7, 4), 2: (7, 3), 3: (8, 5), 4: (9, 1), 5: (6, 3), 6: (5, 0), 7: (1, 2), 8: (3, 9), 9: (4, 8)}
+CONFUSABLE = {
+    0: (6, 8),
+    1: (7, 4),
+    2: (7, 3),
+    3: (8, 5),
+    4: (9, 1),
+    5: (6, 3),
+    6: (5, 0),
+    7: (1, 2),
+    8: (3, 9),
+    9: (4, 8),
+}
 OFF_ANSWERS = ("not sure", "unknown", "number", "digit")
 
 
@@ -43,24 +54,40 @@ def _yes_no(truth: bool) -> str:
 
 
 def _which_digit(rng: random.Random) -> dict:
-    return dict(question=rng.choice(["What digit is this?", "What number is this?", "Which digit is written here?"]),
-                answer=_number, answer_type="number", question_type="what number is")
+    return dict(
+        question=rng.choice(["What digit is this?", "What number is this?", "Which digit is written here?"]),
+        answer=_number,
+        answer_type="number",
+        question_type="what number is",
+    )
 
 
 def _plus_one(rng: random.Random) -> dict:
-    return dict(question="What is this number plus one?", answer=lambda n, r: _number(n + 1, r),
-                answer_type="number", question_type="what is the")
+    return dict(
+        question="What is this number plus one?",
+        answer=lambda n, r: _number(n + 1, r),
+        answer_type="number",
+        question_type="what is the",
+    )
 
 
 def _is_even(rng: random.Random) -> dict:
-    return dict(question="Is this number even?", answer=lambda n, r: _yes_no(n % 2 == 0),
-                answer_type="yes/no", question_type="is this")
+    return dict(
+        question="Is this number even?",
+        answer=lambda n, r: _yes_no(n % 2 == 0),
+        answer_type="yes/no",
+        question_type="is this",
+    )
 
 
 def _greater(rng: random.Random) -> dict:
     k = rng.randint(1, 8)
-    return dict(question=f"Is this number greater than {k}?", answer=lambda n, r: _yes_no(n > k),
-                answer_type="yes/no", question_type="is this")
+    return dict(
+        question=f"Is this number greater than {k}?",
+        answer=lambda n, r: _yes_no(n > k),
+        answer_type="yes/no",
+        question_type="is this",
+    )
 
 
 def _odd_or_even(rng: random.Random) -> dict:
@@ -88,33 +115,40 @@ def _annotate(d: Digit, answer, legibility: float, rng: random.Random) -> list[d
 
 
 def _write_split(root: Path, split: str, digits: list[Digit], rng: random.Random) -> int:
-    folder = root / f"{split}2014"
-    folder.mkdir(parents=True, exist_ok=True)
     questions, annotations = [], []
-    for d in digits:
-        image_id = d.index + 1
-        d.image().save(folder / f"COCO_{split}2014_{image_id:012d}.png")
+    for d, image_id, _, _ in save_coco_images(root, split, digits):
         legibility = 0.95 if rng.random() < 0.8 else 0.6  # a sloppy hand now and then
         for k, make in enumerate(rng.sample(QUESTION_TYPES, QUESTIONS_PER_IMAGE)):
             q = make(rng)
             qid = image_id * 1000 + k
             answers = _annotate(d, q["answer"], legibility, rng)
             questions.append({"image_id": image_id, "question": q["question"], "question_id": qid})
-            annotations.append({
-                "question_id": qid,
-                "image_id": image_id,
-                "question_type": q["question_type"],
-                "answer_type": q["answer_type"],
-                "answers": answers,
-                # as in VQAv2: the most frequent of the ten answers
-                "multiple_choice_answer": Counter(a["answer"] for a in answers).most_common(1)[0][0],
-            })
-    info = {"description": "dpbench embedded sample in VQAv2's layout: scikit-learn digit images, simulated "
-            "annotators. NOT VQAv2.", "version": FORMAT_VERSION}
-    common = {"info": info, "license": {"name": "BSD-3-Clause (scikit-learn digits)"}, "data_type": "mscoco",
-              "data_subtype": f"{split}2014"}
-    write_json_atomic(root / f"v2_OpenEnded_mscoco_{split}2014_questions.json",
-                      {**common, "task_type": "Open-Ended", "questions": questions})
+            annotations.append(
+                {
+                    "question_id": qid,
+                    "image_id": image_id,
+                    "question_type": q["question_type"],
+                    "answer_type": q["answer_type"],
+                    "answers": answers,
+                    # as in VQAv2: the most frequent of the ten answers
+                    "multiple_choice_answer": Counter(a["answer"] for a in answers).most_common(1)[0][0],
+                }
+            )
+    info = {
+        "description": "dpbench embedded sample in VQAv2's layout: scikit-learn digit images, simulated "
+        "annotators. NOT VQAv2.",
+        "version": FORMAT_VERSION,
+    }
+    common = {
+        "info": info,
+        "license": {"name": "BSD-3-Clause (scikit-learn digits)"},
+        "data_type": "mscoco",
+        "data_subtype": f"{split}2014",
+    }
+    write_json_atomic(
+        root / f"v2_OpenEnded_mscoco_{split}2014_questions.json",
+        {**common, "task_type": "Open-Ended", "questions": questions},
+    )
     write_json_atomic(root / f"v2_mscoco_{split}2014_annotations.json", {**common, "annotations": annotations})
     return len(questions)
 

@@ -9,9 +9,8 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
-
 import pytest
+from PIL import Image
 
 from dpbench.models.base import ModelInfo, VisionLanguageModel
 from dpbench.models.registry import _quiet_transformers
@@ -19,7 +18,8 @@ from dpbench.tasks.base import Example
 from dpbench.tasks.digits import private_digits
 
 CORPUS = [
-    "USER: Which digit is shown in the image? A. 3 B. 7 Answer with the option's letter from the given choices directly. ASSISTANT: B",
+    "USER: Which digit is shown in the image? A. 3 B. 7 Answer with the option's letter from the given choices "
+    "directly. ASSISTANT: B",
     "Context: The image shows a handwritten digit. Is the number even or odd? yes no",
 ]
 
@@ -47,7 +47,8 @@ def digit_examples(tmp_path_factory) -> list[Example]:
         out.append(
             Example(
                 uid=str(i),
-                prompt=f"Which digit is shown in the image?\nA. {choices[0]}\nB. {choices[1]}\nAnswer with the option's letter from the given choices directly.",
+                prompt=f"Which digit is shown in the image?\nA. {choices[0]}\nB. {choices[1]}\n"
+                "Answer with the option's letter from the given choices directly.",
                 target="AB"[choices.index(str(d.label))],
                 image=path,
                 choices=("A", "B"),
@@ -64,18 +65,42 @@ def isolated_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-
 # -- ScienceQA fixtures in both published layouts -----------------------------------------
 PROBLEMS = {
-    "1": {"question": "Which animal is a mammal?", "choices": ["frog", "whale", "shark"], "answer": 1,
-          "hint": "Mammals breathe air.", "image": "image.png", "split": "train", "subject": "natural science"},
-    "2": {"question": "Which is a solid?", "choices": ["ice", "steam"], "answer": 0, "hint": "",
-          "image": "image.png", "split": "val"},
+    "1": {
+        "question": "Which animal is a mammal?",
+        "choices": ["frog", "whale", "shark"],
+        "answer": 1,
+        "hint": "Mammals breathe air.",
+        "image": "image.png",
+        "split": "train",
+        "subject": "natural science",
+    },
+    "2": {
+        "question": "Which is a solid?",
+        "choices": ["ice", "steam"],
+        "answer": 0,
+        "hint": "",
+        "image": "image.png",
+        "split": "val",
+    },
     "3": {"question": "What is 2 + 2?", "choices": ["3", "4"], "answer": 1, "hint": "", "image": None, "split": "val"},
-    "4": {"question": "Which color is the sky?", "choices": ["blue", "green", "red", "black"], "answer": 0,
-          "hint": "Look up.", "image": "image.png", "split": "test"},
-    "5": {"question": "Same picture as problem 1?", "choices": ["yes", "no"], "answer": 0, "hint": "",
-          "image": "image.png", "split": "val"},
+    "4": {
+        "question": "Which color is the sky?",
+        "choices": ["blue", "green", "red", "black"],
+        "answer": 0,
+        "hint": "Look up.",
+        "image": "image.png",
+        "split": "test",
+    },
+    "5": {
+        "question": "Same picture as problem 1?",
+        "choices": ["yes", "no"],
+        "answer": 0,
+        "hint": "",
+        "image": "image.png",
+        "split": "val",
+    },
 }
 
 
@@ -100,16 +125,30 @@ def _write_layout_a(root):
 
 def _write_layout_b(root):
     root.mkdir(parents=True, exist_ok=True)
-    for split, name in (("train", "train-00000-of-00001.parquet"), ("val", "validation-00000-of-00001.parquet"),
-                        ("test", "test-00000-of-00001.parquet")):
-        rows = [dict(p, image={"bytes": _png((i * 40, 10, 10)), "path": None} if p["image"] else None,
-                     task="closed choice", grade="grade2", topic="t", category="c", skill="s", lecture="", solution="")
-                for i, (pid, p) in enumerate(PROBLEMS.items()) if p["split"] == split]
+    for split, name in (
+        ("train", "train-00000-of-00001.parquet"),
+        ("val", "validation-00000-of-00001.parquet"),
+        ("test", "test-00000-of-00001.parquet"),
+    ):
+        rows = [
+            dict(
+                p,
+                image={"bytes": _png((i * 40, 10, 10)), "path": None} if p["image"] else None,
+                task="closed choice",
+                grade="grade2",
+                topic="t",
+                category="c",
+                skill="s",
+                lecture="",
+                solution="",
+            )
+            for i, (pid, p) in enumerate(PROBLEMS.items())
+            if p["split"] == split
+        ]
         for r in rows:
             r.pop("split")
         pq.write_table(pa.Table.from_pylist(rows), root / "data" / name if (root / "data").exists() else root / name)
     return root
-
 
 
 @pytest.fixture

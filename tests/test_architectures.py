@@ -14,10 +14,10 @@ from transformers import PreTrainedTokenizerFast
 
 from dpbench.errors import DpbenchError
 from dpbench.methods.dpsgd import train_dp_sgd
-from dpbench.models.token_pruning import STRATEGIES, TokenPruning, install_token_pruning
 from dpbench.models.architectures import architecture
 from dpbench.models.qwen2_vl import image_only_qwen2_vl_processor
 from dpbench.models.registry import load_model
+from dpbench.models.token_pruning import STRATEGIES, TokenPruning, install_token_pruning
 from dpbench.spec import RunSpec
 
 SIDE = 32  # px: 8 x 8 patches of 4 px, merged 2 x 2 into 16 visual tokens, in every model here
@@ -39,40 +39,83 @@ def build_tokenizer(specials: list[str], image_token: str) -> PreTrainedTokenize
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>", "<unk>", *specials],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>", *specials],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", extra_special_tokens={"image_token": image_token})
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": image_token},
+    )
 
 
 def text_config(tok) -> dict:
-    return dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,  # ghost clipping
-                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,  # ghost clipping
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
 
 
 def save_qwen2_vl(path) -> None:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-    tok = build_tokenizer(["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>",
-                           "<|im_end|>"], "<|image_pad|>")
-    images = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16,
-                                      max_pixels=SIDE * SIDE, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    tok = build_tokenizer(
+        ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>", "<|im_end|>"],
+        "<|image_pad|>",
+    )
+    images = Qwen2VLImageProcessorPil(
+        patch_size=4,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=16 * 16,
+        max_pixels=SIDE * SIDE,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
     ids = tok.convert_tokens_to_ids
     config = Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, patch_size=4, spatial_merge_size=2,
-                           temporal_patch_size=2, mlp_ratio=2),
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=4,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            mlp_ratio=2,
+        ),
         # head_dim 8: 4 rotary frequencies, split temporal 2 : height 1 : width 1
-        text_config=dict(text_config(tok), rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1],
-                                                            "rope_theta": 10000.0}),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        text_config=dict(
+            text_config(tok),
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0},
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     Qwen2VLForConditionalGeneration(config).save_pretrained(path)
-    image_only_qwen2_vl_processor()(image_processor=images, tokenizer=tok, chat_template=QWEN_TEMPLATE).save_pretrained(path)
+    image_only_qwen2_vl_processor()(image_processor=images, tokenizer=tok, chat_template=QWEN_TEMPLATE).save_pretrained(
+        path
+    )
     meta = json.loads((path / "processor_config.json").read_text())  # as published checkpoints name it
     (path / "processor_config.json").write_text(json.dumps(dict(meta, processor_class="Qwen2VLProcessor")))
 
@@ -81,26 +124,42 @@ def save_idefics3(path, smolvlm: bool = False) -> None:
     from transformers import Idefics3Processor
 
     if smolvlm:
-        from transformers import SmolVLMConfig as Config, SmolVLMForConditionalGeneration as Model
+        from transformers import SmolVLMConfig as Config
+        from transformers import SmolVLMForConditionalGeneration as Model
         from transformers import SmolVLMImageProcessorPil as ImageProcessor
     else:
-        from transformers import Idefics3Config as Config, Idefics3ForConditionalGeneration as Model
+        from transformers import Idefics3Config as Config
+        from transformers import Idefics3ForConditionalGeneration as Model
         from transformers import Idefics3ImageProcessorPil as ImageProcessor
     tok = build_tokenizer(["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"], "<image>")
     # image splitting on, as published: loading must turn it off
-    images = ImageProcessor(do_image_splitting=True, max_image_size={"longest_edge": SIDE}, size={"longest_edge": 2 * SIDE},
-                            image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    images = ImageProcessor(
+        do_image_splitting=True,
+        max_image_size={"longest_edge": SIDE},
+        size={"longest_edge": 2 * SIDE},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
     config = Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=SIDE, patch_size=4),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=SIDE,
+            patch_size=4,
+        ),
         text_config=dict(model_type="llama", **text_config(tok)),
-        image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2, tie_word_embeddings=False,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
     Model(config).save_pretrained(path)
-    Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=TOKENS,
-                      chat_template=IDEFICS_TEMPLATE).save_pretrained(path)
+    Idefics3Processor(
+        image_processor=images, tokenizer=tok, image_seq_len=TOKENS, chat_template=IDEFICS_TEMPLATE
+    ).save_pretrained(path)
 
 
 BUILDERS = {"qwen2_vl": save_qwen2_vl, "idefics3": save_idefics3, "smolvlm": lambda p: save_idefics3(p, smolvlm=True)}
@@ -259,8 +318,12 @@ def test_generate_gives_the_language_model_the_positions_hf_would(model, example
     ours = positions_seen(model, lambda: model.generate(examples[:3], 3))
     real = model.last_batch["attention_mask"] == 1
     for i, e in enumerate(examples[:3]):
-        native = positions_seen(model, lambda: model.model.generate(
-            **native_inputs(model, e), max_new_tokens=3, do_sample=False, pad_token_id=model.tokenizer.pad_token_id))
+        native = positions_seen(
+            model,
+            lambda: model.model.generate(
+                **native_inputs(model, e), max_new_tokens=3, do_sample=False, pad_token_id=model.tokenizer.pad_token_id
+            ),
+        )
         assert torch.equal(ours[0][..., i, real[i]], native[0][..., 0, :])
         for step in range(1, len(native)):
             assert torch.equal(ours[step][..., i, :], native[step][..., 0, :])
@@ -284,13 +347,20 @@ def test_per_example_gradients_match_one_by_one_autograd(model, examples, prune,
         gsm._close()
 
 
-
 @pytest.mark.parametrize("clipping", ["per-sample", "ghost"])
 def test_a_dp_sgd_step_changes_exactly_the_trainable_parameters(model, digit_examples, clipping):
-    spec = RunSpec().replace(**{"training.steps": 1, "training.batch_size": 4, "training.physical_batch_size": 4,
-                                "training.lr": 1e-2, "privacy.epsilon": 8.0})
-    trainable = set(model.set_trainable(["projector", "language_model"] if model.arch.name == "idefics3"
-                                        else ["language_model"]))
+    spec = RunSpec().replace(
+        **{
+            "training.steps": 1,
+            "training.batch_size": 4,
+            "training.physical_batch_size": 4,
+            "training.lr": 1e-2,
+            "privacy.epsilon": 8.0,
+        }
+    )
+    trainable = set(
+        model.set_trainable(["projector", "language_model"] if model.arch.name == "idefics3" else ["language_model"])
+    )
     before = copy.deepcopy(model.model.state_dict())
     report = train_dp_sgd(model, digit_examples, spec, 1e-3, label="test", clipping=clipping)
     after = model.model.state_dict()
@@ -306,8 +376,9 @@ def test_every_method_trains_every_architecture(checkpoints, digit_examples, arc
     from dpbench import phases
 
     model = checkpoints(arch, fresh=True)  # the run phases install the method's hooks and pruning on it
-    spec = RunSpec(method=method).replace(**{"training.steps": 1, "training.batch_size": 4,
-                                             "training.physical_batch_size": 4, "training.lr": 1e-2})
+    spec = RunSpec(method=method).replace(
+        **{"training.steps": 1, "training.batch_size": 4, "training.physical_batch_size": 4, "training.lr": 1e-2}
+    )
     trainable = set(model.set_trainable(dp_groups(model)))
     chosen = phases.make_method(spec)
     phases.adapt(model, spec, chosen)  # dualpriv: its default token pruning, keep 0.5
@@ -329,7 +400,9 @@ def test_dp_sgd_refuses_qwen2_vl_layers_that_see_no_examples(checkpoints, digit_
     spec = RunSpec().replace(**{"training.steps": 1, "training.batch_size": 4, "training.physical_batch_size": 4})
     model.set_trainable([group])
     before = copy.deepcopy(model.model.state_dict())
-    with pytest.raises(DpbenchError, match=r"cannot train .*cannot tell examples apart\); use --trainable language_model$"):
+    with pytest.raises(
+        DpbenchError, match=r"cannot train .*cannot tell examples apart\); use --trainable language_model$"
+    ):
         train_dp_sgd(model, digit_examples, spec, 1e-3, label="test")
     after = model.model.state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)
@@ -382,7 +455,8 @@ def test_qwen2_vl_kept_tokens_keep_their_unpruned_positions(checkpoints, example
     pruner = install_token_pruning(model, TokenPruning("random", 0.5, seed=1))
     seen = []
     handle = model.model.model.language_model.register_forward_pre_hook(
-        lambda m, a, kw: seen.append(kw["position_ids"]), with_kwargs=True)  # after the pruner's own hook
+        lambda m, a, kw: seen.append(kw["position_ids"]), with_kwargs=True
+    )  # after the pruner's own hook
     try:
         batch = model.encode(examples)
         logits(model, batch)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dpbench.attacks.audit import load_scores, score_attacks, summarise
-from dpbench.run_folder import RunFolder
 from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.population import losses_from_models
+from dpbench.run_folder import RunFolder
 
 
 def memorise(model, examples, steps=80):
@@ -38,8 +38,13 @@ def arbitrary_answer(i: int) -> int:
 @pytest.fixture(scope="module")
 def examples(digit_examples):
     return [
-        replace(e, prompt=f"Item {i} of the list: which digit is shown?", target="ABCDE"[arbitrary_answer(i)],
-                choices=tuple("ABCDE"), answer=arbitrary_answer(i))
+        replace(
+            e,
+            prompt=f"Item {i} of the list: which digit is shown?",
+            target="ABCDE"[arbitrary_answer(i)],
+            choices=tuple("ABCDE"),
+            answer=arbitrary_answer(i),
+        )
         for i, e in enumerate(digit_examples)
     ]
 
@@ -57,7 +62,9 @@ def test_every_attack_scores_every_example(name, models, examples, digit_example
     target, reference = models
     # stand-in reference models (the base model twice): only the shapes matter here
     refs = losses_from_models([reference, reference], examples[:12], digit_examples[:4])
-    scores = score_attacks([name], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path), references=refs)
+    scores = score_attacks(
+        [name], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path), references=refs
+    )
     members, nonmembers = scores[name]
     assert members.shape == nonmembers.shape == (6,)
     assert np.isfinite(members).all() and np.isfinite(nonmembers).all()
@@ -65,7 +72,9 @@ def test_every_attack_scores_every_example(name, models, examples, digit_example
 
 def test_attacks_needing_references_are_skipped_without_them(models, examples, tmp_path):
     target, reference = models
-    scores = score_attacks(["loss", "lira", "rmia"], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path))
+    scores = score_attacks(
+        ["loss", "lira", "rmia"], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path)
+    )
     assert set(scores) == {"loss"}
 
 
@@ -81,7 +90,9 @@ def test_memorised_members_are_separated_by_the_loss_attack(models, examples, tm
 
 
 def test_reference_and_image_attacks_see_nothing_when_target_is_the_reference(tiny_model, digit_examples, tmp_path):
-    scores = score_attacks(["reference", "image"], tiny_model, tiny_model, digit_examples[:6], digit_examples[6:12], RunFolder(tmp_path))
+    scores = score_attacks(
+        ["reference", "image"], tiny_model, tiny_model, digit_examples[:6], digit_examples[6:12], RunFolder(tmp_path)
+    )
     for name in ("reference", "image"):
         members, nonmembers = scores[name]
         assert np.allclose(members, 0, atol=1e-5) and np.allclose(nonmembers, 0, atol=1e-5)

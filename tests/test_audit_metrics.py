@@ -11,11 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dpbench.attacks.canary import (
-    count_correct,
-    guess_from_scores,
-    one_run_epsilon_lower_bound,
-)
+from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 from dpbench.attacks.metrics import (
     attack_summary,
     clopper_pearson,
@@ -127,8 +123,7 @@ def test_epsilon_is_sound_under_the_null():
     # No leakage: a sound 95% bound may be positive in at most ~5% of trials.
     rng = np.random.default_rng(6)
     positive = sum(
-        empirical_epsilon(rng.normal(size=100), rng.normal(size=100), 1e-5, seed=i).epsilon > 0
-        for i in range(200)
+        empirical_epsilon(rng.normal(size=100), rng.normal(size=100), 1e-5, seed=i).epsilon > 0 for i in range(200)
     )
     assert positive <= 20  # 5% of 200 is 10; binomial 99.9% quantile is ~21
 
@@ -185,9 +180,7 @@ def _reference_eps(m, r, v, delta, p):
     return lo
 
 
-@pytest.mark.parametrize(
-    "m,r,v,delta", [(1000, 600, 600, 1e-5), (1000, 100, 90, 1e-5), (200, 50, 40, 0.0)]
-)
+@pytest.mark.parametrize("m,r,v,delta", [(1000, 600, 600, 1e-5), (1000, 100, 90, 1e-5), (200, 50, 40, 0.0)])
 def test_one_run_matches_reference_code(m, r, v, delta):
     expected = _reference_eps(m, r, v, delta, 0.05)
     assert one_run_epsilon_lower_bound(m, r, v, delta) == pytest.approx(expected, abs=1e-7)

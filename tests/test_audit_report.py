@@ -97,8 +97,12 @@ def test_verdict_non_private_reports_leakage():
 
 
 def test_report_without_attacks_or_scores(tmp_path):
-    result = {"run_id": "r", "spec": {"method": "nonprivate"},
-              "privacy": {"epsilon": None, "delta": None}, "audit": None}
+    result = {
+        "run_id": "r",
+        "spec": {"method": "nonprivate"},
+        "privacy": {"epsilon": None, "delta": None},
+        "audit": None,
+    }
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "audit_roc.png").write_bytes(PNG_MAGIC)  # from an earlier audit
     md, page = write_report(RunFolder(tmp_path / "new"), result, {})

@@ -5,8 +5,20 @@ import json
 
 import pytest
 
-from dpbench.benchmark import (BASELINE, DEFAULT_METHODS, Case, MeasurementFailed, MethodEntry, case_spec,
-                               parse_method_entry, parse_methods, parse_numbers, plan_cases, run_rounds, summarise)
+from dpbench.benchmark import (
+    BASELINE,
+    DEFAULT_METHODS,
+    Case,
+    MeasurementFailed,
+    MethodEntry,
+    case_spec,
+    parse_method_entry,
+    parse_methods,
+    parse_numbers,
+    plan_cases,
+    run_rounds,
+    summarise,
+)
 from dpbench.benchmark_report import markdown, plot_png
 from dpbench.cli import main
 from dpbench.errors import DpbenchError
@@ -50,10 +62,17 @@ def test_keep_ratios_apply_only_to_methods_that_prune_and_do_not_set_their_own()
     prunes = lambda e: e.name == "dualpriv"  # noqa: E731
     cases = plan_cases(entries, [8, 16], [1.0, 0.5], prunes=prunes)
     assert [(c.label, c.batch_size) for c in cases] == [
-        ("nonprivate", 8), ("dpsgd", 8), ("dualpriv:keep_ratio=1", 8), ("dualpriv:keep_ratio=0.5", 8),
+        ("nonprivate", 8),
+        ("dpsgd", 8),
+        ("dualpriv:keep_ratio=1", 8),
+        ("dualpriv:keep_ratio=0.5", 8),
         ("dualpriv:keep_ratio=0.1", 8),
-        ("nonprivate", 16), ("dpsgd", 16), ("dualpriv:keep_ratio=1", 16), ("dualpriv:keep_ratio=0.5", 16),
-        ("dualpriv:keep_ratio=0.1", 16)]
+        ("nonprivate", 16),
+        ("dpsgd", 16),
+        ("dualpriv:keep_ratio=1", 16),
+        ("dualpriv:keep_ratio=0.5", 16),
+        ("dualpriv:keep_ratio=0.1", 16),
+    ]
     assert cases[3].options == {"keep_ratio": 0.5}
     assert [c.label for c in plan_cases(entries, [8], None, prunes=prunes)] == [e.label for e in entries]
 
@@ -66,8 +85,13 @@ def test_real_methods_say_whether_they_prune():
 
 
 def test_case_specs_carry_options_and_default_the_physical_batch_to_the_batch():
-    base = {"model": "m", "task": "scienceqa", "device": "cpu", "privacy": {"epsilon": 3.0},
-            "training": {"steps": 2, "seed": 1, "physical_batch_size": None}}
+    base = {
+        "model": "m",
+        "task": "scienceqa",
+        "device": "cpu",
+        "privacy": {"epsilon": 3.0},
+        "training": {"steps": 2, "seed": 1, "physical_batch_size": None},
+    }
     spec = case_spec(base, Case(parse_method_entry("dualpriv:clipping=ghost"), 48, 0.5))
     assert spec.method == "dualpriv" and spec.method_options == {"clipping": "ghost"}
     assert (spec.token_pruning.strategy, spec.token_pruning.keep_ratio) == ("random", 0.5)  # the method's, at 0.5
@@ -82,8 +106,11 @@ def systems(cpu_bytes, samples_per_s, cuda_bytes=None, kept=64):
     memory = [{"device": "cpu", "name": "CPU", "kind": "cpu-rss-above-baseline", "peak_bytes": cpu_bytes}]
     if cuda_bytes is not None:
         memory.append({"device": "cuda:0", "name": "GPU", "kind": "cuda-max-allocated", "peak_bytes": cuda_bytes})
-    return {"peak_memory": memory, "train": {"samples_per_s": samples_per_s},
-            "visual_tokens": {"before": 64, "after": kept}}
+    return {
+        "peak_memory": memory,
+        "train": {"samples_per_s": samples_per_s},
+        "visual_tokens": {"before": 64, "after": kept},
+    }
 
 
 def test_rounds_interleave_cases_and_rotate_the_first():
@@ -104,18 +131,27 @@ def test_rounds_interleave_cases_and_rotate_the_first():
 
 def test_summary_takes_medians_and_divides_by_nonprivate_at_the_same_batch_size():
     cases = [Case(BASELINE, 8), Case(MethodEntry("dpsgd"), 8), Case(BASELINE, 16), Case(MethodEntry("dpsgd"), 16)]
-    runs = {0: [systems(100, 10.0, 1000), systems(300, 30.0, 3000), systems(200, 20.0, 2000)],
-            1: [systems(600, 5.0, 9000), systems(400, 4.0, 5000), systems(1000, 2.0, 4000)],
-            2: [systems(500, 8.0)],
-            3: [systems(750, 2.0, kept=16), None]}  # None: a failed run, left out of the medians
-    measurements = [{"case": i, "round": r, "systems": s, "error": None if s else "failed"}
-                    for i, ss in runs.items() for r, s in enumerate(ss)]
+    runs = {
+        0: [systems(100, 10.0, 1000), systems(300, 30.0, 3000), systems(200, 20.0, 2000)],
+        1: [systems(600, 5.0, 9000), systems(400, 4.0, 5000), systems(1000, 2.0, 4000)],
+        2: [systems(500, 8.0)],
+        3: [systems(750, 2.0, kept=16), None],
+    }  # None: a failed run, left out of the medians
+    measurements = [
+        {"case": i, "round": r, "systems": s, "error": None if s else "failed"}
+        for i, ss in runs.items()
+        for r, s in enumerate(ss)
+    ]
     rows = summarise(cases, measurements)
     assert rows[0]["memory"]["cpu"]["peak_bytes"] == 200 and rows[0]["memory"]["cpu"]["ratio"] == 1.0
     assert rows[0]["samples_per_s"] == 20.0 and rows[0]["throughput_ratio"] == 1.0
     assert rows[1]["memory"]["cpu"]["peak_bytes"] == 600 and rows[1]["memory"]["cpu"]["ratio"] == 3.0
-    assert rows[1]["memory"]["cuda:0"] == {"name": "GPU", "kind": "cuda-max-allocated", "peak_bytes": 5000,
-                                           "ratio": 2.5}
+    assert rows[1]["memory"]["cuda:0"] == {
+        "name": "GPU",
+        "kind": "cuda-max-allocated",
+        "peak_bytes": 5000,
+        "ratio": 2.5,
+    }
     assert rows[1]["samples_per_s"] == 4.0 and rows[1]["throughput_ratio"] == pytest.approx(0.2)
     assert rows[3]["memory"]["cpu"]["ratio"] == 1.5 and rows[3]["throughput_ratio"] == 0.25  # vs B=16's baseline
     assert (rows[3]["runs"], rows[3]["failed"]) == (1, 1) and rows[3]["visual_tokens"]["after"] == 16
@@ -123,21 +159,34 @@ def test_summary_takes_medians_and_divides_by_nonprivate_at_the_same_batch_size(
 
 
 def result_of(rows):
-    return {"base": {"model": "tiny", "task": "scienceqa", "device": "cuda", "privacy": {"epsilon": 8.0},
-                     "training": {"steps": 10}},
-            "rounds": 3, "created": "2025-01-01T00:00:00+00:00", "cases": rows}
+    return {
+        "base": {
+            "model": "tiny",
+            "task": "scienceqa",
+            "device": "cuda",
+            "privacy": {"epsilon": 8.0},
+            "training": {"steps": 10},
+        },
+        "rounds": 3,
+        "created": "2025-01-01T00:00:00+00:00",
+        "cases": rows,
+    }
 
 
 def test_markdown_has_a_row_per_case_and_columns_per_device():
     cases = [Case(BASELINE, 8), Case(parse_method_entry("dpsgd:clipping=ghost"), 8)]
-    measurements = [{"case": 0, "round": 0, "systems": systems(2 * 2**20, 10.0, 4 * 2**20), "error": None},
-                    {"case": 1, "round": 0, "systems": systems(3 * 2**20, 4.0, kept=16), "error": None},
-                    {"case": 1, "round": 1, "systems": None, "error": "exit status 1"}]
+    measurements = [
+        {"case": 0, "round": 0, "systems": systems(2 * 2**20, 10.0, 4 * 2**20), "error": None},
+        {"case": 1, "round": 0, "systems": systems(3 * 2**20, 4.0, kept=16), "error": None},
+        {"case": 1, "round": 1, "systems": None, "error": "exit status 1"},
+    ]
     text = markdown(result_of(summarise(cases, measurements)))
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| Method"))
-    assert header == ("| Method | Batch | Visual tokens | Peak memory cpu (MiB) | × nonprivate | "
-                      "Peak memory cuda:0 (MiB) | × nonprivate | Train samples/s | × nonprivate | Runs |")
+    assert header == (
+        "| Method | Batch | Visual tokens | Peak memory cpu (MiB) | × nonprivate | "
+        "Peak memory cuda:0 (MiB) | × nonprivate | Train samples/s | × nonprivate | Runs |"
+    )
     assert "| `nonprivate` | 8 | 64/64 | 2.0 | 1.00× | 4.0 | 1.00× | 10.00 | 1.00× | 1 |" in lines
     assert "| `dpsgd:clipping=ghost` | 8 | 16/64 | 3.0 | 1.50× | — | — | 4.00 | 0.40× | 1 (1 failed) |" in lines
     assert any(line.startswith("- cuda:0: GPU; torch's max allocated") for line in lines)
@@ -156,8 +205,10 @@ def run_cli(*args):
     return info.value.code
 
 
-@pytest.mark.parametrize("args", [("--methods", "dpsgd:clipping=flat"), ("--keep-ratios", "0.5,2"),
-                                  ("--rounds", "0"), ("--methods", "dpsdg")])
+@pytest.mark.parametrize(
+    "args",
+    [("--methods", "dpsgd:clipping=flat"), ("--keep-ratios", "0.5,2"), ("--rounds", "0"), ("--methods", "dpsdg")],
+)
 def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
     assert run_cli("bench", "--out-dir", str(tmp_path), *args) == 2
     err = capsys.readouterr().err.strip()
@@ -176,8 +227,28 @@ def checkpoint(tiny_model, tmp_path_factory):
 @pytest.mark.slow
 def test_bench_smoke_in_subprocesses(checkpoint, tmp_path):
     out = tmp_path / "out"
-    assert run_cli("bench", "--model", str(checkpoint), "--methods", "dpsgd:clipping=ghost", "--batch-sizes", "4",
-                   "--n-train", "16", "--steps", "1", "--rounds", "1", "--out-dir", str(out), "--name", "b") == 0
+    assert (
+        run_cli(
+            "bench",
+            "--model",
+            str(checkpoint),
+            "--methods",
+            "dpsgd:clipping=ghost",
+            "--batch-sizes",
+            "4",
+            "--n-train",
+            "16",
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--out-dir",
+            str(out),
+            "--name",
+            "b",
+        )
+        == 0
+    )
     result = json.loads((out / "b.json").read_text())
     base, ghost = result["cases"]
     assert (base["label"], ghost["label"]) == ("nonprivate", "dpsgd:clipping=ghost")

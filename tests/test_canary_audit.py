@@ -4,16 +4,20 @@ seed; the bound is 0 for uninformative scores and positive for informative ones.
 import numpy as np
 import pytest
 
-from dpbench.run_folder import RunFolder
 from dpbench.attacks.canary_audit import GUESS_FRACTIONS, canary_section, make_canaries, one_run_audit
 from dpbench.errors import DpbenchError
+from dpbench.run_folder import RunFolder
 from dpbench.tasks.base import Example
 
 
 def training_set(n: int, choices: bool = True) -> list[Example]:
     if choices:
-        return [Example(uid=f"e{i}", prompt=f"q{i}", target="ABC"[i % 3], choices=("A", "B", "C"), answer=i % 3,
-                        group=f"img{i}") for i in range(n)]
+        return [
+            Example(
+                uid=f"e{i}", prompt=f"q{i}", target="ABC"[i % 3], choices=("A", "B", "C"), answer=i % 3, group=f"img{i}"
+            )
+            for i in range(n)
+        ]
     return [Example(uid=f"e{i}", prompt=f"q{i}", target=f"caption {i % 7}", group=f"img{i}") for i in range(n)]
 
 
@@ -84,12 +88,18 @@ def test_report_shows_the_canary_row_and_notes(tmp_path):
     scores = {"loss": (rng.normal(0, 1, 100), rng.normal(0, 1, 100))}
     included = rng.random(200) < 0.5
     result = {
-        "run_id": "r", "spec": {"method": "dpsgd"}, "privacy": {"epsilon": 0.5, "delta": 1e-5},
+        "run_id": "r",
+        "spec": {"method": "dpsgd"},
+        "privacy": {"epsilon": 0.5, "delta": 1e-5},
         "utility": {"notes": ["<b>trained with canaries</b>"]},
-        "audit": {"n_members": 100, "n_nonmembers": 100, "confidence": 0.95,
-                  "attacks": {"loss": attack_summary(*scores["loss"], delta=1e-5)},
-                  "notes": ["lira, rmia not run"],
-                  "canary": canary_section(included, included.astype(float), seed=0, delta=1e-5)},
+        "audit": {
+            "n_members": 100,
+            "n_nonmembers": 100,
+            "confidence": 0.95,
+            "attacks": {"loss": attack_summary(*scores["loss"], delta=1e-5)},
+            "notes": ["lira, rmia not run"],
+            "canary": canary_section(included, included.astype(float), seed=0, delta=1e-5),
+        },
     }
     md, page = write_report(RunFolder(tmp_path), result, scores)
     text = md.read_text()
@@ -118,11 +128,16 @@ def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatc
     from dpbench.runner import run
     from dpbench.spec import RunSpec
 
-    spec = RunSpec.from_dict({
-        "method": "nonprivate", "model": str(checkpoint), "eval_limit": 8, "attacks": ["loss", "lira", "rmia"],
-        "training": {"steps": 2, "batch_size": 8, "n_train": 16},
-        "audit": {"references": 2, "reference_steps": 2, "canaries": 8},
-    })
+    spec = RunSpec.from_dict(
+        {
+            "method": "nonprivate",
+            "model": str(checkpoint),
+            "eval_limit": 8,
+            "attacks": ["loss", "lira", "rmia"],
+            "training": {"steps": 2, "batch_size": 8, "n_train": 16},
+            "audit": {"references": 2, "reference_steps": 2, "canaries": 8},
+        }
+    )
     result = run(spec, tmp_path, save_checkpoint=True, log=lambda *_: None).to_dict()
     assert validation_errors(result) == []
     audit, run_dir = result["audit"], tmp_path / result["run_id"]
@@ -158,10 +173,16 @@ def test_zero_references_skip_lira_and_rmia_with_a_note(checkpoint, tmp_path):
     from dpbench.runner import run
     from dpbench.spec import RunSpec
 
-    spec = RunSpec.from_dict({
-        "method": "nonprivate", "model": str(checkpoint), "eval_limit": 4, "attacks": ["lira", "rmia"],
-        "training": {"steps": 1, "batch_size": 4, "n_train": 8}, "audit": {"references": 0},
-    })
+    spec = RunSpec.from_dict(
+        {
+            "method": "nonprivate",
+            "model": str(checkpoint),
+            "eval_limit": 4,
+            "attacks": ["lira", "rmia"],
+            "training": {"steps": 1, "batch_size": 4, "n_train": 8},
+            "audit": {"references": 0},
+        }
+    )
     result = run(spec, tmp_path, log=lambda *_: None).to_dict()
     assert validation_errors(result) == []
     assert result["audit"]["attacks"] == {} and "audit.references = 0" in result["audit"]["notes"][0]

@@ -19,13 +19,20 @@ VAL_TEST = [i for i in range(100, 200) if val_half(i) == "test"][:2]
 def write_coco_captions(root):
     splits = {
         # image 1's captions are listed out of id order: its target is the lowest id's caption
-        "train": {1: [(12, "Two dogs play in the snow."), (11, "A pair of dogs playing outside in snow.")],
-                  2: [(21, "A red bus parked by the road."), (22, "a bus on a street")],
-                  3: []},  # an image nobody captioned
-        "val": {VAL_NONMEMBER: [(31, "A cat sleeping on a sofa."), (32, "A sleeping cat.")],
-                VAL_TEST[0]: [(41, "A man riding a wave on a surfboard."), (42, "A surfer rides a big wave."),
-                              (43, "Person surfing in the ocean.")],
-                VAL_TEST[1]: [(51, "A plate of food with broccoli."), (52, "Broccoli and rice on a white plate.")]},
+        "train": {
+            1: [(12, "Two dogs play in the snow."), (11, "A pair of dogs playing outside in snow.")],
+            2: [(21, "A red bus parked by the road."), (22, "a bus on a street")],
+            3: [],
+        },  # an image nobody captioned
+        "val": {
+            VAL_NONMEMBER: [(31, "A cat sleeping on a sofa."), (32, "A sleeping cat.")],
+            VAL_TEST[0]: [
+                (41, "A man riding a wave on a surfboard."),
+                (42, "A surfer rides a big wave."),
+                (43, "Person surfing in the ocean."),
+            ],
+            VAL_TEST[1]: [(51, "A plate of food with broccoli."), (52, "Broccoli and rice on a white plate.")],
+        },
     }
     for split, images in splits.items():
         rows, anns = [], []
@@ -37,7 +44,9 @@ def write_coco_captions(root):
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (24, 24), (50 * k, 120, 30)).save(path)
         (root / "annotations").mkdir(parents=True, exist_ok=True)
-        (root / "annotations" / f"captions_{split}2014.json").write_text(json.dumps({"images": rows, "annotations": anns}))
+        (root / "annotations" / f"captions_{split}2014.json").write_text(
+            json.dumps({"images": rows, "annotations": anns})
+        )
     return root
 
 
@@ -58,8 +67,8 @@ def test_official_layout_loads_one_example_per_image(tmp_path):
 def _cocoevalcap(monkeypatch, predictions, references):
     """pycocoevalcap's own evaluation on a tiny COCO object + results (SPICE stubbed out: it
     downloads CoreNLP; METEOR shares our already running JVM, to save its start-up)."""
-    from pycocotools.coco import COCO
     import pycocoevalcap.eval as coco_eval
+    from pycocotools.coco import COCO
 
     class NoSpice:
         def compute_score(self, gts, res):
@@ -73,8 +82,11 @@ def _cocoevalcap(monkeypatch, predictions, references):
     coco = COCO()
     coco.dataset = {
         "images": [{"id": i} for i in range(len(references))],
-        "annotations": [{"image_id": i, "id": 100 * i + k, "caption": c}
-                        for i, refs in enumerate(references) for k, c in enumerate(refs)],
+        "annotations": [
+            {"image_id": i, "id": 100 * i + k, "caption": c}
+            for i, refs in enumerate(references)
+            for k, c in enumerate(refs)
+        ],
     }
     coco.createIndex()
     results = coco.loadRes([{"image_id": i, "caption": p} for i, p in enumerate(predictions)])
@@ -140,9 +152,16 @@ def test_missing_java_is_one_clear_error(tmp_path, monkeypatch):
         (lambda r: (r / "annotations" / "captions_val2014.json").write_text("[{"), "not valid JSON"),
         (lambda r: (r / "annotations" / "captions_train2014.json").unlink(), "no annotations/captions_train2014.json"),
         (lambda r: (r / "train2014" / "COCO_train2014_000000000001.jpg").unlink(), "missing image"),
-        (lambda r: (r / "annotations" / "captions_train2014.json").write_text('{"images": []}'), "not in the COCO captions layout"),
-        (lambda r: (r / "annotations" / "captions_train2014.json").write_text(
-            '{"images": [], "annotations": [{"image_id": 7, "id": 1, "caption": "x"}]}'), "not in its images list"),
+        (
+            lambda r: (r / "annotations" / "captions_train2014.json").write_text('{"images": []}'),
+            "not in the COCO captions layout",
+        ),
+        (
+            lambda r: (r / "annotations" / "captions_train2014.json").write_text(
+                '{"images": [], "annotations": [{"image_id": 7, "id": 1, "caption": "x"}]}'
+            ),
+            "not in its images list",
+        ),
     ],
 )
 def test_bad_data_is_one_clear_line(tmp_path, damage, message):

@@ -1,8 +1,8 @@
 """Bad input: one clear line on stderr, exit code 2, no traceback and no result file."""
 
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +50,10 @@ def assert_one_line_error(proc, fragment):
         (["--delta", "1.5"], "delta must lie in"),
         (["--option", "nonsense"], "KEY=VALUE"),
         (["--option", "bogus=1"], "has no option"),
-        (["--method", "dualpriv", "--token-pruning", "keep_ratio=abc"], "keep_ratio must be a number in (0, 1], got 'abc'"),
+        (
+            ["--method", "dualpriv", "--token-pruning", "keep_ratio=abc"],
+            "keep_ratio must be a number in (0, 1], got 'abc'",
+        ),
         (["--method", "dualpriv", "--token-pruning", "zip"], "unknown token-pruning strategy"),
         (["--method", "dualpriv", "--option", "keep_ratio=0.5"], "token pruning is part of the run spec"),
         (["--method", "dualpriv", "--option", "update_keep=abc"], "update_keep must be a number in (0, 1], got 'abc'"),

@@ -12,7 +12,6 @@ from dpbench.methods.dpsgd import train_dp_sgd
 from dpbench.spec import RunSpec
 
 
-
 def trainable_lm_params(model):
     model.set_trainable(["projector", "language_model"])
     return [p for p in model.model.parameters() if p.requires_grad]
@@ -64,7 +63,9 @@ def test_every_per_example_gradient_is_clipped_to_the_bound(tiny_model, digit_ex
     norms = torch.stack([torch.sqrt(sum((g**2).sum() for g in grads)) for grads in reference])
     C = float(norms.median())  # half the examples are above the bound, half below
     gsm = GradSampleModule(tiny_model.model).train()
-    opt = DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0, max_grad_norm=C, expected_batch_size=len(examples))
+    opt = DPOptimizer(
+        torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0, max_grad_norm=C, expected_batch_size=len(examples)
+    )
     batch = tiny_model.encode(examples, [e.target for e in examples])
     tiny_model.per_example_loss(batch, model=gsm).mean().backward()
     opt.pre_step()
@@ -80,12 +81,26 @@ def test_every_per_example_gradient_is_clipped_to_the_bound(tiny_model, digit_ex
 def test_noise_added_by_training_has_std_sigma_times_c(tiny_model, digit_examples):
     """With a minute clipping bound the DP gradient is noise alone: std must be σ·C / B."""
     C, B = 1e-4, 4
-    spec = RunSpec().replace(**{"training.steps": 2, "training.batch_size": B, "training.physical_batch_size": 4,
-                                "training.lr": 1e-9, "privacy.max_grad_norm": C, "privacy.epsilon": 4.0})
+    spec = RunSpec().replace(
+        **{
+            "training.steps": 2,
+            "training.batch_size": B,
+            "training.physical_batch_size": 4,
+            "training.lr": 1e-9,
+            "privacy.max_grad_norm": C,
+            "privacy.epsilon": 4.0,
+        }
+    )
     seen = []
     tiny_model.set_trainable(["projector", "language_model"])
-    report = train_dp_sgd(tiny_model, digit_examples, spec, 1e-3, label="test",
-                          post_noise_hook=lambda ps: seen.append(torch.cat([p.grad.flatten() for p in ps])))
+    report = train_dp_sgd(
+        tiny_model,
+        digit_examples,
+        spec,
+        1e-3,
+        label="test",
+        post_noise_hook=lambda ps: seen.append(torch.cat([p.grad.flatten() for p in ps])),
+    )
     assert len(seen) == 2 and report.privacy.epsilon <= 4.0
     sigma = report.privacy.noise_multiplier
     for g in seen:
@@ -96,12 +111,20 @@ def test_noise_added_by_training_has_std_sigma_times_c(tiny_model, digit_example
         assert abs(float(g.mean())) < 5 * sigma * C / B / d**0.5
 
 
-def test_the_recorded_sample_rate_is_the_one_opacus_sampled_and_accounted_at(tiny_model, digit_examples,
-                                                                            dp_accounting_epsilon):
+def test_the_recorded_sample_rate_is_the_one_opacus_sampled_and_accounted_at(
+    tiny_model, digit_examples, dp_accounting_epsilon
+):
     """B = 5 does not divide n = 12: Opacus' Poisson loader samples at 1/⌈12/5⌉ = 1/3, not 5/12,
     and accounts at 1/3; the result must record 1/3, or ε cannot be checked from the record."""
-    spec = RunSpec().replace(**{"training.steps": 2, "training.batch_size": 5, "training.physical_batch_size": 5,
-                                "training.lr": 1e-9, "privacy.epsilon": 4.0})
+    spec = RunSpec().replace(
+        **{
+            "training.steps": 2,
+            "training.batch_size": 5,
+            "training.physical_batch_size": 5,
+            "training.lr": 1e-9,
+            "privacy.epsilon": 4.0,
+        }
+    )
     tiny_model.set_trainable(["projector", "language_model"])
     p = train_dp_sgd(tiny_model, digit_examples, spec, 1e-3, label="test").privacy
     assert len(digit_examples) == 12 and p.sample_rate == pytest.approx(1 / 3)

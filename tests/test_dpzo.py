@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dpbench.models.token_pruning import TokenPruning, install_token_pruning
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS
 from dpbench.methods.dpzo import (
@@ -21,6 +20,7 @@ from dpbench.methods.dpzo import (
     poisson_sample,
     streams,
 )
+from dpbench.models.token_pruning import TokenPruning, install_token_pruning
 from dpbench.privacy import spent_epsilon
 from dpbench.spec import RunSpec
 
@@ -69,9 +69,18 @@ def quadratic(n=8, seed=0, dtype=torch.float64) -> Quadratic:
 
 def step(model, batches, seeds, *, clip=float("inf"), noise_std=0.0, noise=None, lr=1.0, physical=3):
     return dpzo_step(
-        list(model.model.parameters()), batches, seeds, lambda idx: model.encode([examples(100)[i] for i in idx]),
-        model.per_example_loss, mu=1e-3, clip=clip, noise_std=noise_std, noise=noise or RandomStream(0), lr=lr,
-        expected_batch_size=max(1, sum(map(len, batches)) / len(batches)), physical_batch_size=physical,
+        list(model.model.parameters()),
+        batches,
+        seeds,
+        lambda idx: model.encode([examples(100)[i] for i in idx]),
+        model.per_example_loss,
+        mu=1e-3,
+        clip=clip,
+        noise_std=noise_std,
+        noise=noise or RandomStream(0),
+        lr=lr,
+        expected_batch_size=max(1, sum(map(len, batches)) / len(batches)),
+        physical_batch_size=physical,
     )
 
 
@@ -210,8 +219,14 @@ def test_training_noise_has_std_sigma_times_c():
     model = quadratic(n=4)
     model.per_example_loss = lambda batch, inner=model.per_example_loss: 0 * inner(batch)
     lr, C, n = 1.0, 0.3, 4
-    s = spec(**{"training.steps": 2000, "training.batch_size": n, "training.physical_batch_size": n,
-                 "privacy.max_grad_norm": C})  # q = 1, one physical batch
+    s = spec(
+        **{
+            "training.steps": 2000,
+            "training.batch_size": n,
+            "training.physical_batch_size": n,
+            "privacy.max_grad_norm": C,
+        }
+    )  # q = 1, one physical batch
     report = DPZO(lr=lr).train(model, examples(n), s, 1e-3)
     plus, minus = torch.stack(model.seen_theta[0::2]), torch.stack(model.seen_theta[1::2])  # θ ± μz per step
     theta = torch.cat([(plus + minus) / 2, model.theta().detach()[None]])
@@ -247,9 +262,12 @@ def test_noise_comes_from_its_own_generator_not_the_perturbation_seed_or_global_
 def test_training_draws_noise_from_the_noise_stream_alone(monkeypatch, fast_calibration):
     """Same sampling and perturbation streams, different noise streams: different models. The
     global generator, re-seeded as the public code did, changes nothing."""
+
     def final(noise_seed, global_seed):
-        monkeypatch.setattr("dpbench.methods.dpzo.streams", lambda seed, secure: (
-            RandomStream(1), torch.Generator().manual_seed(2), RandomStream(noise_seed)))
+        monkeypatch.setattr(
+            "dpbench.methods.dpzo.streams",
+            lambda seed, secure: (RandomStream(1), torch.Generator().manual_seed(2), RandomStream(noise_seed)),
+        )
         torch.manual_seed(global_seed)
         model = quadratic(n=20)
         DPZO().train(model, examples(20), spec(), 1e-3)
@@ -264,7 +282,9 @@ def test_secure_noise_is_standard_normal():
     assert float(draws.std()) == pytest.approx(1.0, rel=4 / (2 * 2000) ** 0.5)
     assert abs(float(draws.mean())) < 4 / 2000**0.5
     u = RandomStream(None).uniform(4000)
-    assert 0 <= float(u.min()) and float(u.max()) < 1 and float(u.mean()) == pytest.approx(0.5, abs=4 * 0.29 / 4000**0.5)
+    assert (
+        0 <= float(u.min()) and float(u.max()) < 1 and float(u.mean()) == pytest.approx(0.5, abs=4 * 0.29 / 4000**0.5)
+    )
 
 
 # -- sampling and accounting -------------------------------------------------------------------
@@ -282,9 +302,13 @@ def test_k_directions_are_k_releases_each_on_its_own_poisson_sample(fast_calibra
     s = spec(**{"training.steps": steps, "training.batch_size": 10, "training.physical_batch_size": 32})
     report = DPZO(directions=k).train(model, examples(n), s, 1e-3)
     p = report.privacy
-    assert fast_calibration == [dict(target_epsilon=8.0, delta=1e-3, sample_rate=0.5, steps=steps * k, accountant="rdp")]
+    assert fast_calibration == [
+        dict(target_epsilon=8.0, delta=1e-3, sample_rate=0.5, steps=steps * k, accountant="rdp")
+    ]
     assert p.releases_per_step == k and p.steps == steps and p.sample_rate == 0.5 and p.noise_multiplier == 1.5
-    assert p.epsilon == spent_epsilon(noise_multiplier=1.5, delta=1e-3, sample_rate=0.5, steps=steps * k, accountant="rdp")
+    assert p.epsilon == spent_epsilon(
+        noise_multiplier=1.5, delta=1e-3, sample_rate=0.5, steps=steps * k, accountant="rdp"
+    )
     assert report.epochs == pytest.approx(steps * k * 0.5)
     batches = model.seen_idx[::2]  # the + pass of each release (one physical batch each)
     assert len(batches) == steps * k and batches == model.seen_idx[1::2]
@@ -335,8 +359,14 @@ def test_random_token_pruning_on_the_tiny_llava_gives_consistent_differences(tin
 
         def quotient(mu, shared):
             gen.set_state(start)  # the same token draw for every call
-            return central_difference(lambda: tiny_model.per_example_loss(batch), params, 11, mu, common_seed=0,
-                                      generators=[gen] if shared else []).derivative
+            return central_difference(
+                lambda: tiny_model.per_example_loss(batch),
+                params,
+                11,
+                mu,
+                common_seed=0,
+                generators=[gen] if shared else [],
+            ).derivative
 
         torch.testing.assert_close(quotient(1e-4, True), quotient(2e-4, True), rtol=0.05, atol=0.5)
         assert (quotient(1e-4, False) - quotient(2e-4, False)).abs().max() > 10

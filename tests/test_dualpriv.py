@@ -22,34 +22,62 @@ def test_defaults_and_ablations_share_one_implementation():
     assert pruning["dualpriv-token"].strategy == "random" and token.update_pruner() is None
     assert not pruning["dualpriv-update"].enabled and update.update_pruner().keep == 0.6
     assert [METHODS.get(n).name for n in ("dualpriv", "dualpriv-token", "dualpriv-update")] == [
-        "dualpriv", "dualpriv-token", "dualpriv-update"]
-    custom = RunSpec.from_dict({"method": "dualpriv", "token_pruning": "text-guided",
-                                "method_options": {"update_scope": "global"}})
+        "dualpriv",
+        "dualpriv-token",
+        "dualpriv-update",
+    ]
+    custom = RunSpec.from_dict(
+        {"method": "dualpriv", "token_pruning": "text-guided", "method_options": {"update_scope": "global"}}
+    )
     assert custom.token_pruning.strategy == "text-guided"
     assert METHODS.get("dualpriv")(**custom.method_options).update_pruner().scope == "global"
 
 
-@pytest.mark.parametrize("options", [{"update_keep": 0}, {"update_scope": "layer"}, {"update_adam": "sgd"},
-                                     # option values arrive untyped: text and booleans are refused, not converted
-                                     {"update_keep": "0.5"}, {"update_keep": True},
-                                     # token pruning is the spec's, not a method option
-                                     {"token_pruning": "merge"}, {"keep_ratio": 0.5}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"update_keep": 0},
+        {"update_scope": "layer"},
+        {"update_adam": "sgd"},
+        # option values arrive untyped: text and booleans are refused, not converted
+        {"update_keep": "0.5"},
+        {"update_keep": True},
+        # token pruning is the spec's, not a method option
+        {"token_pruning": "merge"},
+        {"keep_ratio": 0.5},
+    ],
+)
 def test_bad_options_fail_when_the_method_is_made(options):
     with pytest.raises(DpbenchError):
         METHODS.get("dualpriv")(**options)
 
 
-@pytest.mark.parametrize("pruning", [{"strategy": "zip"}, {"keep_ratio": 0},
-                                     # values arrive untyped: text and booleans are refused, not converted
-                                     {"keep_ratio": "abc"}, {"keep_ratio": True}, {"keep_count": True}])
+@pytest.mark.parametrize(
+    "pruning",
+    [
+        {"strategy": "zip"},
+        {"keep_ratio": 0},
+        # values arrive untyped: text and booleans are refused, not converted
+        {"keep_ratio": "abc"},
+        {"keep_ratio": True},
+        {"keep_count": True},
+    ],
+)
 def test_bad_token_pruning_fails_when_the_spec_is_made(pruning):
     with pytest.raises(DpbenchError):
         RunSpec.from_dict({"method": "dualpriv", "token_pruning": pruning})
 
 
 def test_dualpriv_trains_and_records_its_pruning(tiny_model, digit_examples):
-    spec = RunSpec().replace(**{"training.steps": 2, "training.batch_size": 4, "training.physical_batch_size": 4,
-                                "training.lr": 1e-9, "privacy.epsilon": 4.0})
+    spec = RunSpec().replace(
+        **{
+            "training.steps": 2,
+            "training.batch_size": 4,
+            "training.physical_batch_size": 4,
+            "training.lr": 1e-9,
+            "privacy.epsilon": 4.0,
+        }
+    )
     tiny_model.set_trainable(["projector", "language_model"])
     state = copy.deepcopy(tiny_model.model.state_dict())
     pruner = install_token_pruning(tiny_model, TokenPruning("merge", 0.25))  # merge records its split

@@ -24,8 +24,9 @@ def test_encoding_equals_the_processors_batch_before_and_after_caching(tiny_mode
     for _ in range(2):  # the second encode reads every example from the caches
         batch = tiny_model.encode(examples, targets)
         torch.testing.assert_close(batch["pixel_values"], pixels, rtol=0, atol=0)
-        for row, mask, labels, expected, target in zip(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                                       ids, targets):
+        for row, mask, labels, expected, target in zip(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], ids, targets
+        ):
             real = row[mask.bool()].tolist()
             target_ids = tiny_model.tokenizer(target, add_special_tokens=False)["input_ids"]
             assert real == expected + target_ids

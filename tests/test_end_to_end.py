@@ -26,8 +26,25 @@ def run_cli(*args):
 
 def test_dpsgd_run_writes_a_valid_audited_result(checkpoint, tmp_path, monkeypatch, dp_accounting_epsilon):
     monkeypatch.chdir(tmp_path)
-    code = run_cli("run", "--method", "dpsgd", "--model", str(checkpoint), "--steps", "3", "--batch-size", "16",
-                   "--n-train", "48", "--eval-limit", "24", "--epsilon", "3", "--attacks", "loss,reference")
+    code = run_cli(
+        "run",
+        "--method",
+        "dpsgd",
+        "--model",
+        str(checkpoint),
+        "--steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--n-train",
+        "48",
+        "--eval-limit",
+        "24",
+        "--epsilon",
+        "3",
+        "--attacks",
+        "loss,reference",
+    )
     assert code == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
@@ -53,8 +70,25 @@ def test_dpsgd_run_writes_a_valid_audited_result(checkpoint, tmp_path, monkeypat
 
 def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert run_cli("run", "--method", "nonprivate", "--model", str(checkpoint), "--steps", "2", "--batch-size", "8",
-                   "--n-train", "16", "--eval-limit", "8", "--no-audit") == 0
+    assert (
+        run_cli(
+            "run",
+            "--method",
+            "nonprivate",
+            "--model",
+            str(checkpoint),
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--n-train",
+            "16",
+            "--eval-limit",
+            "8",
+            "--no-audit",
+        )
+        == 0
+    )
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     assert result["privacy"]["private"] is False and result["privacy"]["epsilon"] is None
@@ -72,8 +106,27 @@ def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoin
 
     monkeypatch.setattr(ScienceQA, "evaluate", spy)
     monkeypatch.chdir(tmp_path)
-    assert run_cli("run", "--method", "nonprivate", "--model", str(checkpoint), "--steps", "1", "--batch-size", "4",
-                   "--n-train", "8", "--eval-limit", "6", "--eval-split", "validation", "--no-audit") == 0
+    assert (
+        run_cli(
+            "run",
+            "--method",
+            "nonprivate",
+            "--model",
+            str(checkpoint),
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--n-train",
+            "8",
+            "--eval-limit",
+            "6",
+            "--eval-split",
+            "validation",
+            "--no-audit",
+        )
+        == 0
+    )
     data = ScienceQA().load(None)
     validation = [e.uid for e in data.nonmembers[:6]]
     assert scored == [validation, validation]  # the fine-tuned model, then zero-shot

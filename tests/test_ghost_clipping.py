@@ -33,8 +33,15 @@ def dp_gradient(model, examples, spec, clipping):
     state = copy.deepcopy(model.model.state_dict())
     seen = []
     try:
-        report = train_dp_sgd(model, examples, spec, 1e-3, label="test", clipping=clipping,
-                              post_noise_hook=lambda ps: seen.append([p.grad.detach().clone() for p in ps]))
+        report = train_dp_sgd(
+            model,
+            examples,
+            spec,
+            1e-3,
+            label="test",
+            clipping=clipping,
+            post_noise_hook=lambda ps: seen.append([p.grad.detach().clone() for p in ps]),
+        )
     finally:
         model.model.load_state_dict(state)
         model.model.eval()
@@ -53,9 +60,15 @@ def test_ghost_and_per_sample_clipping_give_the_same_gradient(tiny_model, digit_
         norms = per_example_norms(tiny_model, examples)
         C = float(norms.median())
         assert (norms > C * 1.01).any() and (norms < C * 0.99).any()
-        spec = RunSpec().replace(**{"training.steps": 1, "training.batch_size": len(examples),  # sample rate 1
-                                    "training.physical_batch_size": 3, "training.lr": 1e-9,
-                                    "privacy.max_grad_norm": C})
+        spec = RunSpec().replace(
+            **{
+                "training.steps": 1,
+                "training.batch_size": len(examples),  # sample rate 1
+                "training.physical_batch_size": 3,
+                "training.lr": 1e-9,
+                "privacy.max_grad_norm": C,
+            }
+        )
         ghost = dp_gradient(tiny_model, examples, spec, "ghost")
         per_sample = dp_gradient(tiny_model, examples, spec, "per-sample")
     finally:
@@ -73,8 +86,15 @@ def test_ghost_and_per_sample_clipping_give_the_same_gradient(tiny_model, digit_
 @pytest.mark.parametrize("clipping", ["ghost", "per-sample"])
 def test_empty_poisson_draws_still_step(tiny_model, digit_examples, monkeypatch, clipping):
     """Expected batch 1 of 12: about a third of the draws are empty, and each still releases noise."""
-    spec = RunSpec().replace(**{"training.steps": 6, "training.batch_size": 1, "training.physical_batch_size": 1,
-                                "training.lr": 1e-9, "privacy.epsilon": 8.0})
+    spec = RunSpec().replace(
+        **{
+            "training.steps": 6,
+            "training.batch_size": 1,
+            "training.physical_batch_size": 1,
+            "training.lr": 1e-9,
+            "privacy.epsilon": 8.0,
+        }
+    )
     tiny_model.set_trainable(["projector", "language_model"])
     state = copy.deepcopy(tiny_model.model.state_dict())
     encoded, per_step = [], []  # examples encoded since the last step, per step
@@ -87,8 +107,9 @@ def test_empty_poisson_draws_still_step(tiny_model, digit_examples, monkeypatch,
         encoded.clear()
 
     try:
-        report = train_dp_sgd(tiny_model, digit_examples, spec, 1e-3, label="test", clipping=clipping,
-                              post_noise_hook=hook)
+        report = train_dp_sgd(
+            tiny_model, digit_examples, spec, 1e-3, label="test", clipping=clipping, post_noise_hook=hook
+        )
     finally:
         tiny_model.model.load_state_dict(state)
         tiny_model.model.eval()

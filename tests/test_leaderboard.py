@@ -22,12 +22,21 @@ FIXTURE = FIXTURES / "scienceqa-dpsgd-eps3-tiny-llava-s0-9d29bea0e58e.json"
 HOSTILE = "<script>alert(1)</script>"
 
 
-def make_result(method: str = "dpsgd", epsilon: float | None = 3.0, seed: int = 0, accuracy: float = 0.7,
-                model: str = "tiny-llava", **spec_changes) -> dict:
+def make_result(
+    method: str = "dpsgd",
+    epsilon: float | None = 3.0,
+    seed: int = 0,
+    accuracy: float = 0.7,
+    model: str = "tiny-llava",
+    **spec_changes,
+) -> dict:
     """The fixture result with its spec (and the fields that follow from it) replaced."""
     r = copy.deepcopy(json.loads(FIXTURE.read_text()))
-    spec = RunSpec.from_dict(r["spec"]).replace(method=method, model=model, **{
-        "privacy.epsilon": epsilon, "training.seed": seed, "training.lr": None, **spec_changes})  # None: the method's
+    spec = RunSpec.from_dict(r["spec"]).replace(
+        method=method,
+        model=model,
+        **{"privacy.epsilon": epsilon, "training.seed": seed, "training.lr": None, **spec_changes},
+    )  # None: the method's
     r["spec"] = spec.to_dict()
     r["run_id"] = re.sub(r"[^A-Za-z0-9._+-]", "", spec.run_id())  # hostile names are not valid ids
     r["utility"]["metrics"]["accuracy"] = accuracy
@@ -64,8 +73,22 @@ def test_valid_fixture_renders_and_then_checks_clean(tmp_path):
     assert result.exit_code == 0, result.output
     readme = (out / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| dpsgd"))
-    for cell in ("tiny-llava", "0.700", "2.98", "1.0e-04", "0.35", "zlib", "0.560", "0.030", "512.0",
-                 "x86_64 CPU (2 cores)", "32.0", "embedded sample", "not the real dataset", "not a released model"):
+    for cell in (
+        "tiny-llava",
+        "0.700",
+        "2.98",
+        "1.0e-04",
+        "0.35",
+        "zlib",
+        "0.560",
+        "0.030",
+        "512.0",
+        "x86_64 CPU (2 cores)",
+        "32.0",
+        "embedded sample",
+        "not the real dataset",
+        "not a released model",
+    ):
         assert cell in row, cell
     page = (out / "index.html").read_text()
     assert "<td>dpsgd</td>" in page and 'class="sortable"' in page
@@ -96,10 +119,13 @@ def test_schema_errors_fail_check_and_name_every_file_and_path(tmp_path):
 
 
 def test_hostile_strings_are_escaped_in_html_and_markdown(tmp_path):
-    results = write_results(tmp_path / "results", [
-        make_result(method=HOSTILE + " $\\frac{$", model="evil|model", method_options={"x": "</td><b>"}),
-        make_result(method="nonprivate", epsilon=None, model="evil|model"),
-    ])
+    results = write_results(
+        tmp_path / "results",
+        [
+            make_result(method=HOSTILE + " $\\frac{$", model="evil|model", method_options={"x": "</td><b>"}),
+            make_result(method="nonprivate", epsilon=None, model="evil|model"),
+        ],
+    )
     board = build([results])
     readme, page = board.files["README.md"], board.files["index.html"]
     for text in (readme, page):
@@ -121,7 +147,10 @@ def test_seeds_aggregate_to_mean_and_sample_std():
     baseline = make_result(method="nonprivate", epsilon=None, accuracy=0.95)
     rows = aggregate([other_eps, *results, baseline])
     assert [(r.method, r.target_epsilon, r.n_seeds) for r in rows] == [
-        ("nonprivate", None, 1), ("dpsgd", 3.0, 3), ("dpsgd", 8.0, 1)]
+        ("nonprivate", None, 1),
+        ("dpsgd", 3.0, 3),
+        ("dpsgd", 8.0, 1),
+    ]
     row = rows[1]
     assert row.utility.mean == pytest.approx(0.7) and row.utility.std == pytest.approx(0.2)
     assert row.epsilon.mean == pytest.approx(3.0) and row.epsilon.std == pytest.approx(0.1)
@@ -131,7 +160,9 @@ def test_seeds_aggregate_to_mean_and_sample_std():
     zero = f"{results[0]['model']['zero_shot']['accuracy']:.3f}"  # the pre-trained model, next to utility
     assert f"| 0.700 ± 0.200 | {zero} | 3.00 ± 0.10 |" in readme
     baseline_row = next(line for line in readme.splitlines() if line.startswith("| nonprivate"))
-    assert f"| non-private | 0.950 | {zero} | — | — | — | — | — | — | 512.0 |" in baseline_row  # no accounting, no audit
+    assert (
+        f"| non-private | 0.950 | {zero} | — | — | — | — | — | — | 512.0 |" in baseline_row
+    )  # no accounting, no audit
 
 
 def test_best_attack_is_the_one_with_highest_mean_over_seeds():
@@ -179,8 +210,9 @@ def test_a_run_in_both_results_and_runs_counts_once(tmp_path):
     r = make_result()
     results = write_results(tmp_path / "results", [r])
     write_json_atomic(tmp_path / "runs" / r["run_id"] / "result.json", r)
-    result = invoke("--results", str(results), "--include-runs", str(tmp_path / "runs"),
-                    "--out", str(tmp_path / "board"))
+    result = invoke(
+        "--results", str(results), "--include-runs", str(tmp_path / "runs"), "--out", str(tmp_path / "board")
+    )
     assert result.exit_code == 0 and "1 result(s)" in result.output and "skipped duplicate" in result.output
 
 
@@ -197,7 +229,9 @@ def test_canary_trained_runs_are_a_row_of_their_own_and_say_so(tmp_path):
     rows = aggregate([plain, canary])
     assert sorted(r.utility.mean for r in rows) == [0.1, 0.7]  # a row each: never averaged together
     out = tmp_path / "board"
-    assert invoke("--results", str(write_results(tmp_path / "results", [plain, canary])), "--out", str(out)).exit_code == 0
+    assert (
+        invoke("--results", str(write_results(tmp_path / "results", [plain, canary])), "--out", str(out)).exit_code == 0
+    )
     lines = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("| dpsgd")]
     assert len(lines) == 2 and sum("with audit canaries in training" in line for line in lines) == 1
 
@@ -239,11 +273,14 @@ def test_an_invalid_or_hostile_bench_file_fails_or_is_escaped(tmp_path):
     bad = write_bench(tmp_path / "bad", "broken.json", broken)
     result = invoke("--results", str(FIXTURES), "--benchmarks", str(bad), "--out", str(tmp_path / "board"), "--check")
     assert result.exit_code == 1
-    assert re.search(r"broken\.json: \$\.cases\[1\]\.memory\.cpu\.peak_bytes: -5 is less than the minimum", result.output)
+    assert re.search(
+        r"broken\.json: \$\.cases\[1\]\.memory\.cpu\.peak_bytes: -5 is less than the minimum", result.output
+    )
     assert re.search(r"broken\.json: \$: 'rounds' is a required property", result.output)
 
-    hostile = write_bench(tmp_path / "hostile", "evil.json",
-                          lambda b: b["cases"][1].update(label=HOSTILE + "|x", method=HOSTILE))
+    hostile = write_bench(
+        tmp_path / "hostile", "evil.json", lambda b: b["cases"][1].update(label=HOSTILE + "|x", method=HOSTILE)
+    )
     board = build([FIXTURES], [hostile])
     for text in board.files.values():
         assert HOSTILE not in text
@@ -282,4 +319,4 @@ def test_only_results_that_differ_by_seed_alone_are_averaged():
     assert by_extra[frozenset()].n_seeds == 2 and by_extra[frozenset({"lora"})].n_seeds == 1
     assert json.loads(by_extra[frozenset({"lora"})].method_options)["lora"]["r"] == 8
     readme = render_markdown(rows, 4)
-    assert 'training.lr=0.003' in readme and 'lora={"alpha": 16.0, "dropout": 0.0, "r": 8' in readme
+    assert "training.lr=0.003" in readme and 'lora={"alpha": 16.0, "dropout": 0.0, "r": 8' in readme

@@ -50,8 +50,13 @@ def synthetic(shrink: float, n: int = 300, k: int = 4, m: int = 200, seed: int =
     pool_in = np.tile(np.arange(100) < 50, (k, 1))
     a = estimate_offline_a(np.exp(-losses(pool, pool_in)), pool_in)
     base_z = rng.uniform(0.3, 3.0, m)
-    signals = FakeSignals(losses(base, member), losses(np.tile(base, (k, 1)), False),
-                          losses(base_z, False), losses(np.tile(base_z, (k, 1)), False), a)
+    signals = FakeSignals(
+        losses(base, member),
+        losses(np.tile(base, (k, 1)), False),
+        losses(base_z, False),
+        losses(np.tile(base_z, (k, 1)), False),
+        a,
+    )
     return signals, member
 
 
@@ -95,8 +100,9 @@ def test_lira_matches_a_hand_computed_case():
     p_values = stats.norm.sf(z)
     assert (np.argsort(lira_offline(target, refs), kind="stable") == np.argsort(-p_values, kind="stable")).all()
     # one reference: σ is the spread over examples
-    np.testing.assert_allclose(lira_offline(target, [[0.0, 1.0, 2.0]]),
-                               (np.array(target) - [0, 1, 2]) / np.std([0, 1, 2]))
+    np.testing.assert_allclose(
+        lira_offline(target, [[0.0, 1.0, 2.0]]), (np.array(target) - [0, 1, 2]) / np.std([0, 1, 2])
+    )
     # many references: per-example σ
     rng = np.random.default_rng(0)
     many = rng.normal([0.0, 5.0], [1.0, 3.0], size=(64, 2))

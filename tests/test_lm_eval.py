@@ -38,16 +38,27 @@ def write_scienceqa(root, n_test=20):
     plan = ["train"] * 4 + ["val"] * 2 + ["test"] * n_test
     for i, (split, d) in enumerate(zip(plan, private_digits())):
         n = 2 + i % 3
-        choices = [(d.label + k) % 10 for k in range(n)][i % n:] + [(d.label + k) % 10 for k in range(n)][: i % n]
+        choices = [(d.label + k) % 10 for k in range(n)][i % n :] + [(d.label + k) % 10 for k in range(n)][: i % n]
         pid = str(i + 1)
-        problems[pid] = {"question": "Which digit is shown in the image?", "choices": [str(c) for c in choices],
-                         "answer": choices.index(d.label), "hint": "Look at the shape." if i % 2 else "",
-                         "image": "image.png", "split": split}
+        problems[pid] = {
+            "question": "Which digit is shown in the image?",
+            "choices": [str(c) for c in choices],
+            "answer": choices.index(d.label),
+            "hint": "Look at the shape." if i % 2 else "",
+            "image": "image.png",
+            "split": split,
+        }
         (root / "images" / split / pid).mkdir(parents=True)
         d.image().save(root / "images" / split / pid / "image.png")
         splits[split].append(pid)
-    problems["999"] = {"question": "What is 2 + 2?", "choices": ["3", "4"], "answer": 1, "hint": "", "image": None,
-                       "split": "test"}
+    problems["999"] = {
+        "question": "What is 2 + 2?",
+        "choices": ["3", "4"],
+        "answer": 1,
+        "hint": "",
+        "image": None,
+        "split": "test",
+    }
     splits["test"].append("999")
     (root / "problems.json").write_text(json.dumps(problems))
     (root / "pid_splits.json").write_text(json.dumps(splits))
@@ -62,8 +73,15 @@ def finished_run(tiny_model, tmp_path_factory):
     tiny_model.model.save_pretrained(base)
     tiny_model.processor.save_pretrained(base)
     data = write_scienceqa(tmp / "scienceqa")
-    spec = RunSpec(task="scienceqa", method="dualpriv", model=str(base), data_dir=str(data), token_pruning=PRUNING,
-                   training=TrainingSpec(steps=2, batch_size=4, physical_batch_size=4, lr=1e-2), attacks=())
+    spec = RunSpec(
+        task="scienceqa",
+        method="dualpriv",
+        model=str(base),
+        data_dir=str(data),
+        token_pruning=PRUNING,
+        training=TrainingSpec(steps=2, batch_size=4, physical_batch_size=4, lr=1e-2),
+        attacks=(),
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPBENCH_CACHE", str(tmp / "cache"))
         result = run(spec, tmp / "runs", audit=False, save_checkpoint=True, log=lambda *_: None).to_dict()
@@ -80,9 +98,14 @@ def offline(tmp_path, monkeypatch):
 def test_lm_eval_accuracy_equals_dpbench_per_example(finished_run, offline, monkeypatch):
     run_dir, data_dir, result = finished_run
     monkeypatch.setenv("DPBENCH_SCIENCEQA_DIR", str(data_dir))
-    out = lm_eval.simple_evaluate(model="dpbench", model_args=f"run_dir={run_dir}", tasks=[TASK], device="cpu",
-                                  task_manager=TaskManager(include_path=TASK_DIR, include_defaults=False),
-                                  log_samples=True)
+    out = lm_eval.simple_evaluate(
+        model="dpbench",
+        model_args=f"run_dir={run_dir}",
+        tasks=[TASK],
+        device="cpu",
+        task_manager=TaskManager(include_path=TASK_DIR, include_defaults=False),
+        log_samples=True,
+    )
     samples = sorted(out["samples"][TASK], key=lambda s: s["doc_id"])
     lm_scores = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
 
@@ -115,8 +138,11 @@ def test_multi_token_continuations_and_generation_match_dpbench(finished_run, ti
     lm = DpbenchLM(pretrained=str(run_dir / "checkpoint"), device="cpu", batch_size=3)
     test = ScienceQA().load(str(finished_run[1])).test[:5]
     examples = [Example(e.uid, e.prompt, "", e.image, choices=tuple(WORDS[:3]) + (" seven eight",)) for e in test]
-    requests = [Instance("loglikelihood", {}, (e.prompt, c, {"visual": [load_image(e.image)]}), i)
-                for e in examples for i, c in enumerate(e.choices)]
+    requests = [
+        Instance("loglikelihood", {}, (e.prompt, c, {"visual": [load_image(e.image)]}), i)
+        for e in examples
+        for i, c in enumerate(e.choices)
+    ]
     got = lm.loglikelihood(requests, disable_tqdm=True)
     want = lm.vlm.choice_loglikelihoods(examples)
     np.testing.assert_allclose([ll for ll, _ in got], np.concatenate(want), atol=1e-4)
@@ -134,19 +160,34 @@ def test_multi_token_continuations_and_generation_match_dpbench(finished_run, ti
         checked += 1
     assert checked
 
-    gen = [Instance("generate_until", {}, (e.prompt, {"until": ["\n\n"], "max_gen_toks": 4},
-                                           {"visual": [load_image(e.image)]}), 0) for e in test[:2]]
+    gen = [
+        Instance(
+            "generate_until",
+            {},
+            (e.prompt, {"until": ["\n\n"], "max_gen_toks": 4}, {"visual": [load_image(e.image)]}),
+            0,
+        )
+        for e in test[:2]
+    ]
     assert lm.generate_until(gen) == [lm.vlm.generate([e], 4)[0].split("\n\n")[0] for e in test[:2]]
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: None, "does not exist"),
-    (lambda d: (d.mkdir(parents=True), (d / "spec.json").write_text("{}")), "has no checkpoint/"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: (d.mkdir(parents=True), (d / "spec.json").write_text("{}")), "has no checkpoint/"),
+    ],
+)
 def test_bad_run_dir_is_one_line_error(tmp_path, offline, make, message):
     run_dir = tmp_path / "runs" / "r1"
     make(run_dir)
     with pytest.raises(DpbenchError, match=message) as info:
-        lm_eval.simple_evaluate(model="dpbench", model_args=f"run_dir={run_dir}", tasks=[TASK], device="cpu",
-                                task_manager=TaskManager(include_path=TASK_DIR, include_defaults=False))
+        lm_eval.simple_evaluate(
+            model="dpbench",
+            model_args=f"run_dir={run_dir}",
+            tasks=[TASK],
+            device="cpu",
+            task_manager=TaskManager(include_path=TASK_DIR, include_defaults=False),
+        )
     assert "\n" not in str(info.value)

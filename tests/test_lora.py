@@ -14,8 +14,8 @@ from safetensors import safe_open
 
 from dpbench.cli import main
 from dpbench.errors import DpbenchError
-from dpbench.methods import dpzo
 from dpbench.methods import dpsgd as opacus_training
+from dpbench.methods import dpzo
 from dpbench.methods.base import METHODS
 from dpbench.models import tiny_llava
 from dpbench.models.base import VisionLanguageModel
@@ -29,8 +29,13 @@ N_LM_LAYERS = tiny_llava.ARCH["text"]["num_hidden_layers"]
 
 
 def spec(**changes) -> RunSpec:
-    base = {"lora": LORA.to_dict(), "training.steps": 1, "training.batch_size": 4, "training.physical_batch_size": 4,
-            "privacy.epsilon": 8.0}
+    base = {
+        "lora": LORA.to_dict(),
+        "training.steps": 1,
+        "training.batch_size": 4,
+        "training.physical_batch_size": 4,
+        "privacy.epsilon": 8.0,
+    }
     return RunSpec().replace(**{**base, **changes})
 
 
@@ -63,34 +68,43 @@ def logits(model, examples) -> torch.Tensor:
 # -- parsing -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("r=8,alpha=16,targets=q_proj,v_proj", LoraSpec(8, 16.0, 0.0, ("q_proj", "v_proj"))),
-    (" r = 4 , alpha=8.5, dropout=0.1 ", LoraSpec(4, 8.5, 0.1, ("q_proj", "v_proj"))),
-    ("targets=q_proj,k_proj,o_proj,r=2,alpha=4", LoraSpec(2, 4.0, 0.0, ("q_proj", "k_proj", "o_proj"))),
-    ("r=1,alpha=1,targets=self_attn.q_proj,mlp.up_proj", LoraSpec(1, 1.0, 0.0, ("self_attn.q_proj", "mlp.up_proj"))),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("r=8,alpha=16,targets=q_proj,v_proj", LoraSpec(8, 16.0, 0.0, ("q_proj", "v_proj"))),
+        (" r = 4 , alpha=8.5, dropout=0.1 ", LoraSpec(4, 8.5, 0.1, ("q_proj", "v_proj"))),
+        ("targets=q_proj,k_proj,o_proj,r=2,alpha=4", LoraSpec(2, 4.0, 0.0, ("q_proj", "k_proj", "o_proj"))),
+        (
+            "r=1,alpha=1,targets=self_attn.q_proj,mlp.up_proj",
+            LoraSpec(1, 1.0, 0.0, ("self_attn.q_proj", "mlp.up_proj")),
+        ),
+    ],
+)
 def test_good_strings_parse(text, expected):
     parsed = LoraSpec.parse(text)
     assert parsed == expected and isinstance(parsed.alpha, float) and isinstance(parsed.targets, tuple)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("r=8,alpha=16,rank=3", "unknown key 'rank'"),
-    ("r=0,alpha=16", "r must be an integer >= 1"),
-    ("r=8.5,alpha=16", "r must be an integer"),
-    ("r=eight,alpha=16", "r must be an integer"),
-    ("r=8,alpha=0", "alpha must be a positive"),
-    ("r=8,alpha=-2", "alpha must be a positive"),
-    ("r=8,alpha=nan", "alpha must be a positive"),
-    ("r=8,alpha=16,dropout=1", "dropout must lie in [0, 1)"),
-    ("r=8,alpha=16,dropout=-0.1", "dropout must lie in [0, 1)"),
-    ("r=8,alpha=16,targets=", "targets must name at least one"),
-    ("r=8,alpha=16,targets=q_proj;v_proj", "is not a module name"),
-    ("r=8,q_proj,alpha=16", "only targets takes a list"),
-    ("q_proj,r=8,alpha=16", "KEY=VALUE"),
-    ("alpha=16,targets=q_proj", "needs r and alpha"),
-    ("r=8,r=4,alpha=16", "r given twice"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("r=8,alpha=16,rank=3", "unknown key 'rank'"),
+        ("r=0,alpha=16", "r must be an integer >= 1"),
+        ("r=8.5,alpha=16", "r must be an integer"),
+        ("r=eight,alpha=16", "r must be an integer"),
+        ("r=8,alpha=0", "alpha must be a positive"),
+        ("r=8,alpha=-2", "alpha must be a positive"),
+        ("r=8,alpha=nan", "alpha must be a positive"),
+        ("r=8,alpha=16,dropout=1", "dropout must lie in [0, 1)"),
+        ("r=8,alpha=16,dropout=-0.1", "dropout must lie in [0, 1)"),
+        ("r=8,alpha=16,targets=", "targets must name at least one"),
+        ("r=8,alpha=16,targets=q_proj;v_proj", "is not a module name"),
+        ("r=8,q_proj,alpha=16", "only targets takes a list"),
+        ("q_proj,r=8,alpha=16", "KEY=VALUE"),
+        ("alpha=16,targets=q_proj", "needs r and alpha"),
+        ("r=8,r=4,alpha=16", "r given twice"),
+    ],
+)
 def test_bad_strings_are_one_line_errors(text, fragment):
     with pytest.raises(DpbenchError) as info:
         LoraSpec.parse(text)
@@ -101,7 +115,8 @@ def test_config_mappings_and_spec_validation(tmp_path):
     (tmp_path / "run.yaml").write_text("lora: {r: 8, alpha: 16, targets: [q_proj, v_proj]}\n")
     assert RunSpec.from_dict(load_spec_file(tmp_path / "run.yaml")).lora == LoraSpec(8, 16.0)
     assert LoraSpec.from_value({"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]}) == LoraSpec.parse(
-        "r=8,alpha=16,targets=q_proj,v_proj")
+        "r=8,alpha=16,targets=q_proj,v_proj"
+    )
     assert LoraSpec.from_value("none") is None and LoraSpec.from_value(None) is None
     with pytest.raises(DpbenchError, match="bad lora spec"):
         LoraSpec.from_value({"r": 8, "alpha": 16, "rank": 2})
@@ -138,11 +153,14 @@ def test_adapters_train_and_the_base_language_model_is_frozen(tiny_model, groups
     assert n_trainable == sum(p.numel() for n, p in model.model.named_parameters() if n in expected)
 
 
-@pytest.mark.parametrize("target, fragment", [
-    ("qkv", "its Linear layers are named"),
-    ("fc1", "matches no module of the language model"),  # the vision tower's: out of scope
-    ("layers", "only Linear layers can be adapted"),
-])
+@pytest.mark.parametrize(
+    "target, fragment",
+    [
+        ("qkv", "its Linear layers are named"),
+        ("fc1", "matches no module of the language model"),  # the vision tower's: out of scope
+        ("layers", "only Linear layers can be adapted"),
+    ],
+)
 def test_a_target_outside_the_language_models_linears_errors(tiny_model, target, fragment):
     model = VisionLanguageModel(copy.deepcopy(tiny_model.model), tiny_model.processor, tiny_model.info)
     with pytest.raises(DpbenchError, match=fragment) as info:
@@ -164,7 +182,9 @@ def test_adapter_init_is_seeded_and_leaves_the_global_generator_alone(tiny_model
 # -- per-example gradients ---------------------------------------------------------------------
 
 
-def test_opacus_per_sample_gradients_of_the_adapters_match_one_by_one_autograd(tiny_model, digit_examples, autograd_grads):
+def test_opacus_per_sample_gradients_of_the_adapters_match_one_by_one_autograd(
+    tiny_model, digit_examples, autograd_grads
+):
     model = adapted(tiny_model)
     randomise_b(model)
     examples = digit_examples[:4]
@@ -185,8 +205,9 @@ def test_opacus_per_sample_gradients_of_the_adapters_match_one_by_one_autograd(t
 
 
 @pytest.mark.parametrize("clipping", ["per-sample", "ghost"])
-def test_dp_gradient_of_the_adapters_is_the_clipped_mean_in_both_clipping_modes(tiny_model, digit_examples,
-                                                                              monkeypatch, clipping, autograd_grads):
+def test_dp_gradient_of_the_adapters_is_the_clipped_mean_in_both_clipping_modes(
+    tiny_model, digit_examples, monkeypatch, clipping, autograd_grads
+):
     """Noise off, sample rate 1: the released gradient must be Σ min(1, C/‖g_i‖) g_i / B."""
     monkeypatch.setattr(opacus_training, "calibrate_noise", lambda **_: 0.0)
     model = adapted(tiny_model)
@@ -197,10 +218,23 @@ def test_dp_gradient_of_the_adapters_is_the_clipped_mean_in_both_clipping_modes(
     norms = torch.stack([torch.sqrt(sum((g**2).sum() for g in grads)) for grads in reference])
     C = float(norms.median())
     seen = []
-    run_spec = spec(**{"training.batch_size": len(examples), "training.physical_batch_size": 4, "training.lr": 1e-9,
-                       "privacy.max_grad_norm": C})
-    opacus_training.train_dp_sgd(model, examples, run_spec, 1e-3, label="test", clipping=clipping,
-                                 post_noise_hook=lambda ps: seen.append([p.grad.detach().clone() for p in ps]))
+    run_spec = spec(
+        **{
+            "training.batch_size": len(examples),
+            "training.physical_batch_size": 4,
+            "training.lr": 1e-9,
+            "privacy.max_grad_norm": C,
+        }
+    )
+    opacus_training.train_dp_sgd(
+        model,
+        examples,
+        run_spec,
+        1e-3,
+        label="test",
+        clipping=clipping,
+        post_noise_hook=lambda ps: seen.append([p.grad.detach().clone() for p in ps]),
+    )
     (released,) = seen
     factors = (C / norms).clamp(max=1.0)
     assert (factors < 1).any() and (factors == 1).any()
@@ -213,8 +247,9 @@ def test_dp_gradient_of_the_adapters_is_the_clipped_mean_in_both_clipping_modes(
 
 
 @pytest.mark.parametrize("method", ["dpsgd", "dpzo"])
-def test_one_step_moves_the_adapters_and_leaves_the_base_weights_bit_identical(tiny_model, digit_examples,
-                                                                              monkeypatch, method):
+def test_one_step_moves_the_adapters_and_leaves_the_base_weights_bit_identical(
+    tiny_model, digit_examples, monkeypatch, method
+):
     # DP-SGD with σ = 0: what moves B is its gradient through Opacus, not noise alone;
     # DP-ZO with a fixed σ, sparing the accountant's search
     monkeypatch.setattr(opacus_training, "calibrate_noise", lambda **_: 0.0)
@@ -283,28 +318,60 @@ def run_cli(*args) -> int:
 def test_run_with_lora_records_it_and_saves_a_merged_plain_checkpoint(tiny_model, tmp_path, capsys):
     source = tmp_path / "tiny"
     tiny_llava.save(tiny_model.model, tiny_model.processor, source)
-    assert run_cli("run", "--lora", "r=2,alpha=4,dropout=0", "--trainable", "projector", "--runs-dir",
-                   str(tmp_path / "runs")) == 2
+    assert (
+        run_cli(
+            "run", "--lora", "r=2,alpha=4,dropout=0", "--trainable", "projector", "--runs-dir", str(tmp_path / "runs")
+        )
+        == 2
+    )
     assert "keep language_model in --trainable" in capsys.readouterr().err
-    assert run_cli("run", "--method", "nonprivate", "--model", str(source), "--lora", "r=2,alpha=4,targets=q_proj,v_proj",
-                   "--steps", "2", "--batch-size", "4", "--n-train", "8", "--eval-limit", "4", "--no-audit",
-                   "--save-checkpoint", "--runs-dir", str(tmp_path / "runs")) == 0
+    assert (
+        run_cli(
+            "run",
+            "--method",
+            "nonprivate",
+            "--model",
+            str(source),
+            "--lora",
+            "r=2,alpha=4,targets=q_proj,v_proj",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--n-train",
+            "8",
+            "--eval-limit",
+            "4",
+            "--no-audit",
+            "--save-checkpoint",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        )
+        == 0
+    )
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     assert validation_errors(result) == []
     assert result["spec"]["lora"] == LORA.to_dict() == json.loads((run_dir / "spec.json").read_text())["lora"]
     assert RunSpec.from_dict(result["spec"]).run_id() == result["run_id"] == run_dir.name
     expected = adapted(tiny_model)  # the same adapters on the same model: the counts the run must report
-    assert [result["model"]["parameters_total"], result["model"]["parameters_trainable"]] == list(expected.parameter_counts())
+    assert [result["model"]["parameters_total"], result["model"]["parameters_trainable"]] == list(
+        expected.parameter_counts()
+    )
     original = tiny_model.model.state_dict()
-    with safe_open(run_dir / "checkpoint" / "model.safetensors", "pt") as f, \
-            safe_open(source / "model.safetensors", "pt") as g:
+    with (
+        safe_open(run_dir / "checkpoint" / "model.safetensors", "pt") as f,
+        safe_open(source / "model.safetensors", "pt") as g,
+    ):
         assert set(f.keys()) == set(g.keys())  # merged: no base_layer / lora_A / lora_B names
     saved = load_hf(run_dir / "checkpoint", "cpu", tiny_model.info).model.state_dict()
     changed = {k for k in saved if not torch.equal(saved[k], original[k])}
     lm_changed = {k for k in changed if k.startswith("model.language_model.")}
-    assert lm_changed == {f"model.language_model.layers.{i}.self_attn.{m}.weight"
-                          for i in range(N_LM_LAYERS) for m in ("q_proj", "v_proj")}
+    assert lm_changed == {
+        f"model.language_model.layers.{i}.self_attn.{m}.weight"
+        for i in range(N_LM_LAYERS)
+        for m in ("q_proj", "v_proj")
+    }
     assert changed - lm_changed == {k for k in original if k.startswith("model.multi_modal_projector.")}
     for k in lm_changed:  # two Adam steps of B: a small update of W, not a re-initialised layer
         assert (saved[k] - original[k]).abs().max() < 0.1 * original[k].abs().max()

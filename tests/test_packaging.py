@@ -1,7 +1,8 @@
 """Every folder that is a package is listed in pyproject's explicit `packages`, mapped right."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -45,15 +45,17 @@ def test_calibration_is_cached_on_disk_by_its_arguments(isolated_cache, monkeypa
     assert calibrate_noise(**args) == sigma and len(calls) == 2  # an unreadable cache is recomputed
 
 
-def test_every_committed_epsilon_is_what_dp_accounting_gives_for_its_recorded_release(committed_results,
-                                                                                    dp_accounting_epsilon):
+def test_every_committed_epsilon_is_what_dp_accounting_gives_for_its_recorded_release(
+    committed_results, dp_accounting_epsilon
+):
     """The record, not the code path: an auditor holding only result.json (σ, sample rate,
     steps, δ) must get the ε it reports, and never more than the target."""
     private = [r for r in committed_results if r["privacy"]["private"] and r["privacy"]["accountant"] == "rdp"]
     assert len(private) >= 20
     for r in private:
         p = r["privacy"]
-        independent = dp_accounting_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"] * p["releases_per_step"],
-                                            p["delta"])
+        independent = dp_accounting_epsilon(
+            p["noise_multiplier"], p["sample_rate"], p["steps"] * p["releases_per_step"], p["delta"]
+        )
         assert p["epsilon"] == pytest.approx(independent, rel=0.01), r["run_id"]
         assert p["epsilon"] <= p["target_epsilon"], r["run_id"]

@@ -10,6 +10,7 @@ from dpbench.tasks import scienceqa_embedded
 from dpbench.tasks.base import Example
 from dpbench.tasks.scienceqa import ScienceQA, build_prompt, read_scienceqa
 
+
 def test_prompt_is_lmms_eval_scienceqa_img():
     assert build_prompt("Mammals breathe air.", "Which animal is a mammal?", ["frog", "whale"]) == (
         "Context: Mammals breathe air.\nWhich animal is a mammal?\nA. frog\nB. whale\n"
@@ -75,7 +76,11 @@ def test_embedded_sample_is_large_varied_and_image_disjoint(isolated_cache):
     assert len({p["question"].split(" than ")[0] for p in problems.values()}) >= 4
     assert any(p["hint"] for p in problems.values()) and any(not p["hint"] for p in problems.values())
     images = {s: {problems[pid]["source_image"] for pid in splits[s]} for s in ("train", "val", "test")}
-    assert not images["train"] & images["val"] and not images["train"] & images["test"] and not images["val"] & images["test"]
+    assert (
+        not images["train"] & images["val"]
+        and not images["train"] & images["test"]
+        and not images["val"] & images["test"]
+    )
     # no image of the public pre-training pool appears in the private task
     from dpbench.tasks.digits import public_digits
 
@@ -96,13 +101,29 @@ class FixedScores:
 
 
 def test_accuracy_is_broken_down_by_subject_and_grade_band_as_in_the_scienceqa_paper():
-    rows = [("natural science", "grade2", True), ("natural science", "grade8", False),
-            ("language science", "grade3", True), ("language science", "grade12", True),
-            ("social science", "grade5", False), ("natural science", "unknown", True)]
-    examples = [Example(uid=str(i), prompt="q", target="A", choices=("A", "B"), answer=0,
-                        meta={"subject": subject, "grade": grade}) for i, (subject, grade, _) in enumerate(rows)]
+    rows = [
+        ("natural science", "grade2", True),
+        ("natural science", "grade8", False),
+        ("language science", "grade3", True),
+        ("language science", "grade12", True),
+        ("social science", "grade5", False),
+        ("natural science", "unknown", True),
+    ]
+    examples = [
+        Example(
+            uid=str(i), prompt="q", target="A", choices=("A", "B"), answer=0, meta={"subject": subject, "grade": grade}
+        )
+        for i, (subject, grade, _) in enumerate(rows)
+    ]
     model = FixedScores({str(i): 0 if ok else 1 for i, (_, _, ok) in enumerate(rows)})
     metrics = ScienceQA().evaluate(model, examples, batch_size=4)
-    assert metrics == pytest.approx({
-        "accuracy": 4 / 6, "accuracy_NAT": 2 / 3, "accuracy_LAN": 1.0, "accuracy_SOC": 0.0,
-        "accuracy_G1-6": 2 / 3, "accuracy_G7-12": 1 / 2})  # "unknown" has no band: 5 examples banded
+    assert metrics == pytest.approx(
+        {
+            "accuracy": 4 / 6,
+            "accuracy_NAT": 2 / 3,
+            "accuracy_LAN": 1.0,
+            "accuracy_SOC": 0.0,
+            "accuracy_G1-6": 2 / 3,
+            "accuracy_G7-12": 1 / 2,
+        }
+    )  # "unknown" has no band: 5 examples banded

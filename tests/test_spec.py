@@ -23,7 +23,10 @@ def test_round_trip_and_stable_hash():
         ({"training.steps": 0}, "steps"),
         ({"training.lr": 0.0}, "lr"),
         ({"eval_split": "train"}, "eval_split must be one of test, validation"),
-        ({"training.lr": "1e-3"}, r"training.lr must be a number or null, got '1e-3' \(YAML reads 1e-3 as text: write it with a dot"),
+        (
+            {"training.lr": "1e-3"},
+            r"training.lr must be a number or null, got '1e-3' \(YAML reads 1e-3 as text: write it with a dot",
+        ),
         ({"privacy.epsilon": "eight"}, "privacy.epsilon must be a number or null, got 'eight'"),
         ({"training.steps": 1.5}, "training.steps must be an integer, got 1.5"),
         ({"audit.references": True}, "audit.references must be an integer, got True"),
@@ -48,7 +51,12 @@ def test_yaml_and_toml_configs(tmp_path):
     a = RunSpec.from_dict(load_spec_file(tmp_path / "a.yaml"))
     b = RunSpec.from_dict(merge(load_spec_file(tmp_path / "b.toml"), {"training": {"seed": 4}}))
     assert (a.method, a.training.steps) == ("nonprivate", 5)
-    assert (b.method, b.privacy.epsilon, b.training.seed, b.training.steps) == ("dpsgd", 2.0, 4, RunSpec().training.steps)
+    assert (b.method, b.privacy.epsilon, b.training.seed, b.training.steps) == (
+        "dpsgd",
+        2.0,
+        4,
+        RunSpec().training.steps,
+    )
     (tmp_path / "c.yaml").write_text("- not a mapping\n")
     with pytest.raises(DpbenchError, match="mapping"):
         load_spec_file(tmp_path / "c.yaml")

@@ -19,9 +19,13 @@ from dpbench.sweep import expand, is_done, result_path, run_sweep, sweep_command
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "results" / "scienceqa-dpsgd-eps3-tiny-llava-s0-9d29bea0e58e.json"
-GRID = {"base": {"training": {"steps": 20}}, "tasks": ["scienceqa"],
-        "methods": ["nonprivate", "dpsgd", {"name": "dualpriv", "options": {"keep_ratio": 0.1}}],
-        "epsilons": [1, 8], "seeds": [0]}  # 1 + 2 + 2 = 5 runs
+GRID = {
+    "base": {"training": {"steps": 20}},
+    "tasks": ["scienceqa"],
+    "methods": ["nonprivate", "dpsgd", {"name": "dualpriv", "options": {"keep_ratio": 0.1}}],
+    "epsilons": [1, 8],
+    "seeds": [0],
+}  # 1 + 2 + 2 = 5 runs
 
 
 class FakeRun:
@@ -56,7 +60,12 @@ def run_folders(runs: Path) -> list[str]:
 def test_grid_expands_nonprivate_once_per_seed_and_merges_base():
     specs = expand(GRID)
     assert [(s.method, s.privacy.epsilon) for s in specs] == [
-        ("nonprivate", None), ("dpsgd", 1.0), ("dpsgd", 8.0), ("dualpriv", 1.0), ("dualpriv", 8.0)]
+        ("nonprivate", None),
+        ("dpsgd", 1.0),
+        ("dpsgd", 8.0),
+        ("dualpriv", 1.0),
+        ("dualpriv", 8.0),
+    ]
     assert all(s.training.steps == 20 for s in specs)
     assert specs[3].method_options == {} and specs[1].method_options == {}
     assert (specs[3].token_pruning.strategy, specs[3].token_pruning.keep_ratio) == ("random", 0.1)
@@ -72,14 +81,17 @@ def test_default_sweep_file():
     assert {(s.task, s.model, s.training.seed in (0, 1)) for s in specs} == {("scienceqa", "tiny-llava", True)}
 
 
-@pytest.mark.parametrize("grid, message", [
-    ({**GRID, "epsilon": [1]}, "unknown key"),
-    ({k: v for k, v in GRID.items() if k != "seeds"}, "missing key"),
-    ({**GRID, "methods": [{"name": "dpsgd", "opts": {}}]}, "method entry"),
-    ({**GRID, "epsilons": ["high"]}, "epsilons"),
-    ({**GRID, "seeds": []}, "non-empty list"),
-    ({**GRID, "base": {"privacy": {"accountant": "nope"}}}, "accountant"),
-])
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ({**GRID, "epsilon": [1]}, "unknown key"),
+        ({k: v for k, v in GRID.items() if k != "seeds"}, "missing key"),
+        ({**GRID, "methods": [{"name": "dpsgd", "opts": {}}]}, "method entry"),
+        ({**GRID, "epsilons": ["high"]}, "epsilons"),
+        ({**GRID, "seeds": []}, "non-empty list"),
+        ({**GRID, "base": {"privacy": {"accountant": "nope"}}}, "accountant"),
+    ],
+)
 def test_bad_grids_are_rejected_before_anything_runs(grid, message):
     with pytest.raises(DpbenchError, match=message):
         expand(grid)

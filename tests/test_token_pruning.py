@@ -7,12 +7,12 @@ import pytest
 import torch
 from opacus import GradSampleModule
 
+from dpbench import phases
 from dpbench.errors import DpbenchError
 from dpbench.methods import grad_samplers  # noqa: F401  (the RMSNorm rule)
 from dpbench.methods.base import METHODS
-from dpbench import phases
-from dpbench.spec import RunSpec
 from dpbench.models.token_pruning import STRATEGIES, Images, TokenPruning, install_token_pruning, merge
+from dpbench.spec import RunSpec
 
 DETERMINISTIC = [s for s in STRATEGIES.names() if s != "random"]
 
@@ -68,6 +68,7 @@ def test_pruned_batches_keep_text_masks_and_labels_aligned(tiny_model, examples,
     batch = tiny_model.encode(examples, targets)
     image = tiny_model.image_token_id
     for i in range(len(examples)):
+
         def text(b):  # (token, label) at every real, non-image position
             keep = (b["attention_mask"][i] == 1) & (b["input_ids"][i] != image)
             return b["input_ids"][i][keep].tolist(), b["labels"][i][keep].tolist()
@@ -86,8 +87,9 @@ def test_pruned_batches_keep_text_masks_and_labels_aligned(tiny_model, examples,
 
 
 @pytest.mark.parametrize("strategy", DETERMINISTIC)
-def test_per_example_gradients_with_pruning_match_one_by_one_autograd(tiny_model, examples, prune, strategy,
-                                                                      autograd_grads):
+def test_per_example_gradients_with_pruning_match_one_by_one_autograd(
+    tiny_model, examples, prune, strategy, autograd_grads
+):
     prune(strategy, keep_ratio=0.25)
     tiny_model.set_trainable(["projector", "language_model"])
     params = [p for p in tiny_model.model.parameters() if p.requires_grad]

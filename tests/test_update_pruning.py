@@ -103,8 +103,15 @@ def test_bad_options_fail():
 
 
 def test_update_pruning_leaves_the_accounted_epsilon_unchanged(tiny_model, digit_examples):
-    spec = RunSpec().replace(**{"training.steps": 2, "training.batch_size": 4, "training.physical_batch_size": 4,
-                                "training.lr": 1e-9, "privacy.epsilon": 4.0})
+    spec = RunSpec().replace(
+        **{
+            "training.steps": 2,
+            "training.batch_size": 4,
+            "training.physical_batch_size": 4,
+            "training.lr": 1e-9,
+            "privacy.epsilon": 4.0,
+        }
+    )
     tiny_model.set_trainable(["projector", "language_model"])
     state = copy.deepcopy(tiny_model.model.state_dict())
     reports = {}

@@ -97,14 +97,27 @@ def write_vqav2(root):
             (VAL_NONMEMBER, 31, "Is it raining?", _answers(("no", 10)), "no", "yes/no"),
             (VAL_TEST[0], 41, "How many cats?", _answers(("1", 6), ("one", 2), ("2", 2)), "1", "number"),
             (VAL_TEST[0], 42, "Is there a cat?", _answers(("yes", 2), ("no", 8)), "no", "yes/no"),
-            (VAL_TEST[1], 51, "What is on the table?", _answers(("cake", 5), ("a cake", 3), ("pie", 2)), "cake", "other"),
+            (
+                VAL_TEST[1],
+                51,
+                "What is on the table?",
+                _answers(("cake", 5), ("a cake", 3), ("pie", 2)),
+                "cake",
+                "other",
+            ),
         ],
     }
     for split, items in rows.items():
         questions = [{"image_id": i, "question": q, "question_id": qid} for i, qid, q, *_ in items]
         annotations = [
-            {"question_id": qid, "image_id": i, "answers": a, "multiple_choice_answer": mc, "answer_type": t,
-             "question_type": q.split()[0].lower()}
+            {
+                "question_id": qid,
+                "image_id": i,
+                "answers": a,
+                "multiple_choice_answer": mc,
+                "answer_type": t,
+                "question_type": q.split()[0].lower(),
+            }
             for i, qid, q, a, mc, t in items
         ]
         (root / f"v2_OpenEnded_mscoco_{split}2014_questions.json").write_text(json.dumps({"questions": questions}))
@@ -117,7 +130,9 @@ def write_vqav2(root):
 
 
 def test_prompt_is_lmms_eval_vqav2():
-    assert build_prompt("Is the bus moving?") == "Is the bus moving?\nAnswer the question using a single word or phrase."
+    assert (
+        build_prompt("Is the bus moving?") == "Is the bus moving?\nAnswer the question using a single word or phrase."
+    )
 
 
 def test_official_layout_loads_with_image_disjoint_val_halves(tmp_path):
@@ -174,10 +189,15 @@ def _lines_of(error) -> int:
         (lambda r: (r / "v2_mscoco_train2014_annotations.json").write_text("{not json"), "not valid JSON"),
         (lambda r: (r / "v2_mscoco_val2014_annotations.json").unlink(), "has no v2_mscoco_val2014_annotations.json"),
         (lambda r: (r / "train2014" / "COCO_train2014_000000000001.jpg").unlink(), "missing image"),
-        (lambda r: (r / "v2_OpenEnded_mscoco_train2014_questions.json").write_text('{"qs": []}'), "not a VQAv2 questions"),
+        (
+            lambda r: (r / "v2_OpenEnded_mscoco_train2014_questions.json").write_text('{"qs": []}'),
+            "not a VQAv2 questions",
+        ),
         (lambda r: (r / "v2_mscoco_train2014_annotations.json").write_text('{"annotations": []}'), "has no annotation"),
-        (lambda r: (r / "v2_mscoco_train2014_annotations.json").write_text('{"annotations": [{"image_id": 1}]}'),
-         "not a VQAv2 annotations"),
+        (
+            lambda r: (r / "v2_mscoco_train2014_annotations.json").write_text('{"annotations": [{"image_id": 1}]}'),
+            "not a VQAv2 annotations",
+        ),
     ],
 )
 def test_bad_data_is_one_clear_line(tmp_path, damage, message):
@@ -196,8 +216,14 @@ def test_missing_dir(tmp_path):
 # -- the embedded sample ---------------------------------------------------------------------
 def test_embedded_sample_is_large_varied_disagreeing_and_image_disjoint(isolated_cache):
     root = vqa_embedded.build(isolated_cache / "vqa")
-    anns = {s: json.loads((root / f"v2_mscoco_{s}2014_annotations.json").read_text())["annotations"] for s in ("train", "val")}
-    qs = {s: json.loads((root / f"v2_OpenEnded_mscoco_{s}2014_questions.json").read_text())["questions"] for s in ("train", "val")}
+    anns = {
+        s: json.loads((root / f"v2_mscoco_{s}2014_annotations.json").read_text())["annotations"]
+        for s in ("train", "val")
+    }
+    qs = {
+        s: json.loads((root / f"v2_OpenEnded_mscoco_{s}2014_questions.json").read_text())["questions"]
+        for s in ("train", "val")
+    }
     every = anns["train"] + anns["val"]
     assert len(every) >= 2000 and len(qs["train"]) + len(qs["val"]) == len(every)
     assert all(len(a["answers"]) == 10 for a in every)
@@ -229,7 +255,9 @@ def test_generate_decodes_only_new_tokens_and_batches_like_single_examples(tmp_p
     from dpbench.tasks.digits import private_digits
 
     examples = []
-    for i, (d, prompt) in enumerate(zip(private_digits()[:3], ["Which digit?", "Is the number in the image even or odd?", "A"])):
+    for i, (d, prompt) in enumerate(
+        zip(private_digits()[:3], ["Which digit?", "Is the number in the image even or odd?", "A"])
+    ):
         d.image().save(tmp_path / f"{i}.png")
         examples.append(Example(uid=str(i), prompt=prompt, target="", image=tmp_path / f"{i}.png"))
     batch = tiny_model.generate(examples, max_new_tokens=5)

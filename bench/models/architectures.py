@@ -91,8 +91,10 @@ class Idefics3(Architecture):
         vision = model.config.vision_config
         made = (side // vision.patch_size) ** 2 // model.config.scale_factor**2
         if made != processor.image_seq_len:
-            raise DpbenchError(f"{self.name}: images of {side} px give {made} visual tokens but the processor "
-                               f"writes {processor.image_seq_len} placeholders; check max_image_size")
+            raise DpbenchError(
+                f"{self.name}: images of {side} px give {made} visual tokens but the processor "
+                f"writes {processor.image_seq_len} placeholders; check max_image_size"
+            )
 
     def visual_tokens_per_image(self, model, processor) -> int:
         return int(processor.image_seq_len)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from dpbench.errors import DpbenchError
+from dpbench.examples import Example
 from dpbench.models.architectures import architecture
 from dpbench.models.qwen2_vl import mrope_positions
-from dpbench.examples import Example
 
 
 @lru_cache(maxsize=8192)

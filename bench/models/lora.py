@@ -87,7 +87,9 @@ class LoraSpec:
             elif not segment:
                 continue
             elif key != "targets":
-                raise DpbenchError(f"--lora takes KEY=VALUE pairs (only targets takes a list), e.g. {EXAMPLE}; got {text!r}")
+                raise DpbenchError(
+                    f"--lora takes KEY=VALUE pairs (only targets takes a list), e.g. {EXAMPLE}; got {text!r}"
+                )
             else:
                 values[key].append(segment)
         if "r" not in values or "alpha" not in values:
@@ -145,15 +147,22 @@ def inject_lora(model: VisionLanguageModel, lora: LoraSpec, *, seed: int) -> lis
         hits = [name for name in modules if name == target or name.endswith("." + target)]
         if not hits:
             linears = sorted({name.rpartition(".")[2] for name, m in modules.items() if isinstance(m, nn.Linear)})
-            raise DpbenchError(f"LoRA target {target!r} matches no module of the language model; "
-                               f"its Linear layers are named {', '.join(linears[:8]) or '(none)'}")
+            raise DpbenchError(
+                f"LoRA target {target!r} matches no module of the language model; "
+                f"its Linear layers are named {', '.join(linears[:8]) or '(none)'}"
+            )
         other = [name for name in hits if not isinstance(modules[name], nn.Linear)]
         if other:  # peft could adapt an Embedding, but Opacus has no per-sample rule for its adapter
-            raise DpbenchError(f"LoRA target {target!r} matches {other[0]} ({type(modules[other[0]]).__name__}); "
-                               f"only Linear layers can be adapted")
+            raise DpbenchError(
+                f"LoRA target {target!r} matches {other[0]} ({type(modules[other[0]]).__name__}); "
+                f"only Linear layers can be adapted"
+            )
         chosen += [name for name in hits if name not in chosen]
     config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        bias="none",
         # a string is full-matched against each module's full name: exactly the modules chosen
         # here, where a list would match suffixes anywhere, the vision tower included
         target_modules="|".join(re.escape(name) for name in chosen),
@@ -183,7 +192,9 @@ def set_trainable(model: VisionLanguageModel, groups: Iterable[str], lora: LoraS
         if param.requires_grad:
             names.append(name)
     if not any(is_adapter_parameter(n) for n in names):
-        raise DpbenchError("LoRA is on but no adapter is trainable: inject it first and keep language_model in --trainable")
+        raise DpbenchError(
+            "LoRA is on but no adapter is trainable: inject it first and keep language_model in --trainable"
+        )
     return names
 
 

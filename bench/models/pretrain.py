@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from dpbench.examples import Example
-from dpbench.training_loop import TrainingLoop
 from dpbench.tasks.digits import WORDS, public_digits
+from dpbench.training_loop import TrainingLoop
 
 CORPUS_VERSION = 6
 SHIFTS = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
@@ -147,7 +147,9 @@ def _text_token_loss(model_wrapper, batch: dict) -> torch.Tensor:
     return (nll * mask).sum() / mask.sum()
 
 
-def pretrain_language(model_wrapper, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int) -> list[float]:
+def pretrain_language(
+    model_wrapper, examples: list[Example], steps: int, batch_size: int, lr: float, seed: int
+) -> list[float]:
     """Stage 0: the language model alone learns its text as a language model does, on every
     token. Answer-only loss never taught this model to match an answer to its option letter:
     from scratch on lettered multiple choice alone it stayed at chance (0.31 after 4,000 steps)
@@ -164,8 +166,9 @@ def pretrain_language(model_wrapper, examples: list[Example], steps: int, batch_
         part = rng.sample(examples, batch_size)
         return _text_token_loss(model_wrapper, model_wrapper.encode(part, [e.target + "</s>" for e in part]))
 
-    losses = _optimise(params, step_loss, steps, lr, weight_decay=0.01, clip=1.0,
-                       label="pre-training stage 0: language model")
+    losses = _optimise(
+        params, step_loss, steps, lr, weight_decay=0.01, clip=1.0, label="pre-training stage 0: language model"
+    )
     model.eval()
     return losses
 
@@ -188,8 +191,9 @@ def pretrain_vision(model_wrapper, steps: int, batch_size: int, lr: float, seed:
         features = tower(pixel_values=pixels[idx]).last_hidden_state[:, 1:].mean(1)
         return torch.nn.functional.cross_entropy(head(features), labels[idx])
 
-    losses = _optimise(params, step_loss, steps, lr, weight_decay=0.05, clip=None,
-                       label="pre-training stage 1: vision encoder")
+    losses = _optimise(
+        params, step_loss, steps, lr, weight_decay=0.05, clip=None, label="pre-training stage 1: vision encoder"
+    )
     tower.eval()
     return losses
 
@@ -214,15 +218,23 @@ def pretrain(model_wrapper, examples: list[Example], steps: int, batch_size: int
                 loss = loss + model_wrapper.per_example_loss(batch).sum() / batch_size
         return loss
 
-    losses = _optimise(params, step_loss, steps, lr, weight_decay=0.01, clip=1.0,
-                       label="pre-training stage 2: projector + language model")
+    losses = _optimise(
+        params,
+        step_loss,
+        steps,
+        lr,
+        weight_decay=0.01,
+        clip=1.0,
+        label="pre-training stage 2: projector + language model",
+    )
     model.eval()
     model.model.vision_tower.requires_grad_(True)
     return losses
 
 
-def _optimise(params, step_loss, steps: int, lr: float, *, weight_decay: float, clip: float | None,
-              label: str) -> list[float]:
+def _optimise(
+    params, step_loss, steps: int, lr: float, *, weight_decay: float, clip: float | None, label: str
+) -> list[float]:
     """Every stage's loop: AdamW under a one-cycle schedule; `step_loss()` draws a batch and
     returns its loss. Returns the loss curve."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -140,8 +140,9 @@ class Qwen2VLAdapter(Adapter):
         q, k = apply_rotary_pos_emb_vision(q, k, *kwargs["position_embeddings"])
         n = len(kwargs["cu_seqlens"]) - 1  # images, all of one size; one at a time bounds the memory
         q, k = (x.reshape(n, total // n, attn.num_heads, -1).transpose(1, 2).float() for x in (q, k))
-        received = torch.stack([torch.softmax(qi @ ki.transpose(-1, -2) * attn.scaling, -1).mean((0, 1))
-                                for qi, ki in zip(q, k)])  # (n, patches)
+        received = torch.stack(
+            [torch.softmax(qi @ ki.transpose(-1, -2) * attn.scaling, -1).mean((0, 1)) for qi, ki in zip(q, k)]
+        )  # (n, patches)
         return received.view(n, -1, self.merge**2).mean(-1)  # a merged token is merge^2 adjacent patches
 
 
@@ -151,4 +152,3 @@ class _Unpatch:
 
     def remove(self) -> None:
         self.obj.__dict__.pop(self.attribute, None)
-

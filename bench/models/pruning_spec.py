@@ -60,8 +60,10 @@ class TokenPruning:
             elif sep and key in ("keep_ratio", "keep_count", "seed") and key not in fields:
                 fields[key] = yaml.safe_load(value)
             else:
-                raise DpbenchError(f"--token-pruning takes STRATEGY[,keep_ratio=R][,keep_count=K] or none "
-                                   f"(e.g. {EXAMPLE}); got {text!r}")
+                raise DpbenchError(
+                    f"--token-pruning takes STRATEGY[,keep_ratio=R][,keep_count=K] or none "
+                    f"(e.g. {EXAMPLE}); got {text!r}"
+                )
         return cls.from_value(fields, default)
 
     @classmethod
@@ -83,5 +85,9 @@ class TokenPruning:
             raise DpbenchError(f"bad token_pruning {value!r}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "keep_ratio": self.keep_ratio, "keep_count": self.keep_count,
-                "seed": self.seed}
+        return {
+            "strategy": self.strategy,
+            "keep_ratio": self.keep_ratio,
+            "keep_count": self.keep_count,
+            "seed": self.seed,
+        }

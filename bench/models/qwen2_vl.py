@@ -9,8 +9,13 @@ import torch
 from dpbench.errors import DpbenchError
 
 
-def mrope_positions(hf_model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    image_grid_thw: torch.Tensor | None, kept: torch.Tensor) -> torch.Tensor:
+def mrope_positions(
+    hf_model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_grid_thw: torch.Tensor | None,
+    kept: torch.Tensor,
+) -> torch.Tensor:
     """Qwen2-VL's (3, B, L) M-RoPE positions for a batch whose images keep tokens `kept`
     (n_images, k) of their N (all N: the unpruned batch).
 
@@ -53,8 +58,10 @@ def mrope_positions(hf_model, input_ids: torch.Tensor, attention_mask: torch.Ten
     full_ids = torch.tensor([[0] * p + r for p, r in zip(pad, rows)], device=input_ids.device)
     full_mask = torch.tensor([[0] * p + m for p, m in zip(pad, masks)], device=input_ids.device)
     positions, _ = hf_model.model.get_rope_index(
-        full_ids, mm_token_type_ids=(full_ids == image_id).int() * full_mask,
-        image_grid_thw=image_grid_thw, attention_mask=full_mask,
+        full_ids,
+        mm_token_type_ids=(full_ids == image_id).int() * full_mask,
+        image_grid_thw=image_grid_thw,
+        attention_mask=full_mask,
     )
     index = torch.tensor([[p + c for c in cols] for p, cols in zip(pad, columns)], device=input_ids.device)
     return positions.gather(2, index.unsqueeze(0).expand(3, -1, -1))

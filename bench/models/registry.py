@@ -43,7 +43,10 @@ def _quiet_transformers() -> None:
 def _build_tiny_llava(path: str, language_recipe: dict, vision_recipe: dict, lm_recipe: dict) -> None:
     """Build, pre-train and save the embedded model (runs in its own process)."""
     _quiet_transformers()
-    from dpbench.models import pretrain, tiny_llava
+    from dpbench.models import (  # the recipe (and the task package it reads digits from) loads only to build
+        pretrain,
+        tiny_llava,
+    )
 
     path = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=path.parent))
@@ -59,8 +62,11 @@ def _build_tiny_llava(path: str, language_recipe: dict, vision_recipe: dict, lm_
     vision_losses = pretrain.pretrain_vision(wrapper, **vision_recipe)
     losses = pretrain.pretrain(wrapper, examples, **lm_recipe)
     tiny_llava.save(model, processor, tmp / "model")
-    curves = {"pretrain_language_loss.txt": language_losses, "pretrain_vision_loss.txt": vision_losses,
-              "pretrain_loss.txt": losses}
+    curves = {
+        "pretrain_language_loss.txt": language_losses,
+        "pretrain_vision_loss.txt": vision_losses,
+        "pretrain_loss.txt": losses,
+    }
     for name, curve in curves.items():
         (tmp / "model" / name).write_text("\n".join(f"{x:.5f}" for x in curve))
     os.replace(tmp / "model", path)  # atomic: a crash leaves no half-built cache entry
@@ -91,9 +97,11 @@ class TinyLlava(ModelLoader):
     """~0.7 M-parameter LLaVA (CLIP vision, Llama LM), pre-trained on public digit images."""
 
     def path(self) -> Path:
-        from dpbench.models import pretrain, tiny_llava
+        from dpbench.models import pretrain, tiny_llava  # as above: the recipe loads only when named
 
-        return cache_dir() / f"tiny-llava-{tiny_llava.config_key(pretrain.CORPUS_VERSION, PRETRAIN_LANGUAGE, PRETRAIN_VISION, PRETRAIN)}"
+        return cache_dir() / (
+            "tiny-llava-" + tiny_llava.config_key(pretrain.CORPUS_VERSION, PRETRAIN_LANGUAGE, PRETRAIN_VISION, PRETRAIN)
+        )
 
     def ensure_built(self) -> Path:
         path = self.path()
@@ -135,5 +143,6 @@ def load_model(name_or_path: str, device: str) -> VisionLanguageModel:
     if name_or_path in MODELS:
         return MODELS.get(name_or_path)().load(device)
     path = Path(name_or_path)  # a hub id has no local folder: its path stays unrecorded
-    return load_hf(name_or_path, device, ModelInfo(name_or_path, "local", str(path.resolve()) if path.is_dir() else None,
-                                                   "llava"))
+    return load_hf(
+        name_or_path, device, ModelInfo(name_or_path, "local", str(path.resolve()) if path.is_dir() else None, "llava")
+    )

@@ -85,8 +85,10 @@ class Images:
             per_row = (ids == image_id).sum(-1) // self.pruner.k
             row_of_image = torch.repeat_interleave(torch.arange(ids.shape[0], device=per_row.device), per_row)
         if row_of_image.numel() != self.tokens.shape[0]:
-            raise DpbenchError(f"{self.tokens.shape[0]} images but placeholders for {row_of_image.numel()} "
-                               f"(each image needs {self.pruner.k}); encode the batch with the pruned model")
+            raise DpbenchError(
+                f"{self.tokens.shape[0]} images but placeholders for {row_of_image.numel()} "
+                f"(each image needs {self.pruner.k}); encode the batch with the pruned model"
+            )
         return means[row_of_image.to(means.device)].to(self.tokens.device)
 
 
@@ -213,8 +215,13 @@ class TokenPruner:
         self.model.token_pruner = None
 
     def details(self) -> dict[str, Any]:
-        d = {"strategy": self.config.strategy, "keep_ratio": self.config.keep_ratio,
-             "keep_count": self.config.keep_count, "visual_tokens_before": self.n, "visual_tokens_after": self.k}
+        d = {
+            "strategy": self.config.strategy,
+            "keep_ratio": self.config.keep_ratio,
+            "keep_count": self.config.keep_count,
+            "visual_tokens_before": self.n,
+            "visual_tokens_after": self.k,
+        }
         if self.config.strategy == "merge":
             n_ctx = round(self.k * CONTEXTUAL_SHARE)
             d.update(dominant=self.k - n_ctx, contextual=n_ctx, fused_noise_std=self.fused_noise_std)

@@ -25,9 +25,15 @@ def load(data_dir: str | None = None, **_metadata) -> dict:
 def _doc(example) -> dict:
     # the image travels as a path: a doc stays small and JSON-loggable, and `doc_to_image`
     # decodes it the way dpbench does
-    return {"uid": example.uid, "prompt": example.prompt, "choices": list(example.choices),
-            "answer": example.answer, "image": str(example.image),
-            "subject": example.meta.get("subject") or "", "grade": example.meta.get("grade") or ""}
+    return {
+        "uid": example.uid,
+        "prompt": example.prompt,
+        "choices": list(example.choices),
+        "answer": example.answer,
+        "image": str(example.image),
+        "subject": example.meta.get("subject") or "",
+        "grade": example.meta.get("grade") or "",
+    }
 
 
 def doc_to_image(doc: dict) -> list:
