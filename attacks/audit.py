@@ -66,7 +66,7 @@ def summarise(
         notes=list(notes),
         references=references,
         canary=canary,
-        report="audit.html",
+        report=RunFolder.report_html.name,
     )
 
 

@@ -303,7 +303,11 @@ def _markdown(result: Mapping[str, Any], plots: bool) -> str:
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     out += ["", "## Plots", ""]
     out += (
-        ["![ROC curves (log-log)](audit_roc.png)", "", "![Score histograms](audit_hist.png)"]
+        [
+            f"![ROC curves (log-log)]({RunFolder.report_roc.name})",
+            "",
+            f"![Score histograms]({RunFolder.report_hist.name})",
+        ]
         if plots
         else ["No member/non-member scores were given, so there are no plots."]
     )
@@ -362,11 +366,11 @@ def write_report(folder: RunFolder, result: Mapping[str, Any], scores: Scores) -
     roc = hist = None
     if scores:
         roc, hist = _roc_png(scores), _hist_png(scores)
-        _write_atomic(folder.report_image("roc"), roc)
-        _write_atomic(folder.report_image("hist"), hist)
+        _write_atomic(folder.report_roc, roc)
+        _write_atomic(folder.report_hist, hist)
     else:  # a re-audit without scores must not leave plots from an earlier one behind
-        for stale in ("roc", "hist"):
-            folder.report_image(stale).unlink(missing_ok=True)
+        for stale in (folder.report_roc, folder.report_hist):
+            stale.unlink(missing_ok=True)
     md, page = folder.report_markdown, folder.report_html
     _write_atomic(md, _markdown(result, plots=bool(scores)).encode("utf-8"))
     _write_atomic(page, _html(result, roc, hist).encode("utf-8"))

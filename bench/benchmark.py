@@ -29,9 +29,7 @@ import click
 from dpbench.benchmark_report import write_outputs
 from dpbench.errors import DpbenchError
 from dpbench.options import parse_pairs
-from dpbench.phases import make_method, resolve_names
 from dpbench.spec import RunSpec, merge, method_override
-from dpbench.systems import environment
 
 DEFAULT_METHODS = "nonprivate,dpsgd,dpsgd:clipping=ghost,dpzo,dualpriv"
 KEEP_OPTIONS = ("keep_ratio", "keep_count")  # an entry that sets one is not swept over --keep-ratios
@@ -102,6 +100,8 @@ class Case:
 
 def prunes_tokens(entry: MethodEntry) -> bool:
     """Whether the method, with the entry's options, prunes visual tokens (bad options fail here)."""
+    from dpbench.phases import make_method  # torch loads only when a bench is planned
+
     spec = RunSpec.from_dict(method_override(entry.name, dict(entry.options)))
     make_method(spec)
     return spec.token_pruning.enabled
@@ -283,6 +283,9 @@ def bench_command(**kw) -> None:
     }
     cases = plan_cases(entries, batch_sizes, keep_ratios)
     specs = [case_spec(base, c) for c in cases]  # every spec validated before anything runs
+    from dpbench.phases import resolve_names  # torch loads only when a bench is planned
+    from dpbench.systems import environment
+
     resolve_names(specs[0])
     measurements = run_rounds(cases, specs, kw["rounds"], echo=click.echo)
     result = {

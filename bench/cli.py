@@ -11,13 +11,10 @@ from dpbench.benchmark import bench_command
 from dpbench.errors import DpbenchError
 from dpbench.leaderboard.cli import leaderboard_command
 from dpbench.models.lora import LoraSpec
-from dpbench.models.registry import MODELS
 from dpbench.options import parse_pairs
-from dpbench.reaudit import reaudit
-from dpbench.registries import ATTACKS, METHODS, TASKS
+from dpbench.registries import ATTACKS, METHODS, MODELS, TASKS
 from dpbench.results import load_result
 from dpbench.run_folder import RunFolder
-from dpbench.runner import run as run_one
 from dpbench.spec import EVAL_SPLITS, RunSpec, load_spec_file, merge
 from dpbench.summary import print_summary
 from dpbench.sweep import sweep_command
@@ -109,6 +106,8 @@ def run(**kw) -> None:
     if kw["attacks"] is not None:
         flags["attacks"] = [a.strip() for a in kw["attacks"].split(",") if a.strip()]
     spec = RunSpec.from_dict(merge(spec_dict, flags))
+    from dpbench.runner import run as run_one  # torch and the models load only for a command that needs them
+
     result = run_one(spec, Path(kw["runs_dir"]), audit=not kw["no_audit"], save_checkpoint=kw["save_checkpoint"])
     print_summary(result, RunFolder.of(kw["runs_dir"], result.run_id))
 
@@ -119,6 +118,8 @@ def run(**kw) -> None:
 def audit(run_dir: str, attacks: str | None) -> None:
     """Audit a finished run again; rewrite its audit section and report."""
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
+    from dpbench.reaudit import reaudit  # torch and the models load only for a command that needs them
+
     result = reaudit(Path(run_dir), names)
     print_summary(result, RunFolder(Path(run_dir)))
 

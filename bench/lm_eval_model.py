@@ -20,7 +20,6 @@ strategy draws afresh here, so only its runs do not reproduce exactly.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -33,6 +32,7 @@ from dpbench import phases
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.files import read_json
 from dpbench.models.base import ModelInfo, VisionLanguageModel
 from dpbench.models.registry import load_model
 from dpbench.run_folder import RunFolder
@@ -58,14 +58,8 @@ def load_run(run_dir: str | Path, device: str) -> VisionLanguageModel:
     folder = RunFolder(Path(run_dir))
     if not folder.path.is_dir():
         raise DpbenchError(f"run folder {folder.path} does not exist")
-    if not folder.checkpoint.is_dir():
-        raise DpbenchError(f"{folder.path} has no checkpoint/: rerun it with `dpbench run --save-checkpoint`")
-    try:
-        spec = RunSpec.from_dict(json.loads(folder.spec.read_text()))
-    except OSError as e:
-        raise DpbenchError(f"cannot read {folder.spec}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise DpbenchError(f"{folder.spec} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    folder.require_checkpoint()  # before reading anything else
+    spec = RunSpec.from_dict(read_json(folder.spec, fix="rerun the run"))
     method = phases.make_method(spec)  # bad options fail before the slow load
     info = ModelInfo(spec.model, "local", str(folder.checkpoint.resolve()), "llava")
     return phases.load_checkpoint(spec, method, folder, info)

@@ -132,8 +132,7 @@ def load_target(spec: RunSpec, method: Method) -> VisionLanguageModel:
 
 def load_checkpoint(spec: RunSpec, method: Method, folder: RunFolder, base_info) -> VisionLanguageModel:
     """A finished run's saved model, transformed as the run's was, so scores match the run's."""
-    if not folder.checkpoint.is_dir():
-        raise DpbenchError(f"{folder.path} has no checkpoint/: rerun it with `dpbench run --save-checkpoint`")
+    folder.require_checkpoint()
     return adapt(load_hf(folder.checkpoint, spec.device, base_info), spec, method)
 
 

@@ -12,3 +12,4 @@ from dpbench.registry import Registry
 METHODS: Registry = Registry("method", base="dpbench.methods.base:Method", plugins="dpbench.methods")
 TASKS: Registry = Registry("task", base="dpbench.tasks.base:Task", plugins="dpbench.tasks")
 ATTACKS: Registry = Registry("attack", base="dpbench.attacks.base:Attack", plugins="dpbench.attacks")
+MODELS: Registry = Registry("model", base="dpbench.models.registry:ModelLoader", plugins="dpbench.models.registry")

@@ -14,6 +14,7 @@ import jsonschema
 from referencing import Registry, Resource
 
 from dpbench.errors import DpbenchError
+from dpbench.files import read_json
 
 
 @lru_cache(maxsize=None)
@@ -45,12 +46,7 @@ def document_kind(document: Any) -> str:
 def load_result(path: str | Path) -> dict[str, Any]:
     """Read and validate one result (or `dpbench bench`) file; a DpbenchError lists every problem in it."""
     path = Path(path)
-    try:
-        result = json.loads(path.read_text())
-    except OSError as e:
-        raise DpbenchError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise DpbenchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    result = read_json(path, fix="it is not a dpbench result")
     errors = validation_errors(result, document_kind(result))
     if errors:
         raise DpbenchError(f"{path}: {len(errors)} schema error(s):\n  " + "\n  ".join(errors))

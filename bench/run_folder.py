@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dpbench.results import validation_errors
+from dpbench.errors import DpbenchError
+from dpbench.results import load_result
 
 if TYPE_CHECKING:
     from dpbench.spec import RunSpec
@@ -42,13 +43,17 @@ class RunFolder:
     audit_work = _File(".audit", "scratch space of the attacks (e.g. images for the image attack)")
     report_markdown = _File("audit.md")
     report_html = _File("audit.html")
+    report_roc = _File("audit_roc.png")
+    report_hist = _File("audit_hist.png")
 
     @classmethod
     def of(cls, runs_dir: str | Path, run_id: str) -> RunFolder:
         return cls(Path(runs_dir) / run_id)
 
-    def report_image(self, name: str) -> Path:
-        return self.path / f"audit_{name}.png"
+    def require_checkpoint(self) -> Path:
+        if not self.checkpoint.is_dir():
+            raise DpbenchError(f"{self.path} has no checkpoint/: rerun it with `dpbench run --save-checkpoint`")
+        return self.checkpoint
 
     def create(self) -> RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -57,10 +62,8 @@ class RunFolder:
     def finished(self, spec: RunSpec | None = None) -> bool:
         """A valid result exists (for exactly `spec`, when given): the run is done and a sweep skips it."""
         try:
-            result = json.loads(self.result.read_text())
-        except (OSError, ValueError):
-            return False
-        if validation_errors(result):
+            result = load_result(self.result)
+        except DpbenchError:  # missing, unreadable, not JSON or not a valid result
             return False
         # through JSON, so tuples and lists (attacks) compare as the file stores them
         return spec is None or result.get("spec") == json.loads(json.dumps(spec.to_dict()))

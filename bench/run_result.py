@@ -74,7 +74,7 @@ class AuditRecord:
     notes: list[str] = field(default_factory=list)
     references: dict[str, Any] | None = None
     canary: dict[str, Any] | None = None
-    report: str | None = "audit.html"
+    report: str | None = None  # the HTML report's file name in the run folder
 
     def strongest(self, key: str) -> tuple[str, dict[str, Any]] | None:
         """The attack with the largest `key` (e.g. "auc"), or None when no attack was scored."""

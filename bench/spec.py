@@ -18,8 +18,9 @@ import tomllib
 import yaml
 
 from dpbench.errors import DpbenchError
+from dpbench.files import read_text
 from dpbench.models.lora import LoraSpec
-from dpbench.models.pruning_spec import TokenPruning
+from dpbench.models.pruning_spec import ENTRY_KEYS, TokenPruning
 from dpbench.registries import METHODS
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -205,18 +206,14 @@ def _number_text(value: Any) -> bool:
         return False
 
 
-# a method entry's (sweep, `dpbench bench`) keys that set the spec's token pruning, not method options
-TOKEN_PRUNING_KEYS = {"token_pruning": "strategy", "keep_ratio": "keep_ratio", "keep_count": "keep_count"}
-
-
 def method_override(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The spec fields a method entry sets: `dualpriv` with {clipping: ghost, keep_ratio: 0.5} is
     method dualpriv, method option clipping, and the method's token pruning at keep 0.5."""
     override: dict[str, Any] = {
         "method": name,
-        "method_options": {k: v for k, v in options.items() if k not in TOKEN_PRUNING_KEYS},
+        "method_options": {k: v for k, v in options.items() if k not in ENTRY_KEYS},
     }
-    pruning = {TOKEN_PRUNING_KEYS[k]: v for k, v in options.items() if k in TOKEN_PRUNING_KEYS}
+    pruning = {ENTRY_KEYS[k]: v for k, v in options.items() if k in ENTRY_KEYS}
     if pruning:
         override["token_pruning"] = pruning["strategy"] if set(pruning) == {"strategy"} else pruning
     return override
@@ -235,10 +232,10 @@ def default_token_pruning(method: str) -> TokenPruning:
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or TOML run-spec file into a (possibly partial) spec dict."""
     path = Path(path)
+    text = read_text(path)
     try:
-        text = path.read_text()
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (OSError, yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         raise DpbenchError(f"cannot read config {path}: {e}") from None
     if not isinstance(data, dict):
         raise DpbenchError(f"config {path} must hold a mapping of run-spec fields")

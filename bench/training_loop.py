@@ -42,10 +42,8 @@ class TrainingLoop:
         self.samples += int(batch["attention_mask"].shape[0])
         self.tokens += count_tokens(batch)
 
-    def end_step(self, loss: float, label: str | None = None) -> None:
-        """`label` replaces the bar's label from now on (e.g. once σ is known)."""
+    def end_step(self, loss: float) -> None:
         self.losses.append(loss)
-        self.label = label or self.label
         self._bar.update(self._task, advance=1, description=f"{self.label} loss {loss:.3f}")
 
     @property

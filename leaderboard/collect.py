@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dpbench.errors import DpbenchError
+from dpbench.files import read_text
 from dpbench.results import validation_errors
 
 
@@ -58,9 +59,9 @@ def collect(folders: Iterable[str | Path]) -> Collection:
             seen_paths.add(path.resolve())
             name = display_path(path)
             try:
-                data = json.loads(path.read_text())
-            except OSError as e:
-                out.errors.append(f"{name}: $: cannot read: {e.strerror}")
+                data = json.loads(read_text(path))
+            except DpbenchError as e:  # unreadable, or not UTF-8
+                out.errors.append(f"{name}: $: {e}")
                 continue
             except json.JSONDecodeError as e:
                 out.errors.append(f"{name}: $: not valid JSON ({e.msg} at line {e.lineno})")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
-from dpbench.models.pruning_spec import TokenPruning
+from dpbench.models.pruning_spec import ENTRY_KEYS, TokenPruning
 from dpbench.privacy import PrivacyReport
 from dpbench.registries import METHODS
 
@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from dpbench.spec import RunSpec
 
 __all__ = ["METHODS", "Method", "TrainReport"]
-
-# options that moved into the run spec: a method refuses them with a pointer to the flag
-TOKEN_PRUNING_KEYS = ("token_pruning", "keep_ratio", "keep_count")
 
 
 @dataclass
@@ -46,9 +43,9 @@ class Method(ABC):
 
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.options)
-        if unknown & set(TOKEN_PRUNING_KEYS):
+        if unknown & set(ENTRY_KEYS):
             raise DpbenchError(
-                f"{', '.join(sorted(unknown & set(TOKEN_PRUNING_KEYS)))}: token pruning is part of "
+                f"{', '.join(sorted(unknown & set(ENTRY_KEYS)))}: token pruning is part of "
                 "the run spec, not a method option: --token-pruning STRATEGY[,keep_ratio=R] "
                 "(or token_pruning: in a spec file)"
             )

@@ -56,6 +56,10 @@ def assert_one_line_error(proc, fragment):
         ),
         (["--method", "dualpriv", "--token-pruning", "zip"], "unknown token-pruning strategy"),
         (["--method", "dualpriv", "--option", "keep_ratio=0.5"], "token pruning is part of the run spec"),
+        (["--method", "dualpriv", "--token-pruning", "keep_ratio=["], "cannot read the value of 'keep_ratio'"),
+        (["--method", "dualpriv", "--token-pruning", "merge,bogus=1"], "--token-pruning takes STRATEGY"),
+        (["--method", "dpsgd", "--token-pruning", "keep_ratio=0.5"], "names no strategy"),  # not silently off
+        (["--token-pruning", "none,keep_ratio=0.5"], "'none' keeps every visual token"),
         (["--method", "dualpriv", "--option", "update_keep=abc"], "update_keep must be a number in (0, 1], got 'abc'"),
         (["--attacks", "loss,lirra"], "unknown attack"),
         (["--data-dir", "/nonexistent/sqa"], "does not exist"),
@@ -90,6 +94,19 @@ def test_validate_lists_every_error_with_its_path(tmp_path, dpbench):
     (tmp_path / "junk.json").write_text("{")
     proc = dpbench("validate", str(tmp_path / "junk.json"), cwd=tmp_path)
     assert proc.returncode == 1 and "not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_files_that_are_not_utf8_are_one_line(tmp_path, dpbench):
+    """A spec file, a sweep file or a result that is not UTF-8 text: one line, no traceback."""
+    (tmp_path / "spec.yaml").write_bytes(b"method: \xff\n")
+    assert_one_line_error(dpbench("run", "--config", "spec.yaml", cwd=tmp_path), "is not UTF-8 text")
+    assert_one_line_error(dpbench("sweep", "spec.yaml", cwd=tmp_path), "is not UTF-8 text")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_bytes(b"\xff\xfe{")
+    proc = dpbench("validate", str(tmp_path / "results" / "r.json"), cwd=tmp_path)
+    assert proc.returncode == 1 and "is not UTF-8 text" in proc.stderr and "Traceback" not in proc.stderr
+    proc = dpbench("leaderboard", "--results", "results", "--out", "out", "--check", cwd=tmp_path)
+    assert proc.returncode == 1 and "is not UTF-8 text" in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_validate_checks_bench_outputs_against_the_bench_schema(tmp_path, dpbench):

@@ -13,10 +13,14 @@ from typing import Any, Callable
 
 from dpbench.checks import check_fraction
 from dpbench.errors import DpbenchError
+from dpbench.options import parse_pairs
 from dpbench.registry import Registry
 
 OFF = "none"
 EXAMPLE = "random,keep_ratio=0.5"
+# a method entry's keys (sweep files, `dpbench bench`, and once method options) -> the field they set
+ENTRY_KEYS = {"token_pruning": "strategy", "keep_ratio": "keep_ratio", "keep_count": "keep_count"}
+DEFAULT_KEEP_RATIO = 0.25  # the paper's; dualpriv's own default is set on the method
 # name -> (images, k) -> (n_images, k, D); the strategies register in `dpbench.models.token_pruning`
 STRATEGIES: Registry[Callable] = Registry("token-pruning strategy", plugins="dpbench.models.token_pruning")
 
@@ -24,7 +28,7 @@ STRATEGIES: Registry[Callable] = Registry("token-pruning strategy", plugins="dpb
 @dataclass(frozen=True)
 class TokenPruning:
     strategy: str  # a STRATEGIES name, or "none": every visual token is kept
-    keep_ratio: float = 0.25  # the paper's; dualpriv's own default is set on the method
+    keep_ratio: float = DEFAULT_KEEP_RATIO
     keep_count: int | None = None  # wins over keep_ratio when set
     seed: int = 0  # the random strategy's generator
 
@@ -39,6 +43,12 @@ class TokenPruning:
             raise DpbenchError(f"keep_count must be a positive integer, got {self.keep_count!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise DpbenchError(f"token_pruning seed must be an integer, got {self.seed!r}")
+        if not self.enabled and (self.keep_ratio != DEFAULT_KEEP_RATIO or self.keep_count is not None):
+            # one spelling of "off", so two specs that run the same have one run id
+            raise DpbenchError(
+                "token_pruning 'none' keeps every visual token: give a strategy with keep_ratio or "
+                f"keep_count (e.g. {EXAMPLE})"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -50,20 +60,13 @@ class TokenPruning:
     @classmethod
     def parse(cls, text: str, default: TokenPruning | None = None) -> TokenPruning:
         """`STRATEGY[,keep_ratio=R][,keep_count=K]`, `keep_ratio=R` (the default strategy), or `none`."""
-        import yaml  # YAML scalars, as --option reads them: 0.5, null
-
-        fields: dict[str, Any] = {}
-        for i, segment in enumerate(s.strip() for s in text.split(",")):
-            key, sep, value = (p.strip() for p in segment.partition("="))
-            if not sep and i == 0:
-                fields["strategy"] = key
-            elif sep and key in ("keep_ratio", "keep_count", "seed") and key not in fields:
-                fields[key] = yaml.safe_load(value)
-            else:
-                raise DpbenchError(
-                    f"--token-pruning takes STRATEGY[,keep_ratio=R][,keep_count=K] or none "
-                    f"(e.g. {EXAMPLE}); got {text!r}"
-                )
+        first, *rest = (s.strip() for s in text.split(","))
+        fields = {} if "=" in first else {"strategy": first}
+        fields.update(parse_pairs([first, *rest] if "=" in first else rest, "--token-pruning"))
+        if not set(fields) <= {"strategy", "keep_ratio", "keep_count", "seed"}:
+            raise DpbenchError(
+                f"--token-pruning takes STRATEGY[,keep_ratio=R][,keep_count=K] or none (e.g. {EXAMPLE}); got {text!r}"
+            )
         return cls.from_value(fields, default)
 
     @classmethod
@@ -78,7 +81,12 @@ class TokenPruning:
             return cls.parse(value, default) if ("," in value or "=" in value) else cls(value.strip())
         if not isinstance(value, dict):
             raise DpbenchError(f"token_pruning must be null, a strategy name, none or a mapping, got {value!r}")
-        base = {} if default is None or "strategy" in value else default.to_dict()
+        if "strategy" not in value and (default is None or not default.enabled):
+            raise DpbenchError(
+                f"token_pruning {value!r} names no strategy, and the method prunes no tokens "
+                f"by default: name one (e.g. {EXAMPLE})"
+            )
+        base = {} if "strategy" in value else default.to_dict()
         try:
             return cls(**{**base, **value})
         except TypeError as e:

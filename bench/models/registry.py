@@ -16,7 +16,7 @@ from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.models.architectures import architecture
 from dpbench.models.base import ModelInfo, VisionLanguageModel
-from dpbench.registry import Registry
+from dpbench.registries import MODELS
 
 
 class ModelLoader:
@@ -25,8 +25,6 @@ class ModelLoader:
     def load(self, device: str) -> VisionLanguageModel:
         raise NotImplementedError
 
-
-MODELS: Registry[type[ModelLoader]] = Registry("model", base=ModelLoader)
 
 PRETRAIN_LANGUAGE = dict(steps=5000, batch_size=32, lr=1e-3, seed=0, n=40000)
 PRETRAIN_VISION = dict(steps=1000, batch_size=64, lr=2e-3, seed=0)
