@@ -12,6 +12,7 @@ from dpbench.errors import DpbenchError
 from dpbench.leaderboard.cli import leaderboard_command
 from dpbench.models.lora import LoraSpec
 from dpbench.options import parse_pairs
+from dpbench.output import set_verbose
 from dpbench.registries import ATTACKS, METHODS, MODELS, TASKS
 from dpbench.results import load_result
 from dpbench.run_folder import RunFolder
@@ -22,8 +23,10 @@ from dpbench.sweep import sweep_command
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dpbench")
-def cli() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Show the libraries' own warnings and progress bars.")
+def cli(verbose: bool) -> None:
     """Benchmark and audit differentially private fine-tuning of multimodal LLMs."""
+    set_verbose(verbose)
 
 
 @cli.command()
@@ -139,6 +142,28 @@ def list_(kind: str) -> None:
             tokens = f"tokens {pruning.strategy} {pruning.keep_ratio:g}" if pruning.enabled else "tokens all"
             line = f"{lr:12s}{tokens:20s}{line}"
         click.echo(f"{name:16s} {line}")
+    if kind == "models":
+        from dpbench.models.architectures import ARCHITECTURES
+
+        click.echo("local checkpoints (--model PATH, a folder of one of these model types, loaded offline):")
+        for name in ARCHITECTURES.names():
+            doc = (ARCHITECTURES.get(name).__doc__ or "").strip().splitlines()
+            click.echo(f"  {name:14s} {doc[0] if doc else ''}")
+
+
+@cli.command("build-model")
+@click.argument("folder", type=click.Path(file_okay=False))
+def build_model(folder: str) -> None:
+    """Rebuild the embedded tiny-llava from its recipe into FOLDER (10 to 20 minutes on 2 CPU cores).
+
+    dpbench ships the weights the committed results were measured on; a rebuild on another CPU
+    need not give the same bits. Use the folder with --model FOLDER."""
+    from dpbench.models.registry import SHIPPED_WEIGHTS, TinyLlava, build_tiny_llava, weights_sha256
+
+    build_tiny_llava(folder)
+    built, shipped = weights_sha256(folder), weights_sha256(SHIPPED_WEIGHTS / TinyLlava().key())
+    same = "the same as" if built == shipped else "not the same as"
+    click.echo(f"built {folder}: weights sha256 {built}, {same} the shipped weights' ({shipped})")
 
 
 @cli.command()

@@ -248,6 +248,7 @@ def record(
             source=model.info.source,
             path=model.info.path,
             architecture=model.info.architecture,
+            weights_sha256=model.info.weights_sha256,
             parameters_total=trained.parameters[0],
             parameters_trainable=trained.parameters[1],
             zero_shot=zero_shot,

@@ -31,6 +31,7 @@ class ModelRecord:
     source: str
     path: str | None = None
     architecture: str
+    weights_sha256: str | None = None
     parameters_total: int
     parameters_trainable: int
     zero_shot: dict[str, float]

@@ -151,6 +151,7 @@ def config_key(result: dict[str, Any]) -> tuple:
     return (
         spec["task"],
         spec["model"],
+        result["model"].get("weights_sha256") or "",  # other weights under one name: another model
         method_rank(spec["method"]),
         spec["method"],
         options_json,

@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from dpbench.errors import DpbenchError
 from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rules)
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.privacy import PrivacyReport, calibrate_noise
+from dpbench.output import note
+from dpbench.privacy import SEEDED_NOISE, PrivacyReport, accountant_epsilon, calibrate_noise
 from dpbench.training_loop import TrainingLoop, adam, trainable_parameters
 
 # Called with the trainable parameters once their .grad holds the noisy, scaled DP gradient
@@ -109,6 +110,8 @@ def make_private(model, n: int, spec, sigma: float, *, clipping: str, secure_rng
     t, p = spec.training, spec.privacy
     params = trainable_parameters(model.model)
     model.model.train()  # Opacus validates in training mode, and its hooks skip eval mode
+    if not secure_rng:
+        note(SEEDED_NOISE)
     engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
     private = engine.make_private(
         module=model.model,
@@ -194,7 +197,7 @@ def train_dp_sgd(
     notes = ("noise from a cryptographically secure generator",) if secure_rng else NOT_SECURE
     privacy = PrivacyReport.released(
         spec,
-        epsilon=dp.engine.accountant.get_epsilon(delta=delta),
+        epsilon=accountant_epsilon(dp.engine.accountant, delta),
         delta=delta,
         noise_multiplier=sigma,
         sample_rate=dp.loader.sample_rate,

@@ -37,7 +37,8 @@ import torch
 
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.privacy import PrivacyReport, calibrate_noise, spent_epsilon
+from dpbench.output import note
+from dpbench.privacy import SEEDED_NOISE, PrivacyReport, calibrate_noise, spent_epsilon
 from dpbench.training_loop import TrainingLoop, chunks, trainable_parameters
 
 LR_SCHEDULES = ("constant", "linear")
@@ -218,6 +219,8 @@ class DPZO(Method):
         pruner = getattr(model, "token_pruner", None)
         generators = [g for g in (getattr(pruner, "generator", None),) if isinstance(g, torch.Generator)]
         sampling, perturbation, noise = streams(t.seed, o["secure_rng"])
+        if not o["secure_rng"]:
+            note(SEEDED_NOISE)
         loop, clipped = TrainingLoop(), 0  # no global seed: every draw comes from the streams above
 
         def encode(idx: list[int]) -> dict:

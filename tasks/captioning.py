@@ -87,6 +87,8 @@ def read_coco_captions(root: Path) -> dict[str, list[Example]]:
 
 @TASKS.register("captioning")
 class COCOCaptions(Task):
+    """COCO captioning (CIDEr, BLEU-4, METEOR, ROUGE-L via pycocoevalcap; needs Java); --data-dir: COCO layout."""
+
     primary_metric = "CIDEr"
 
     def load(self, data_dir: str | None) -> TaskData:

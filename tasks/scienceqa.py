@@ -148,6 +148,8 @@ def read_scienceqa(root: Path) -> tuple[dict[str, list[Example]], str]:
 
 @TASKS.register("scienceqa")
 class ScienceQA(Task):
+    """ScienceQA-IMG multiple choice (accuracy); --data-dir: problems.json + pid_splits.json, or parquet."""
+
     primary_metric = "accuracy"
 
     def load(self, data_dir: str | None) -> TaskData:

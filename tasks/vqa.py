@@ -99,6 +99,8 @@ def read_vqav2(root: Path) -> dict[str, list[Example]]:
 
 @TASKS.register("vqa")
 class VQAv2(Task):
+    """VQAv2 open-ended answers (VQA accuracy); --data-dir: the official questions/annotations JSON layout."""
+
     primary_metric = "accuracy"
 
     def load(self, data_dir: str | None) -> TaskData:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dpbench.models.base import ModelInfo, VisionLanguageModel
-from dpbench.models.registry import _quiet_transformers
+from dpbench.output import quiet_third_party
 from dpbench.tasks.base import Example
 from dpbench.tasks.digits import private_digits
 
@@ -26,7 +26,7 @@ CORPUS = [
 
 @pytest.fixture(scope="session")
 def tiny_model() -> VisionLanguageModel:
-    _quiet_transformers()
+    quiet_third_party()
     from dpbench.models import tiny_llava
 
     tok = tiny_llava.build_tokenizer(CORPUS * 5)

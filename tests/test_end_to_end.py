@@ -138,6 +138,27 @@ def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoin
     assert result["dataset"]["n_test"] == 6
 
 
+# the weights behind the committed results (built from the recipe, AMD EPYC, 2 cores)
+SHIPPED_SHA256 = "3e28ed6f382897b47ace1491e3e46899baf67d29e814951fb3197c1730f52790"
+
+
+def test_the_default_model_loads_the_shipped_weights_without_building(isolated_cache):
+    loader = registry.TinyLlava()
+    assert loader.path().parent == registry.SHIPPED_WEIGHTS
+    model = loader.load("cpu")
+    assert model.info.weights_sha256 == SHIPPED_SHA256
+    assert not isolated_cache.exists() or not any(isolated_cache.iterdir())  # nothing built or cached
+
+
+def test_weights_hash_covers_every_shard(tmp_path):
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"a")
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"b")
+    both = registry.weights_sha256(tmp_path)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"c")
+    assert registry.weights_sha256(tmp_path) != both
+    assert registry.weights_sha256(tmp_path / "missing") is None
+
+
 def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
     monkeypatch.setattr(registry, "PRETRAIN_LANGUAGE", dict(steps=2, batch_size=4, lr=1e-3, seed=0, n=16))
     monkeypatch.setattr(registry, "PRETRAIN_VISION", dict(steps=2, batch_size=8, lr=1e-3, seed=0))
@@ -149,4 +170,25 @@ def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
     stamp = (path / "config.json").stat().st_mtime_ns
     model = loader.load("cpu")
     assert model.info.source == "embedded-pretrained" and (path / "config.json").stat().st_mtime_ns == stamp
+    assert path.parent != registry.SHIPPED_WEIGHTS and model.info.weights_sha256 == registry.weights_sha256(path)
     assert model.model.config.image_seq_length == model.visual_tokens_per_image
+
+
+def test_a_default_run_prints_no_third_party_warning_or_bar(tmp_path):
+    """Only dpbench's own lines: no Python warning, no transformers loading bar; --verbose shows them."""
+    import subprocess
+    import sys
+
+    def output(*flags):
+        args = ["run", "--method", "dpsgd", "--steps", "2", "--eval-limit", "4", "--attacks", "loss"]
+        args += ["--audit-references", "0", "--runs-dir", str(tmp_path / "runs")]
+        cmd = [sys.executable, "-m", "dpbench.cli", *flags, *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    quiet = output()
+    assert "Warning" not in quiet and "warnings.warn" not in quiet and "Loading weights" not in quiet
+    assert "secure_rng=true" in quiet  # the secure-RNG notice in dpbench's words
+    loud = output("--verbose")
+    assert "Secure RNG turned off" in loud and "Loading weights" in loud

@@ -26,3 +26,13 @@ def test_schema_ships_with_the_package():
     from importlib import resources
 
     assert resources.files("dpbench").joinpath("schema/result.schema.json").is_file()
+
+
+def test_the_pretrained_embedded_model_ships_with_the_package():
+    from importlib import resources
+
+    from dpbench.models.registry import TinyLlava
+
+    folder = resources.files("dpbench.models").joinpath("weights", TinyLlava().key())
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):
+        assert folder.joinpath(name).is_file(), name

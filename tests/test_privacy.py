@@ -6,7 +6,10 @@ from dpbench.errors import DpbenchError
 from dpbench.privacy import calibrate_noise, check_delta, default_delta, spent_epsilon
 
 
-@pytest.mark.parametrize("sigma, q, steps", [(0.8, 0.05, 150), (1.2, 0.01, 1000), (3.0, 0.1, 50)])
+# the last two: large σ, where Opacus' default orders (up to 63) overstate ε 2 to 20 times
+@pytest.mark.parametrize(
+    "sigma, q, steps", [(0.8, 0.05, 150), (1.2, 0.01, 1000), (3.0, 0.1, 50), (20.0, 0.0435, 150), (40.0, 0.0435, 3)]
+)
 def test_rdp_epsilon_matches_dp_accounting_within_one_percent(sigma, q, steps, dp_accounting_epsilon):
     delta = 1e-5
     ours = spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=q, steps=steps, accountant="rdp")
@@ -22,6 +25,17 @@ def test_calibrated_sigma_spends_at_most_the_target(accountant, target):
     assert spent <= target and spent == pytest.approx(target, rel=0.02)
     # a little less noise would overspend: sigma is not needlessly large
     assert spent_epsilon(noise_multiplier=sigma * 0.97, **kw) > target
+
+
+def test_calibrating_the_default_run_raises_no_warning(isolated_cache):
+    """Opacus' σ search starts at σ = 20, where its default orders warn that the best is the
+    largest: the wider grid makes that search, and the default run, silent."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sigma = calibrate_noise(target_epsilon=8.0, delta=6.944e-5, sample_rate=1 / 23, steps=150, accountant="rdp")
+    assert sigma == pytest.approx(0.7094, abs=1e-3)
 
 
 def test_delta_must_be_below_one_over_n():

@@ -63,6 +63,8 @@ def architecture(model_type: str) -> Architecture:
 
 @ARCHITECTURES.register("llava")
 class Llava(Architecture):
+    """LLaVA / LLaVA-1.5 (llava-hf layout): config.json, safetensors weights, tokenizer and processor files."""
+
     parameter_groups = {
         "vision_tower": ("model.vision_tower.",),
         "projector": ("model.multi_modal_projector.",),
@@ -76,6 +78,8 @@ class Llava(Architecture):
 
 @ARCHITECTURES.register("idefics3")
 class Idefics3(Architecture):
+    """Idefics3: config.json, safetensors weights, processor; images are not split (one square each)."""
+
     parameter_groups = {
         "vision_tower": ("model.vision_model.",),
         "projector": ("model.connector.",),
@@ -102,8 +106,10 @@ class Idefics3(Architecture):
 
 @ARCHITECTURES.register("smolvlm")
 class SmolVLM(Idefics3):
-    """Idefics3's architecture; its processor (for videos too) needs num2words and torchvision,
-    so images go through Idefics3's processor, which writes the same single-image prompt."""
+    """SmolVLM (Idefics3 architecture): as idefics3; images go through Idefics3's processor.
+
+    SmolVLM's own processor (for videos too) needs num2words and torchvision; Idefics3's writes
+    the same single-image prompt."""
 
     def load_processor(self, path: str | Path):
         from transformers import Idefics3Processor
@@ -113,6 +119,8 @@ class SmolVLM(Idefics3):
 
 @ARCHITECTURES.register("qwen2_vl")
 class Qwen2VL(Architecture):
+    """Qwen2-VL: config.json, safetensors weights, processor; DP-SGD trains its language model only."""
+
     parameter_groups = {
         "vision_tower": ("model.visual.patch_embed.", "model.visual.blocks."),
         "projector": ("model.visual.merger.",),

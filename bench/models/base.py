@@ -37,6 +37,7 @@ class ModelInfo:
     source: str  # "embedded-pretrained" or "local"
     path: str | None
     architecture: str
+    weights_sha256: str | None = None  # of the base weights the run starts from (`registry.weights_sha256`)
 
 
 class VisionLanguageModel:
