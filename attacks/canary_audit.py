@@ -14,21 +14,26 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 from dpbench.attacks.signals import per_example_losses
+from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
 from dpbench.run_folder import RunFolder
+from dpbench.spec import CANARY_KINDS
 
 CONFIDENCE = 0.95
 # Fractions of the canaries guessed (half "in", half "out"). The best is reported, so each
 # is tested at (1 − confidence) / (number of distinct guess counts) (Bonferroni): the
 # maximum stays a sound bound.
 GUESS_FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
-SCORE = "base-model loss minus target-model loss on the canary's wrong target"
+SCORE = "base-model loss minus target-model loss on the canary's target"
+
 UTILITY_NOTE = (
     "utility was measured on a model trained with canaries (mislabelled copies of training "
     "examples) inserted for the one-run audit"
@@ -59,14 +64,67 @@ def mislabel(example: Example, others: list[Example], rng: random.Random, index:
     return replace(example, uid=f"canary-{index}-{example.uid}", target=target, answer=answer, references=())
 
 
-def make_canaries(train: list[Example], m: int, seed: int) -> Canaries:
-    """`m` canaries from distinct training examples; inclusion ~ Bernoulli(½), i.i.d., from
+NOISE_SIDE = 32  # px; the processor resizes it as any image
+TOKENS_PER_TARGET = 2
+
+
+def rare_token_targets(tokenizer, train: list[Example], m: int, rng: random.Random) -> list[str]:
+    """`m` texts of TOKENS_PER_TARGET tokens each, no token shared between texts and none that any
+    training target uses: only a canary's own gradient ever raises its tokens' likelihood (the
+    new-token canaries of Panda et al. 2025, within an existing vocabulary)."""
+    used = {i for e in train for i in tokenizer(e.target, add_special_tokens=False)["input_ids"]}
+    special = set(tokenizer.all_special_ids)
+    free = [i for i in range(len(tokenizer)) if i not in used and i not in special]
+    rng.shuffle(free)
+    targets = []
+    for k in range(0, len(free) - TOKENS_PER_TARGET + 1, TOKENS_PER_TARGET):
+        ids = free[k : k + TOKENS_PER_TARGET]
+        text = tokenizer.decode(ids)
+        if text.strip() and tokenizer(text, add_special_tokens=False)["input_ids"] == ids:
+            targets.append(text)
+        if len(targets) == m:
+            return targets
+    raise DpbenchError(
+        f"{m} memorable canaries need {m * TOKENS_PER_TARGET} tokens no training target uses; this tokenizer "
+        f"has enough for {len(targets)}: ask for fewer (--canaries {len(targets)}) or --canary-kind mislabelled"
+    )
+
+
+def memorable(example: Example, target: str, rng: random.Random, index: int, folder: Path) -> Example:
+    """A canary only memorisation can predict: an image of uniform random noise and a target of
+    tokens no training example's answer contains, asked with a training example's question."""
+    path = folder / f"{index}.png"
+    pixels = np.frombuffer(rng.randbytes(NOISE_SIDE * NOISE_SIDE * 3), dtype=np.uint8)
+    if not path.exists():
+        Image.fromarray(pixels.reshape(NOISE_SIDE, NOISE_SIDE, 3)).save(path)
+    return replace(
+        example,
+        uid=f"canary-{index}",
+        image=path,
+        target=target,
+        choices=(),
+        answer=None,
+        references=(),
+        group=f"canary-{index}",
+    )
+
+
+def make_canaries(train: list[Example], m: int, seed: int, kind: str = "memorable", tokenizer=None) -> Canaries:
+    """`m` canaries built on distinct training examples; inclusion ~ Bernoulli(½), i.i.d., from
     its own seeded stream (so it does not depend on how the canaries were built)."""
+    if kind not in CANARY_KINDS:
+        raise DpbenchError(f"audit.canary_kind must be one of {', '.join(CANARY_KINDS)}, got {kind!r}")
     if m > len(train):
         raise DpbenchError(f"audit.canaries = {m} exceeds the {len(train)} training examples")
     rng = random.Random(f"canaries-{seed}")
     bases = rng.sample(range(len(train)), m)
-    examples = tuple(mislabel(train[b], train, rng, i) for i, b in enumerate(bases))
+    if kind == "mislabelled":
+        examples = tuple(mislabel(train[b], train, rng, i) for i, b in enumerate(bases))
+    else:
+        folder = cache_dir() / f"canary-images-v2-s{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        targets = rare_token_targets(tokenizer, train, m, rng)
+        examples = tuple(memorable(train[b], t, rng, i, folder) for i, (b, t) in enumerate(zip(bases, targets)))
     coin = random.Random(f"canary-inclusion-{seed}")
     included = np.array([coin.random() < 0.5 for _ in range(m)], dtype=bool)
     return Canaries(examples, included, seed)

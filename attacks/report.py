@@ -64,6 +64,9 @@ def _lower_bounds(result: Mapping[str, Any]) -> dict[str, float]:
     canary = _audit(result).get("canary")
     if isinstance(canary, Mapping) and isinstance(canary.get("epsilon_lower_bound"), (int, float)):
         out["one-run canary audit"] = canary["epsilon_lower_bound"]
+    whitebox = _audit(result).get("whitebox")
+    if isinstance(whitebox, Mapping) and isinstance(whitebox.get("epsilon_lower_bound"), (int, float)):
+        out["white-box gradient-canary audit"] = whitebox["epsilon_lower_bound"]
     return out
 
 
@@ -275,15 +278,46 @@ _CANARY_LABELS = {
 }
 
 
-def _canary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
-    canary = _audit(result).get("canary")
-    if not isinstance(canary, Mapping):
+_WHITEBOX_LABELS = {
+    "violation": "VIOLATION (Steinke ε̂ above the accounted ε)",
+    "epsilon_lower_bound": "ε̂, Steinke et al. 2023 (assumes only the (ε, δ) claim)",
+    "ceiling": "its ceiling (every guess right)",
+    "guesses": "Guesses made (Steinke)",
+    "correct": "Correct guesses (Steinke)",
+    "epsilon_lower_bound_fdp": "ε̂, f-DP analysis of Mahloujifar et al. 2024 (assumes a Gaussian trade-off at (ε, δ))",
+    "ceiling_fdp": "its ceiling",
+    "accounted_epsilon": "Accounted ε",
+    "m": "Gradient canaries (each in training with probability ½, then sampled per step at the run's rate)",
+    "included": "Included in training",
+    "canary_steps": "Canary-steps that entered training",
+    "steps_observed": "Released gradients observed (white box: every step)",
+    "inserted": "How a canary enters a step",
+    "score": "Score",
+    "confidence": "Confidence",
+    "seed": "Seed",
+    "note": "Note",
+}
+WHITEBOX_SECTION = "White-box one-run audit (gradient canaries)"
+
+
+def _section_rows(section: Any, labels: Mapping[str, str]) -> list[tuple[str, str]]:
+    if not isinstance(section, Mapping):
         return []
-    known = [k for k in _CANARY_LABELS if k in canary] + [k for k in canary if k not in _CANARY_LABELS]
-    return [
-        (_esc(_CANARY_LABELS.get(k, k)), _fmt(canary[k], 3) if isinstance(canary[k], float) else _esc(canary[k]))
-        for k in known
-    ]
+    known = [k for k in labels if k in section] + [k for k in section if k not in labels]
+    out = []
+    for k in known:
+        v = section[k]
+        text = _fmt(v, 3) if isinstance(v, float) else ("yes" if v is True else "no" if v is False else _esc(v))
+        out.append((_esc(labels.get(k, k)), text))
+    return out
+
+
+def _canary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return _section_rows(_audit(result).get("canary"), _CANARY_LABELS)
+
+
+def _whitebox_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return _section_rows(_audit(result).get("whitebox"), _WHITEBOX_LABELS)
 
 
 def _markdown(result: Mapping[str, Any], plots: bool) -> str:
@@ -299,6 +333,8 @@ def _markdown(result: Mapping[str, Any], plots: bool) -> str:
         out.append("No attacks were run.")
     if canary := _canary_rows(result):
         out += ["", "## One-run canary audit", ""] + [f"- **{k}**: {cell(v)}" for k, v in canary]
+    if whitebox := _whitebox_rows(result):
+        out += ["", f"## {WHITEBOX_SECTION}", ""] + [f"- **{k}**: {cell(v)}" for k, v in whitebox]
     if notes := _notes(result):
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     out += ["", "## Plots", ""]
@@ -341,6 +377,10 @@ def _html(result: Mapping[str, Any], roc: bytes | None, hist: bytes | None) -> s
     if canary := _canary_rows(result):
         parts.append(
             "<h2>One-run canary audit</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in canary) + "</dl>"
+        )
+    if whitebox := _whitebox_rows(result):
+        parts.append(
+            f"<h2>{WHITEBOX_SECTION}</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in whitebox) + "</dl>"
         )
     if notes := _notes(result):
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{n}</li>" for n in notes) + "</ul>")

@@ -16,7 +16,7 @@ from dpbench.output import set_verbose
 from dpbench.registries import ATTACKS, METHODS, MODELS, TASKS
 from dpbench.results import load_result
 from dpbench.run_folder import RunFolder
-from dpbench.spec import EVAL_SPLITS, RunSpec, load_spec_file, merge
+from dpbench.spec import CANARY_KINDS, EVAL_SPLITS, RunSpec, load_spec_file, merge
 from dpbench.summary import print_summary
 from dpbench.sweep import sweep_command
 
@@ -73,6 +73,18 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--canaries", type=int, help="One-run canary audit with this many canaries (changes the training set). [default: 0]"
 )
+@click.option(
+    "--canary-kind",
+    type=click.Choice(CANARY_KINDS),
+    help="memorable: a random-noise image with a random text target; mislabelled: a training example "
+    "with a wrong answer. [default: memorable]",
+)
+@click.option(
+    "--gradient-canaries",
+    type=int,
+    help="White-box one-run audit: this many gradient canaries inside the training steps, every "
+    "released gradient observed (changes training slightly). [default: 0]",
+)
 @click.option("--eval-limit", type=int, help="Evaluate on the first N examples of the evaluation split only.")
 @click.option(
     "--eval-split",
@@ -97,7 +109,13 @@ def run(**kw) -> None:
         for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable")
         if kw[k] is not None
     }
-    audit = {k: kw[f] for k, f in (("references", "audit_references"), ("canaries", "canaries")) if kw[f] is not None}
+    audit_flags = (
+        ("references", "audit_references"),
+        ("canaries", "canaries"),
+        ("canary_kind", "canary_kind"),
+        ("gradient_canaries", "gradient_canaries"),
+    )
+    audit = {k: kw[f] for k, f in audit_flags if kw[f] is not None}
     flags = {**top, "privacy": privacy, "training": training, "audit": audit}
     if kw["options"]:
         flags["method_options"] = parse_pairs(kw["options"], "--option")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from dpbench.attacks.audit import audit_run
 from dpbench.attacks.base import ATTACKS
-from dpbench.attacks.canary_audit import UTILITY_NOTE, Canaries, make_canaries
+from dpbench.attacks.canary_audit import CONFIDENCE, UTILITY_NOTE, Canaries, make_canaries
+from dpbench.attacks.gradient_canaries import UTILITY_NOTE as WHITEBOX_NOTE
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
 from dpbench.methods.base import METHODS, Method, TrainReport
@@ -55,7 +56,8 @@ class Prepared:
 
     @property
     def utility_notes(self) -> list[str]:
-        return [UTILITY_NOTE] if self.canaries is not None else []
+        notes = [UTILITY_NOTE] if self.canaries is not None else []
+        return notes + ([WHITEBOX_NOTE] if self.spec.audit.gradient_canaries else [])
 
 
 @dataclass
@@ -109,9 +111,10 @@ def audit_sets(spec: RunSpec, train: list[Example], data: TaskData) -> tuple[lis
     return random.Random(spec.training.seed + 1).sample(train, n), data.nonmembers[:n]
 
 
-def run_canaries(spec: RunSpec, train: list[Example]) -> Canaries | None:
+def run_canaries(spec: RunSpec, train: list[Example], tokenizer) -> Canaries | None:
     """The one-run audit's canaries, when the spec asks for them (they change the training set)."""
-    return make_canaries(train, spec.audit.canaries, spec.training.seed) if spec.audit.canaries else None
+    a = spec.audit
+    return make_canaries(train, a.canaries, spec.training.seed, a.canary_kind, tokenizer) if a.canaries else None
 
 
 def adapt(model: VisionLanguageModel, spec: RunSpec, method: Method) -> VisionLanguageModel:
@@ -141,14 +144,14 @@ def prepare(spec: RunSpec) -> Prepared:
     task, method = TASKS.get(spec.task)(), make_method(spec)
     data = task.load(spec.data_dir)
     train = training_examples(spec, data)
-    canaries = run_canaries(spec, train)
+    model = load_target(spec, method)
+    canaries = run_canaries(spec, train, model.tokenizer)
     fit = train + canaries.included_examples() if canaries else train
     delta = run_delta(spec, len(fit))
     if method.private:
         check_delta(delta, len(fit))
     scored = data.nonmembers if spec.eval_split == "validation" else data.test
     scored = scored[: spec.eval_limit] if spec.eval_limit else scored
-    model = load_target(spec, method)
     return Prepared(spec, task, method, data, train, canaries, fit, delta, scored, model)
 
 
@@ -200,6 +203,17 @@ def audit(p: Prepared, base: VisionLanguageModel, folder: RunFolder, target_epoc
     )
 
 
+def with_whitebox(audit_record: AuditRecord | None, trained: Trained) -> AuditRecord | None:
+    """The audit record with the white-box audit the training made, if it made one."""
+    whitebox = trained.report.whitebox
+    if whitebox is None:
+        return audit_record
+    if audit_record is None:
+        audit_record = AuditRecord(n_members=0, n_nonmembers=0, confidence=CONFIDENCE, attacks={})
+    audit_record.whitebox = whitebox
+    return audit_record
+
+
 def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -> VisionLanguageModel:
     """A reference model of the offline attacks: non-private, from the same base, LoRA adapters and
     trainable groups as the target, without its token pruning (it stands for a model trained elsewhere)."""
@@ -211,6 +225,7 @@ def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -
             "training.steps": steps,
             "training.n_train": None,
             "token_pruning": "none",
+            "audit.gradient_canaries": 0,
         }
     )
     method = make_method(ref_spec)

@@ -42,7 +42,7 @@ def rescore(result: RunResult, spec: RunSpec, folder: RunFolder, attacks: list[s
         target_epochs=result.training.epochs,
         folder=folder,
         train_reference=phases.train_reference,
-        canaries=phases.run_canaries(spec, train),
+        canaries=phases.run_canaries(spec, train, base.tokenizer),
     )
 
 
@@ -70,6 +70,7 @@ def reaudit(run_dir, attacks: list[str] | None = None) -> RunResult:
     folder = RunFolder(run_dir)
     result = RunResult.from_dict(load_result(folder.result))
     spec = RunSpec.from_dict(result.spec)
+    old_whitebox = result.audit.whitebox if result.audit is not None else None
     if folder.checkpoint.is_dir():
         result.audit, scores = rescore(result, spec, folder, attacks)
     elif folder.attack_scores.exists():
@@ -78,6 +79,8 @@ def reaudit(run_dir, attacks: list[str] | None = None) -> RunResult:
         result.audit, scores = resummarise(result, spec, folder)
     else:
         raise DpbenchError(f"{folder.path} has neither a checkpoint nor saved attack scores to audit")
+    if old_whitebox is not None:  # made during training: a re-audit keeps it as it was
+        result.audit.whitebox = old_whitebox
     write_report(folder, result.to_dict(), scores)
     write_result(folder.result, result.to_dict())
     return result

@@ -75,6 +75,7 @@ class AuditRecord:
     notes: list[str] = field(default_factory=list)
     references: dict[str, Any] | None = None
     canary: dict[str, Any] | None = None
+    whitebox: dict[str, Any] | None = None  # the white-box gradient-canary audit, made during training
     report: str | None = None  # the HTML report's file name in the run folder
 
     def strongest(self, key: str) -> tuple[str, dict[str, Any]] | None:

@@ -35,6 +35,7 @@ def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: b
     audit_record, scores = None, {}
     if audit:
         audit_record, scores = phases.audit(prepared, base, folder, trained.report.epochs, log)
+    audit_record = phases.with_whitebox(audit_record, trained)
 
     result = phases.record(prepared, trained, evaluation, zero_shot, audit_record, time.perf_counter() - started)
     if audit_record is not None:

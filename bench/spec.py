@@ -24,13 +24,21 @@ from dpbench.models.pruning_spec import ENTRY_KEYS, TokenPruning
 from dpbench.registries import METHODS
 
 ACCOUNTANTS = ("rdp", "prv")
+# the black-box one-run audit's canaries (dpbench.attacks.canary_audit): a random-noise image with a
+# random text target, or a training example with a wrong answer
+CANARY_KINDS = ("memorable", "mislabelled")
 # "validation": the task's held-out validation examples (never trained on; also the audit's
 # non-members), for choosing hyperparameters without looking at the test split
 EVAL_SPLITS = ("test", "validation")
 # fields added after results were committed, with their defaults: a spec at the default leaves
 # the field out of its hash, so older specs keep their hash (and their run ids); token_pruning
 # likewise at its method's default
-HASH_OMITTED_AT_DEFAULT = {"lora": None, "eval_split": "test"}
+HASH_OMITTED_AT_DEFAULT = {
+    "lora": None,
+    "eval_split": "test",
+    "audit.gradient_canaries": 0,
+    "audit.canary_kind": "memorable",
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,9 @@ class AuditSpec:
     references: int = 2  # reference models for lira / rmia (trained on the test split); 0: skip those attacks
     reference_steps: int | None = None  # None: as many epochs over their data as the target had
     canaries: int = 0  # one-run canary audit; > 0 CHANGES the training set (each canary in w.p. 1/2)
+    canary_kind: str = "memorable"  # or "mislabelled" (attacks/canary_audit.py)
+    # white-box one-run audit: gradient canaries inside the training steps (they change training slightly)
+    gradient_canaries: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,10 @@ class RunSpec:
             raise DpbenchError(f"audit.references must be >= 0, got {a.references}")
         if a.canaries < 0 or a.canaries == 1:
             raise DpbenchError(f"audit.canaries must be 0 (off) or at least 2, got {a.canaries}")
+        if a.canary_kind not in CANARY_KINDS:
+            raise DpbenchError(f"audit.canary_kind must be one of {', '.join(CANARY_KINDS)}, got {a.canary_kind!r}")
+        if a.gradient_canaries < 0 or a.gradient_canaries == 1:
+            raise DpbenchError(f"audit.gradient_canaries must be 0 (off) or at least 2, got {a.gradient_canaries}")
         if a.reference_steps is not None and a.reference_steps < 1:
             raise DpbenchError(f"audit.reference_steps must be at least 1, got {a.reference_steps}")
         if self.eval_split not in EVAL_SPLITS:
@@ -165,8 +180,12 @@ class RunSpec:
     def spec_hash(self) -> str:
         d = self.to_dict()
         for name, default in HASH_OMITTED_AT_DEFAULT.items():
-            if d[name] == default:
-                del d[name]
+            *parents, leaf = name.split(".")
+            node = d
+            for part in parents:
+                node = node[part]
+            if node[leaf] == default:
+                del node[leaf]
         if self.token_pruning == default_token_pruning(self.method):  # as before the field existed
             del d["token_pruning"]
         blob = json.dumps(d, sort_keys=True, default=str).encode()

@@ -43,6 +43,14 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
             f"ε̂ {c['epsilon_lower_bound']:.3f} ({c['correct']}/{c['guesses']} right of "
             f"{c['m']} canaries); utility is of a canary-trained model",
         )
+    if audit is not None and audit.whitebox:
+        w = audit.whitebox
+        flag = "  VIOLATION: above the accounted ε" if w["violation"] else ""
+        table.add_row(
+            "white-box audit",
+            f"ε̂ {w['epsilon_lower_bound']:.3f} (ceiling {w['ceiling']:.2f}; f-DP {w['epsilon_lower_bound_fdp']:.3f}), "
+            f"{w['correct']}/{w['guesses']} right of {w['m']} gradient canaries{flag}",
+        )
     for rec in s.peak_memory:
         table.add_row(
             f"peak memory ({rec['device']})", f"{_mib(rec['peak_bytes'])} [{rec['kind']}] {rec.get('name', '')}"

@@ -54,6 +54,7 @@ class Row:
     target_epsilon: float | None
     dataset_source: str
     model_source: str
+    weights: str  # the first 12 hex digits of the base weights' sha256, "" when unrecorded
     device: str  # device name as recorded (e.g. "NVIDIA H100 80GB HBM3")
     device_type: str  # cpu / cuda / mps
     primary_metric: str
@@ -62,6 +63,10 @@ class Row:
     zero_shot: Stat | None  # the pre-trained model on the same test split: what fine-tuning adds
     epsilon: Stat | None
     delta: Stat | None
+    whitebox_eps_hat: Stat | None  # the white-box gradient-canary audit's Steinke bound
+    whitebox_ceiling: Stat | None  # that bound with every guess right
+    canary_eps_hat: Stat | None  # the black-box one-run canary audit's bound
+    violations: int | None  # seeds whose white-box bound exceeds their accounted ε; None: no white-box audit
     eps_hat: Stat | None
     eps_hat_attack: str | None
     auc: Stat | None
@@ -199,6 +204,17 @@ def best_attack(
     return best
 
 
+def audit_part(result: dict[str, Any], section: str, key: str) -> Any:
+    """`audit.<section>.<key>` of a result, None where the run has no such audit."""
+    part = (result.get("audit") or {}).get(section)
+    return part.get(key) if isinstance(part, dict) else None
+
+
+def violations(results: list[dict[str, Any]]) -> int | None:
+    flags = [audit_part(r, "whitebox", "violation") for r in results]
+    return None if all(f is None for f in flags) else sum(bool(f) for f in flags)
+
+
 def make_row(results: list[dict[str, Any]]) -> Row:
     first = results[0]
     spec = first["spec"]
@@ -218,6 +234,7 @@ def make_row(results: list[dict[str, Any]]) -> Row:
         target_epsilon=target_epsilon(first),
         dataset_source=dataset_source(first),
         model_source=first["model"]["source"],
+        weights=(first["model"].get("weights_sha256") or "")[:12],
         device=device,
         device_type=device_type,
         primary_metric=metric,
@@ -226,6 +243,10 @@ def make_row(results: list[dict[str, Any]]) -> Row:
         zero_shot=Stat.of(r["model"]["zero_shot"].get(metric) for r in results),
         epsilon=Stat.of(r["privacy"]["epsilon"] for r in results),
         delta=Stat.of(r["privacy"]["delta"] for r in results),
+        whitebox_eps_hat=Stat.of(audit_part(r, "whitebox", "epsilon_lower_bound") for r in results),
+        whitebox_ceiling=Stat.of(audit_part(r, "whitebox", "ceiling") for r in results),
+        canary_eps_hat=Stat.of(audit_part(r, "canary", "epsilon_lower_bound") for r in results),
+        violations=violations(results),
         eps_hat=eps_hat,
         eps_hat_attack=eps_hat_attack,
         auc=auc,

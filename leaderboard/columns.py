@@ -94,6 +94,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "source": lambda v: fmt_source(str(v)),
     "text": fmt_text,
     "int": str,
+    "violation": lambda n: MISSING if n is None else f"VIOLATION ({n})" if n else "ok",
 }
 
 COLUMNS: tuple[Column, ...] = (
@@ -117,8 +118,25 @@ COLUMNS: tuple[Column, ...] = (
         "zero_shot", "Zero-shot", "mean3", description="the same metric of the pre-trained model, before fine-tuning"
     ),
     Column("epsilon", "ε (accounted)", "stat2", LOWER, "privacy spent, from the accountant"),
+    Column(
+        "whitebox_eps_hat",
+        "ε̂ white-box",
+        "stat2",
+        LOWER,
+        "one-run lower bound from gradient canaries inside the training steps, every released gradient "
+        "observed (Steinke et al.'s bound; must not exceed the accounted ε)",
+    ),
+    Column("whitebox_ceiling", "ε̂ ceiling", "mean3", description="the white-box bound if every guess were right"),
+    Column("violations", "Audit", "violation", description="VIOLATION: a seed's white-box ε̂ exceeds its accounted ε"),
+    Column(
+        "canary_eps_hat",
+        "ε̂ black-box",
+        "stat2",
+        LOWER,
+        "one-run lower bound from canary examples scored on the final model only",
+    ),
     Column("delta", "δ", "delta"),
-    Column("eps_hat", "ε̂ (audit)", "stat2", LOWER, "empirical ε lower bound of the strongest attack"),
+    Column("eps_hat", "ε̂ (MIA)", "stat2", LOWER, "empirical ε lower bound of the strongest membership attack"),
     Column("eps_hat_attack", "ε̂ attack", "text", description="the attack giving the best ε̂"),
     Column("auc", "Best AUC", "stat3", LOWER, "highest membership-inference AUC over attacks (0.5 = chance)"),
     Column("tpr_at_1pct_fpr", "TPR@1%FPR", "stat3", LOWER, "highest true-positive rate at 1% false positives"),

@@ -13,7 +13,17 @@ from dpbench.leaderboard import plots
 from dpbench.leaderboard.aggregate import Row
 from dpbench.leaderboard.benchmarks import Benchmark, device_types
 from dpbench.leaderboard.columns import COLUMNS, Column
-from dpbench.leaderboard.render import NOTE, SYSTEMS_NOTE, TITLE, header, task_note, tasks
+from dpbench.leaderboard.render import (
+    NOTE,
+    SYSTEMS_NOTE,
+    TITLE,
+    header,
+    sources_line,
+    table_columns,
+    task_note,
+    tasks,
+    violation_lines,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -25,6 +35,9 @@ th[aria-sort="descending"]::after { content: " ▼"; }
 tbody tr:nth-child(even) { background: #fafafa; }
 img { max-width: 100%; display: block; margin: 1em 0; }
 .note { color: #555; max-width: 60em; }
+.badge { background: #eef3fb; border: 1px solid #c9d7ee; border-radius: 0.3em; padding: 0.1em 0.4em; }
+p.violation { background: #b00020; color: #fff; font-weight: bold; padding: 0.6em; max-width: 60em; }
+tr.violation td { background: #fde7ea; color: #8a0015; font-weight: bold; }
 """
 
 # Click a header to sort by it; a second click reverses. Numeric cells sort by data-sort.
@@ -70,8 +83,12 @@ def cell(col: Column, row: Row) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    head = "".join(f'<th scope="col">{escape(header(c, rows))}</th>' for c in COLUMNS)
-    body = "\n".join("<tr>" + "".join(cell(c, r) for c in COLUMNS) + "</tr>" for r in rows)
+    columns = table_columns(rows)
+    head = "".join(f'<th scope="col">{escape(header(c, rows))}</th>' for c in columns)
+    body = "\n".join(
+        ('<tr class="violation">' if r.violations else "<tr>") + "".join(cell(c, r) for c in columns) + "</tr>"
+        for r in rows
+    )
     return f'<table class="sortable">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
 
 
@@ -129,9 +146,12 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
         task_rows = [r for r in rows if r.task == task]
         parts += [
             f"<h2>{escape(task)}</h2>",
-            f'<p class="note">{escape(task_note(task_rows))}</p>',
+            f'<p class="note">{escape(task_note(task_rows))} <span class="badge">{escape(sources_line(task_rows))}'
+            "</span></p>",
+            *(f'<p class="violation" role="alert">{escape(line)}</p>' for line in violation_lines(task_rows)),
             table(task_rows),
             image(plots.frontier_data(rows, task)),
+            image(plots.audit_data(rows, task)),
         ]
     device_types = sorted({r.device_type for r in rows})
     if device_types:

@@ -50,6 +50,19 @@ def series_label(row: Row, varying: set[str]) -> str:
     return " · ".join(parts)
 
 
+# run-spec fields that change what is audited, not what is trained: left out of the systems labels
+NOT_SYSTEMS = ("attacks", "audit.")
+
+
+def short_label(row: Row, varying: set[str]) -> str:
+    """A bar's label: the method and the training options only, each by its last name part."""
+    options = json.loads(row.method_options) if row.method_options else {}
+    kept = [f"{k.split('.')[-1]} {v}" for k, v in sorted(options.items()) if not k.startswith(NOT_SYSTEMS)]
+    parts = [row.method + (f" ({', '.join(kept)})" if kept else "")]
+    parts += [str(getattr(row, attr)) for attr in ("model", "device", "dataset_source") if attr in varying]
+    return " · ".join(parts)
+
+
 def varying_attrs(rows: list[Row]) -> set[str]:
     return {a for a in ("model", "device", "dataset_source") if len({getattr(r, a) for r in rows}) > 1}
 
@@ -81,31 +94,52 @@ def frontier_data(rows: list[Row], task: str) -> Plot:
     }
 
 
+def audit_data(rows: list[Row], task: str) -> Plot:
+    """Per method: the audits' ε̂ against the accounted ε (a sound audit stays under ε̂ = ε)."""
+    task_rows = [r for r in rows if r.task == task and r.private and r.epsilon is not None]
+    varying = varying_attrs(task_rows)
+    series: dict[str, list[list[float | None]]] = defaultdict(list)
+    for r in task_rows:
+        whitebox = r.whitebox_eps_hat.mean if r.whitebox_eps_hat is not None else None
+        blackbox = r.canary_eps_hat.mean if r.canary_eps_hat is not None else None
+        mia = r.eps_hat.mean if r.eps_hat is not None else None
+        series[series_label(r, varying)].append([r.epsilon.mean, whitebox, blackbox, mia])
+    return {
+        "kind": "audit",
+        "title": f"{task}: empirical ε̂ against accounted ε",
+        "series": [{"label": k, "points": sorted(v)} for k, v in series.items()],
+    }
+
+
 def systems_data(rows: list[Row], device_type: str) -> Plot:
-    """Memory and throughput per method on one device type, averaged over ε settings and seeds."""
+    """Memory and throughput per method on one device type, one panel per task, averaged over
+    ε settings and seeds."""
     dev_rows = [r for r in rows if r.device_type == device_type]
-    varying = varying_attrs(dev_rows) | ({"task"} if len({r.task for r in dev_rows}) > 1 else set())
-    sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"memory": [0.0, 0], "throughput": [0.0, 0]})
-    for r in dev_rows:
-        label = series_label(r, varying) + (f" · {r.task}" if "task" in varying else "")
-        for key, stat in (("memory", r.peak_memory_mib), ("throughput", r.train_samples_per_s)):
-            if stat is not None:  # weight each row by its seeds: the mean over all runs
-                sums[label][key][0] += stat.mean * stat.n
-                sums[label][key][1] += stat.n
-    bars = [
-        {
-            "label": k,
-            "memory": v["memory"][0] / v["memory"][1] if v["memory"][1] else None,
-            "throughput": v["throughput"][0] / v["throughput"][1] if v["throughput"][1] else None,
-        }
-        for k, v in sums.items()
-    ]
+    varying = varying_attrs(dev_rows)
+    panels = []
+    for task in sorted({r.task for r in dev_rows}):
+        sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"memory": [0.0, 0], "throughput": [0.0, 0]})
+        for r in (r for r in dev_rows if r.task == task):
+            label = short_label(r, varying)
+            for key, stat in (("memory", r.peak_memory_mib), ("throughput", r.train_samples_per_s)):
+                if stat is not None:  # weight each row by its seeds: the mean over all runs
+                    sums[label][key][0] += stat.mean * stat.n
+                    sums[label][key][1] += stat.n
+        bars = [
+            {
+                "label": k,
+                "memory": v["memory"][0] / v["memory"][1] if v["memory"][1] else None,
+                "throughput": v["throughput"][0] / v["throughput"][1] if v["throughput"][1] else None,
+            }
+            for k, v in sums.items()
+        ]
+        panels.append({"task": task, "bars": bars})
     kinds = sorted({r.memory_kind for r in dev_rows if r.memory_kind})
     return {
         "kind": "systems",
         "title": f"{device_type}: memory and throughput per method",
         "memory_kind": ", ".join(kinds),
-        "bars": bars,
+        "panels": panels,
     }
 
 
@@ -116,47 +150,99 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def epsilon_axis(ax, xs: list[float]) -> None:
+    """Log scale when the ε values span a decade or more, else linear; ticks at the ε values
+    themselves, in plain numbers (no 7.9956×10⁰ when every point sits near one ε)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    distinct = sorted(set(round(x, 2) for x in xs))
+    if len(distinct) > 1 and distinct[-1] / distinct[0] >= 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+    elif distinct:
+        pad = max(0.5, 0.15 * distinct[-1])
+        ax.set_xlim(max(0.0, distinct[0] - pad), distinct[-1] + pad)
+    if distinct:
+        ax.xaxis.set_major_locator(FixedLocator(distinct))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+
+
 def draw_frontier(plot: Plot) -> bytes:
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
-    ax.set_xscale("log")
+    xs = [p[0] for s in plot["series"] for p in s["points"]]
+    epsilon_axis(ax, xs)
     for i, s in enumerate(plot["series"]):
         color = COLORS[i % len(COLORS)]
         xs, ys, errs, hats = zip(*s["points"])
         ax.errorbar(xs, ys, yerr=errs, color=color, marker="o", capsize=3, label=mpl_text(s["label"]))
-        hat_points = [(h, y) for h, y in zip(hats, ys) if h is not None and h > 0]  # log axis: ε̂=0 has no place
-        if hat_points:
-            ax.scatter(*zip(*hat_points), facecolors="none", edgecolors=color, marker="D", s=40)
     for j, b in enumerate(plot["baselines"]):
         color = COLORS[(len(plot["series"]) + j) % len(COLORS)]
         ax.axhline(b["y"], color=color, linestyle="--", label=mpl_text(b["label"]))
-    if any(h is not None and h > 0 for s in plot["series"] for *_, h in s["points"]):
-        ax.scatter([], [], facecolors="none", edgecolors="black", marker="D", label="◇ at ε̂ (audit lower bound)")
     if not plot["series"]:
         ax.set_xlim(0.1, 10)
-    ax.set_xlabel("ε (accounted, log scale); ◇ marks the audit's empirical ε̂")
+    ax.set_xlabel("ε (accounted); the audits' ε̂ are in the audit plot below")
     ax.set_ylabel(mpl_text(plot["ylabel"]))
     ax.set_title(mpl_text(plot["title"]))
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return png(fig)
 
 
+AUDIT_MARKERS = (("white-box ε̂", "D"), ("black-box canary ε̂", "s"), ("MIA ε̂", "^"))
+
+
+def draw_audit(plot: Plot) -> bytes:
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    top = max([1.0] + [v for s in plot["series"] for p in s["points"] for v in p if v is not None])
+    ax.plot([0, top * 1.1], [0, top * 1.1], color="black", linestyle=":", label="ε̂ = ε (above: a violation)")
+    for i, s in enumerate(plot["series"]):
+        color = COLORS[i % len(COLORS)]
+        for k, (name, marker) in enumerate(AUDIT_MARKERS):
+            points = [(p[0], p[k + 1]) for p in s["points"] if p[k + 1] is not None]
+            if points:
+                ax.plot(
+                    *zip(*points),
+                    color=color,
+                    marker=marker,
+                    linestyle="-" if k == 0 else "none",
+                    label=mpl_text(f"{s['label']}: {name}"),
+                    fillstyle="full" if k == 0 else "none",
+                )
+    ax.set_xlim(0, top * 1.1)
+    ax.set_ylim(0, top * 1.1)
+    ax.set_xlabel("ε (accounted)")
+    ax.set_ylabel("ε̂ (empirical lower bound)")
+    ax.set_title(mpl_text(plot["title"]))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return png(fig)
+
+
 def draw_systems(plot: Plot) -> bytes:
-    fig = Figure(figsize=(9, 4))
-    labels = [mpl_text(b["label"]) for b in plot["bars"]]
-    panels = (("memory", f"peak memory (MiB; {plot['memory_kind']})"), ("throughput", "train samples/s"))
-    for k, (key, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, k + 1)
-        values = [b[key] or 0.0 for b in plot["bars"]]
-        ax.bar(range(len(values)), values, color=[COLORS[i % len(COLORS)] for i in range(len(values))])
-        ax.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize="small")
-        ax.set_ylabel(mpl_text(ylabel), fontsize="small")
+    """Small multiples: a row per task, horizontal bars (labels never overlap)."""
+    panels = plot["panels"] or [{"task": "no results", "bars": []}]
+    height = sum(0.8 + 0.32 * max(1, len(p["bars"])) for p in panels)
+    fig = Figure(figsize=(10, height), layout="constrained")
+    grid = fig.add_gridspec(len(panels), 2, height_ratios=[max(1, len(p["bars"])) for p in panels])
+    columns = (("memory", f"peak memory (MiB; {plot['memory_kind']})"), ("throughput", "train samples/s"))
+    for row, panel in enumerate(panels):
+        labels = [mpl_text(b["label"]) for b in panel["bars"]]
+        for col, (key, xlabel) in enumerate(columns):
+            ax = fig.add_subplot(grid[row, col])
+            values = [b[key] or 0.0 for b in panel["bars"]]
+            ax.barh(range(len(values)), values, color=[COLORS[i % len(COLORS)] for i in range(len(values))])
+            ax.set_yticks(range(len(values)), labels if col == 0 else [""] * len(values), fontsize="small")
+            ax.invert_yaxis()
+            ax.set_title(mpl_text(f"{panel['task']}: {key}"), fontsize="small")
+            if row == len(panels) - 1:
+                ax.set_xlabel(mpl_text(xlabel), fontsize="small")
     fig.suptitle(mpl_text(plot["title"]))
     return png(fig)
 
 
-DRAW = {"frontier": draw_frontier, "systems": draw_systems}
+DRAW = {"frontier": draw_frontier, "audit": draw_audit, "systems": draw_systems}
 
 
 def draw(plot: Plot) -> bytes:

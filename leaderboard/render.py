@@ -15,7 +15,7 @@ from dpbench.errors import DpbenchError
 from dpbench.leaderboard.aggregate import Row, aggregate
 from dpbench.leaderboard.benchmarks import Benchmark, collect_benchmarks, device_types
 from dpbench.leaderboard.collect import Collection, collect, display_path
-from dpbench.leaderboard.columns import ARROWS, COLUMNS, HIGHER, LOWER, Column
+from dpbench.leaderboard.columns import ARROWS, COLUMNS, HIGHER, LOWER, Column, fmt_target
 
 README, INDEX = "README.md", "index.html"
 TITLE = "dpbench leaderboard"
@@ -70,6 +70,40 @@ def task_note(rows: list[Row]) -> str:
     return f"Utility: {', '.join(metrics)} ({better} is better)."
 
 
+SOURCE_COLUMNS = ("dataset_source", "model_source")
+
+
+def table_columns(rows: list[Row]) -> tuple[Column, ...]:
+    """The columns of one task's table: a source column only where sources differ between rows
+    (`sources_line` says them once otherwise)."""
+    return tuple(c for c in COLUMNS if c.attr not in SOURCE_COLUMNS or len({getattr(r, c.attr) for r in rows}) > 1)
+
+
+def sources_line(rows: list[Row]) -> str:
+    """The task's data and model sources, once (those that differ between rows are columns)."""
+    by_attr = {c.attr: c for c in COLUMNS}
+    parts = []
+    for attr, name in (("dataset_source", "Data"), ("model_source", "Model")):
+        values = {getattr(r, attr) for r in rows}
+        if len(values) == 1:
+            parts.append(f"{name}: {by_attr[attr].text(rows[0])}")
+    weights = sorted({r.weights for r in rows if r.weights})
+    if weights:
+        parts.append("base weights sha256 " + ", ".join(w + "…" for w in weights))
+    return ". ".join(parts) + "." if parts else ""
+
+
+def violation_lines(rows: list[Row]) -> list[str]:
+    """One line per configuration whose white-box audit refuted its accounted ε."""
+    return [
+        f"AUDIT VIOLATION: {r.method} at target ε {fmt_target(r.target_epsilon)} ({r.model}): the white-box "
+        f"ε̂ exceeds the accounted ε in {r.violations} of {r.n_seeds} seed(s); the implementation or its "
+        "accounting is wrong, and its ε cannot be trusted"
+        for r in rows
+        if r.violations
+    ]
+
+
 SYSTEMS_NOTE = (
     "From `dpbench bench` (files in `benchmarks/`): each method trains for a few steps in a fresh "
     "process, interleaved over rounds; medians, and ratios to `nonprivate` measured in the same invocation."
@@ -97,11 +131,14 @@ def render_markdown(rows: list[Row], n_results: int, benchmarks: list[Benchmark]
         out += ["No results yet: add result files to `leaderboard/results/`.", ""]
     for task in tasks(rows):
         task_rows = [r for r in rows if r.task == task]
-        out += [f"## {escape_md(task)}", "", escape_md(task_note(task_rows)), ""]
-        out.append("| " + " | ".join(escape_md(header(c, task_rows)) for c in COLUMNS) + " |")
-        out.append("|" + "|".join("---" for _ in COLUMNS) + "|")
+        columns = table_columns(task_rows)
+        out += [f"## {escape_md(task)}", "", escape_md(task_note(task_rows) + " " + sources_line(task_rows)), ""]
+        out += [f"> **{escape_md(line)}**" for line in violation_lines(task_rows)]
+        out += [""] if violation_lines(task_rows) else []
+        out.append("| " + " | ".join(escape_md(header(c, task_rows)) for c in columns) + " |")
+        out.append("|" + "|".join("---" for _ in columns) + "|")
         for row in task_rows:
-            out.append("| " + " | ".join(escape_md(c.text(row)) for c in COLUMNS) + " |")
+            out.append("| " + " | ".join(escape_md(c.text(row)) for c in columns) + " |")
         out.append("")
     out += render_systems_markdown(list(benchmarks))
     out += ["## Columns", ""]

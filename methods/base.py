@@ -28,6 +28,7 @@ class TrainReport:
     samples: int = 0  # examples processed (per forward, counted once per example per step)
     tokens: int = 0  # non-padding input tokens processed, visual tokens included
     details: dict[str, Any] = field(default_factory=dict)
+    whitebox: dict[str, Any] | None = None  # the white-box gradient-canary audit (`audit.whitebox`)
 
 
 class Method(ABC):

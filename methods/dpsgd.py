@@ -24,11 +24,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch.utils.data import DataLoader, Dataset
 
+from dpbench.attacks.gradient_canaries import RAW_SCALE, GradientCanaries, whitebox_section
 from dpbench.errors import DpbenchError
 from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rules)
 from dpbench.methods.base import METHODS, Method, TrainReport
@@ -41,6 +43,16 @@ from dpbench.training_loop import TrainingLoop, adam, trainable_parameters
 PostNoiseHook = Callable[[list[torch.nn.Parameter]], None]
 
 NOT_SECURE = ("noise from torch's generator seeded by the spec's seed: reproducible, not for deployment",)
+# how a white-box gradient canary enters the step, per clipping mode (recorded in the result)
+CANARY_ROUTES = {
+    "per-sample": "one more per-example gradient (norm RAW_SCALE*C) through Opacus' clipping, noise and "
+    "the post-noise hook",
+    "ghost": "added to Opacus' ghost-clipped sum at norm C (no per-example gradient to clip), then noise "
+    "and the post-noise hook",
+}
+# canaries clipped per call of Opacus' clip_and_accumulate: each is a full-size per-example
+# gradient, so a few at a time keep the audit's memory small beside the real examples'
+CANARY_CHUNK = 4
 # our option value -> Opacus' grad_sample_mode
 CLIPPING_MODES = {"per-sample": "hooks", "ghost": "ghost"}
 
@@ -142,7 +154,46 @@ def empty_draw(params: list[torch.nn.Parameter]) -> None:
         q.grad = torch.zeros_like(q)
 
 
-def dp_steps(model, data, spec, dp: Private, loop: TrainingLoop, post_noise_hook: PostNoiseHook | None) -> None:
+def enter_canaries(dp: Private, canaries: GradientCanaries, clipping: str, chunk: int) -> None:
+    """At a logical batch's last physical batch, before Opacus adds the noise: the auditor
+    notes the real examples' clipped sum at the canary coordinates, then this step's sampled
+    canaries join the sum. Per-sample clipping: each canary is one more per-example gradient
+    (norm RAW_SCALE·C) that Opacus' own `clip_and_accumulate` clips, the last chunk within
+    `pre_step`. Ghost clipping has no per-example gradients to clip: a canary enters its
+    clipped sum at norm C."""
+    optimizer, active = dp.optimizer, canaries.draw()
+    if clipping == "per-sample":
+        optimizer.clip_and_accumulate()  # this physical batch's real examples
+        canaries.remember_known(canaries.gather([q.summed_grad for q in dp.params]))
+        parts = [active[i : i + chunk] for i in range(0, len(active), chunk)] or [active]
+        for part in parts:
+            for q, rows in zip(dp.params, canaries.rows(part, RAW_SCALE * canaries.clip)):
+                q.grad_sample = rows
+            if part is not parts[-1]:
+                optimizer.clip_and_accumulate()
+        return
+    known = canaries.gather([q.summed_grad for q in dp.params]) + canaries.gather([q.grad for q in dp.params])
+    canaries.remember_known(known)
+    canaries.add_to([q.grad for q in dp.params], active, canaries.clip)
+
+
+def released_sum(dp: Private, canaries: GradientCanaries) -> np.ndarray:
+    """The step's released noisy gradient at the canary coordinates, as the optimiser gets it
+    (after the post-noise hook), times the mean's divisor: the noisy sum."""
+    divisor = dp.optimizer.expected_batch_size * dp.optimizer.accumulated_iterations
+    return canaries.gather([q.grad for q in dp.params], scale=divisor)
+
+
+def dp_steps(
+    model,
+    data,
+    spec,
+    dp: Private,
+    loop: TrainingLoop,
+    post_noise_hook: PostNoiseHook | None,
+    canaries: GradientCanaries | None = None,
+    clipping: str = "per-sample",
+) -> None:
     """`spec.training.steps` noisy steps over Poisson-sampled logical batches, split into physical ones."""
     t, running = spec.training, 0.0
     with BatchMemoryManager(
@@ -159,11 +210,16 @@ def dp_steps(model, data, spec, dp: Private, loop: TrainingLoop, post_noise_hook
                     loop.count(batch)
                 else:
                     empty_draw(dp.params)
+                # Opacus' own flag (BatchMemoryManager sets it): is this the logical batch's last part?
+                if canaries is not None and not dp.optimizer._check_skip_next_step(pop_next=False):
+                    enter_canaries(dp, canaries, clipping, CANARY_CHUNK)
                 if not dp.optimizer.pre_step():  # clip + accumulate; at a logical batch's end, noise
                     dp.optimizer.zero_grad(set_to_none=True)  # keeps summed_grad across physical batches
                     continue
                 if post_noise_hook is not None:
                     post_noise_hook(dp.params)
+                if canaries is not None:
+                    canaries.observe(released_sum(dp, canaries))
                 dp.optimizer.original_optimizer.step()
                 dp.optimizer.zero_grad(set_to_none=True)
                 loop.end_step(running / max(1.0, t.batch_size))
@@ -189,9 +245,13 @@ def train_dp_sgd(
     loop = TrainingLoop(t.seed)
     sigma = dp_sgd_noise_multiplier(spec, delta, len(data))
     dp = make_private(model, len(data), spec, sigma, clipping=clipping, secure_rng=secure_rng)
+    canaries = None
+    if spec.audit.gradient_canaries:
+        rate, clip = dp.loader.sample_rate, spec.privacy.max_grad_norm
+        canaries = GradientCanaries(spec.audit.gradient_canaries, t.seed, rate, clip, sigma, dp.params)
     dp.module.train()
     with loop.running(f"training ({label}, σ={sigma:.3f})", t.steps):
-        dp_steps(model, data, spec, dp, loop, post_noise_hook)
+        dp_steps(model, data, spec, dp, loop, post_noise_hook, canaries, clipping)
     dp.module.remove_hooks()
     dp.module.eval()
     notes = ("noise from a cryptographically secure generator",) if secure_rng else NOT_SECURE
@@ -212,6 +272,7 @@ def train_dp_sgd(
         samples=loop.samples,
         tokens=loop.tokens,
         details={"clipping": clipping},
+        whitebox=whitebox_section(canaries, delta, privacy.epsilon, CANARY_ROUTES[clipping]) if canaries else None,
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+
+from dpbench.attacks.gradient_canaries import GradientCanaries, whitebox_section
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.privacy import PrivacyReport
 from dpbench.training_loop import TrainingLoop, adam, chunks, shuffled_batches, trainable_parameters
@@ -18,8 +21,13 @@ class NonPrivate(Method):
     def train(self, model, data, spec, delta) -> TrainReport:
         t = spec.training
         loop = TrainingLoop(t.seed)
-        optimizer = adam(trainable_parameters(model.model), spec)
+        params = trainable_parameters(model.model)
+        optimizer = adam(params, spec)
         batch_size = min(t.batch_size, len(data))
+        canaries = None
+        if spec.audit.gradient_canaries:  # the no-noise control of the white-box audit
+            rate, clip = batch_size / len(data), spec.privacy.max_grad_norm
+            canaries = GradientCanaries(spec.audit.gradient_canaries, t.seed, rate, clip, 0.0, params)
         batches = shuffled_batches(len(data), batch_size, t.seed)
         model.model.train()
         with loop.running("training (non-private)", t.steps):
@@ -33,6 +41,8 @@ class NonPrivate(Method):
                     loss.backward()
                     total += loss.item()
                     loop.count(batch)
+                if canaries is not None:
+                    enter_canaries(canaries, params, len(idx))
                 optimizer.step()
                 loop.end_step(total)
         model.model.eval()
@@ -43,4 +53,20 @@ class NonPrivate(Method):
             privacy=PrivacyReport.non_private(t.steps),
             samples=loop.samples,
             tokens=loop.tokens,
+            whitebox=whitebox_section(canaries, delta, None, ROUTE) if canaries is not None else None,
         )
+
+
+ROUTE = "added to the mean gradient as a gradient of norm C over the batch, no clipping and no noise"
+
+
+def enter_canaries(canaries: GradientCanaries, params, batch: int) -> None:
+    """The step's sampled canaries join the mean gradient (each a gradient of norm C); the
+    auditor sees the gradient the optimiser gets, less the real examples' part."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    canaries.remember_known(canaries.gather(grads, scale=batch))
+    canaries.add_to(grads, canaries.draw(), canaries.clip / batch)
+    canaries.observe(canaries.gather(grads, scale=batch))

@@ -23,15 +23,15 @@ def training_set(n: int, choices: bool = True) -> list[Example]:
 
 def test_inclusion_is_bernoulli_half_and_reproducible():
     train = training_set(4000)
-    canaries = make_canaries(train, 4000, seed=3)
+    canaries = make_canaries(train, 4000, seed=3, kind="mislabelled")
     k = int(canaries.included.sum())
     assert abs(k - 2000) < 4.5 * np.sqrt(4000 * 0.25)  # Binomial(4000, ½): 4.5 sd
     # no drift along the sequence: each quarter is about half in too
     for quarter in np.split(canaries.included, 4):
         assert abs(quarter.mean() - 0.5) < 4.5 * np.sqrt(0.25 / 1000)
-    again = make_canaries(train, 4000, seed=3)
+    again = make_canaries(train, 4000, seed=3, kind="mislabelled")
     assert again.examples == canaries.examples and np.array_equal(again.included, canaries.included)
-    other = make_canaries(train, 4000, seed=4)
+    other = make_canaries(train, 4000, seed=4, kind="mislabelled")
     assert not np.array_equal(other.included, canaries.included)
     assert canaries.included_examples() == [e for e, i in zip(canaries.examples, canaries.included) if i]
 
@@ -39,17 +39,36 @@ def test_inclusion_is_bernoulli_half_and_reproducible():
 def test_canaries_are_mislabelled_copies_of_distinct_training_examples():
     train = training_set(50)
     by_uid = {e.uid: e for e in train}
-    canaries = make_canaries(train, 20, seed=0)
+    canaries = make_canaries(train, 20, seed=0, kind="mislabelled")
     assert len({e.uid for e in canaries.examples}) == 20
     bases = [by_uid[e.uid.split("-", 2)[2]] for e in canaries.examples]
     assert len({b.uid for b in bases}) == 20
     for c, b in zip(canaries.examples, bases):
         assert (c.prompt, c.image, c.group) == (b.prompt, b.image, b.group)
         assert c.target != b.target and c.target == c.choices[c.answer]
-    for c in make_canaries(training_set(50, choices=False), 20, seed=0).examples:
+    for c in make_canaries(training_set(50, choices=False), 20, seed=0, kind="mislabelled").examples:
         assert c.target.startswith("caption") and c.target != f"caption {int(c.uid.split('-e')[1]) % 7}"
     with pytest.raises(DpbenchError, match="exceeds"):
-        make_canaries(train, 51, seed=0)
+        make_canaries(train, 51, seed=0, kind="mislabelled")
+
+
+def test_memorable_canaries_use_tokens_no_training_target_uses(tiny_model, isolated_cache):
+    from PIL import Image
+
+    tok = tiny_model.tokenizer
+    train = training_set(60)
+    canaries = make_canaries(train, 20, seed=0, kind="memorable", tokenizer=tok)
+    used = {i for e in train for i in tok(e.target, add_special_tokens=False)["input_ids"]}
+    seen = set()
+    for c in canaries.examples:
+        ids = tok(c.target, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 2 and not set(ids) & used and not set(ids) & seen  # rare, and each canary's own
+        seen |= set(ids)
+        assert c.choices == () and Image.open(c.image).size == (32, 32)
+    again = make_canaries(train, 20, seed=0, kind="memorable", tokenizer=tok)
+    assert [c.target for c in again.examples] == [c.target for c in canaries.examples]
+    with pytest.raises(DpbenchError, match="--canaries"):
+        make_canaries(training_set(2000), 2000, seed=0, kind="memorable", tokenizer=tok)
 
 
 @pytest.mark.parametrize("seed", range(5))

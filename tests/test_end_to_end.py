@@ -68,6 +68,24 @@ def test_dpsgd_run_writes_a_valid_audited_result(checkpoint, tmp_path, monkeypat
     assert again["audit"]["attacks"]["loss"] == result["audit"]["attacks"]["loss"]
 
 
+def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--method", "dualpriv", "--model", str(checkpoint), "--steps", "3", "--batch-size", "16"]
+    args += ["--n-train", "48", "--eval-limit", "8", "--attacks", "loss", "--audit-references", "0"]
+    assert run_cli(*args, "--gradient-canaries", "200", "--canaries", "10") == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert validation_errors(result) == []
+    w, c = result["audit"]["whitebox"], result["audit"]["canary"]
+    assert w["m"] == 200 and w["steps_observed"] == 3 and w["accounted_epsilon"] == result["privacy"]["epsilon"]
+    assert w["epsilon_lower_bound"] <= w["ceiling"] and not w["violation"]
+    assert c["m"] == 10 and result["dataset"]["n_canaries"] == c["included"]
+    assert any("gradient canaries" in n for n in result["utility"]["notes"])
+    assert "White-box one-run audit" in (run_dir / "audit.md").read_text()
+    assert run_cli("audit", str(run_dir)) == 0  # the white-box audit was made in training: kept as it was
+    assert json.loads((run_dir / "result.json").read_text())["audit"]["whitebox"] == w
+
+
 def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert (

@@ -85,16 +85,18 @@ def test_valid_fixture_renders_and_then_checks_clean(tmp_path):
         "512.0",
         "x86_64 CPU (2 cores)",
         "32.0",
-        "embedded sample",
-        "not the real dataset",
-        "not a released model",
     ):
         assert cell in row, cell
+    # the sources, said once above the table rather than in every row
+    assert "embedded sample" not in row and "not a released model" not in row
+    task_line = next(line for line in readme.splitlines() if line.startswith("Utility:"))
+    for said in ("embedded sample", "not the real dataset", "not a released model", "sha256 3e28ed6f3828"):
+        assert said in task_line, said
     page = (out / "index.html").read_text()
     assert "<td>dpsgd</td>" in page and 'class="sortable"' in page
     assert "http://" not in page and "https://" not in page  # offline: nothing fetched
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 2  # the task's frontier and the cpu memory/throughput bars
+    assert len(images) == 3  # the task's frontier and audit plots, and the cpu memory/throughput bars
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert invoke("--results", str(FIXTURES), "--out", str(out), "--check").exit_code == 0
 
@@ -161,7 +163,7 @@ def test_seeds_aggregate_to_mean_and_sample_std():
     assert f"| 0.700 ± 0.200 | {zero} | 3.00 ± 0.10 |" in readme
     baseline_row = next(line for line in readme.splitlines() if line.startswith("| nonprivate"))
     assert (
-        f"| non-private | 0.950 | {zero} | — | — | — | — | — | — | 512.0 |" in baseline_row
+        f"| non-private | 0.950 | {zero} | — | — | — | — | — | — | — | — | — | — | 512.0 |" in baseline_row
     )  # no accounting, no audit
 
 
@@ -320,3 +322,41 @@ def test_only_results_that_differ_by_seed_alone_are_averaged():
     assert json.loads(by_extra[frozenset({"lora"})].method_options)["lora"]["r"] == 8
     readme = render_markdown(rows, 4)
     assert "training.lr=0.003" in readme and 'lora={"alpha": 16.0, "dropout": 0.0, "r": 8' in readme
+
+
+def whitebox(epsilon_hat: float, accounted: float) -> dict:
+    return {
+        "m": 1000,
+        "included": 500,
+        "seed": 0,
+        "epsilon_lower_bound": epsilon_hat,
+        "guesses": 200,
+        "correct": 190,
+        "ceiling": 3.9,
+        "epsilon_lower_bound_fdp": epsilon_hat * 1.3,
+        "ceiling_fdp": 8.1,
+        "confidence": 0.95,
+        "steps_observed": 150,
+        "score": "llr",
+        "inserted": "per-example gradient",
+        "accounted_epsilon": accounted,
+        "violation": epsilon_hat > accounted,
+        "note": "n",
+    }
+
+
+def test_a_whitebox_violation_is_shown_prominently_on_both_pages():
+    sound, broken = make_result(seed=0), make_result(seed=1)
+    sound["audit"]["whitebox"] = whitebox(1.2, sound["privacy"]["epsilon"])
+    broken["audit"]["whitebox"] = whitebox(3.5, broken["privacy"]["epsilon"] - 1.0)
+    assert validation_errors(sound) == [] and validation_errors(broken) == []
+    rows = aggregate([sound, broken])
+    assert rows[0].violations == 1 and rows[0].whitebox_eps_hat.mean == pytest.approx(2.35)
+    readme = render_markdown(rows, 2)
+    assert "> **AUDIT VIOLATION: dpsgd" in readme and "VIOLATION (1)" in readme
+    from dpbench.leaderboard.html_page import render_html
+
+    page = render_html(rows, 2)
+    assert '<p class="violation" role="alert">AUDIT VIOLATION' in page and '<tr class="violation">' in page
+    calm = render_markdown(aggregate([sound]), 1)
+    assert "AUDIT VIOLATION" not in calm and "VIOLATION (" not in calm and "| ok |" in calm

@@ -74,11 +74,25 @@ def test_grid_expands_nonprivate_once_per_seed_and_merges_base():
 
 
 def test_default_sweep_file():
+    """The audited comparison: every DP method at ε 1 and 8 over three seeds, both one-run audits."""
     specs = expand(load_spec_file(REPO / "sweeps" / "default.yaml"))
+    private = {"dpsgd", "dpzo", "dualpriv", "dualpriv-token", "dualpriv-update"}
+    assert len(specs) == 3 + len(private) * 2 * 3
+    assert {s.method for s in specs} == {"nonprivate"} | private
+    assert {s.privacy.epsilon for s in specs if s.method != "nonprivate"} == {1.0, 8.0}
+    assert {s.training.seed for s in specs} == {0, 1, 2}
+    assert {(s.audit.gradient_canaries, s.audit.canaries, s.audit.canary_kind) for s in specs} == {
+        (1000, 100, "memorable")
+    }
+
+
+def test_utility_sweep_file():
+    specs = expand(load_spec_file(REPO / "sweeps" / "utility.yaml"))
     assert len(specs) == 2 + 3 * 3 * 2
     assert {s.method for s in specs} == {"nonprivate", "dpsgd", "dpzo", "dualpriv"}
     assert {s.privacy.epsilon for s in specs if s.method != "nonprivate"} == {1.0, 3.0, 8.0}
     assert {(s.task, s.model, s.training.seed in (0, 1)) for s in specs} == {("scienceqa", "tiny-llava", True)}
+    assert {(s.audit.gradient_canaries, s.audit.canaries) for s in specs} == {(0, 0)}
 
 
 @pytest.mark.parametrize(

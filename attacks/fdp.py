@@ -1,0 +1,71 @@
+"""The one-run audit's ε lower bound from an f-DP analysis (Mahloujifar et al. 2024,
+"Auditing f-Differential Privacy in One Run", arXiv:2410.22235).
+
+Steinke et al.'s bound (`canary.one_run_epsilon_lower_bound`) tests "(ε, δ)-DP" with the
+tail of a binomial. This one tests the tighter claim the mechanism really makes: that it is
+as private as the Gaussian mechanism that is exactly (ε, δ)-DP (μ-GDP with μ = 1/σ(ε, δ)).
+Its test follows the paper's recursion over the guesses ("audit_rh_with_cap"): starting from
+the observed right and wrong guesses scaled by the significance level, it bounds how many
+guesses an adversary facing that trade-off curve could get right; the claim is rejected when
+the observed guesses exceed it. Checked against jax_privacy's `_epsilon_one_run_fdp` in
+`tests/test_canary_audit.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from scipy import optimize, stats
+
+
+@functools.lru_cache(maxsize=4096)
+def gaussian_sigma(epsilon: float, delta: float) -> float:
+    """σ at which the Gaussian mechanism of sensitivity 1 is exactly (ε, δ)-DP (Balle & Wang
+    2018): δ(σ) = Φ(1/2σ − εσ) − e^ε Φ(−1/2σ − εσ), decreasing in σ."""
+    if delta >= 1:
+        return 0.0
+
+    def excess(sigma: float) -> float:
+        a, b = 1 / (2 * sigma), epsilon * sigma
+        return stats.norm.cdf(a - b) - math.exp(epsilon) * stats.norm.cdf(-a - b) - delta
+
+    lo, hi = 1e-6, 1.0
+    while excess(hi) > 0:
+        hi *= 2
+    if excess(lo) < 0:
+        return 0.0
+    return float(optimize.brentq(excess, lo, hi, xtol=1e-12))
+
+
+def _rejects(epsilon: float, m: int, guesses: int, correct: int, significance: float, delta: float) -> float:
+    """> 0 when `correct` of `guesses` right guesses on m canaries reject the Gaussian claim."""
+    sigma = gaussian_sigma(epsilon, delta)
+    if sigma == 0:
+        return -1.0  # a mechanism with no noise can explain any guesses
+    mu = 1 / sigma
+
+    def tradeoff_inverse(x: float) -> float:
+        return float(stats.norm.cdf(stats.norm.ppf(x) - mu))
+
+    right, wrong = significance * correct / m, significance * (guesses - correct) / m
+    for i in range(correct - 1, -1, -1):
+        wrong_new = max(wrong, tradeoff_inverse(right))
+        if wrong_new == wrong:
+            break  # neither can change again
+        right = min(right + i / (guesses - i) * (wrong_new - wrong), 1.0)
+        wrong = wrong_new
+    return right + wrong - guesses / m
+
+
+def fdp_epsilon_lower_bound(m: int, guesses: int, correct: int, delta: float, confidence: float = 0.95) -> float:
+    """Largest ε whose Gaussian (f-DP) claim `correct` of `guesses` right guesses reject; 0.0 if none."""
+    if not (0 <= correct <= guesses <= m):
+        raise ValueError(f"need 0 <= correct <= guesses <= m, got {correct}, {guesses}, {m}")
+    significance = 1 - confidence
+    if guesses == 0 or _rejects(1e-9, m, guesses, correct, significance, delta) <= 0:
+        return 0.0
+    lo, hi = 1e-9, 1.0
+    while _rejects(hi, m, guesses, correct, significance, delta) > 0:
+        lo, hi = hi, 2 * hi
+    return float(optimize.brentq(lambda e: _rejects(e, m, guesses, correct, significance, delta), lo, hi, xtol=1e-6))

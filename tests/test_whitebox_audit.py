@@ -1,0 +1,167 @@
+"""The white-box gradient-canary audit: canaries enter the real Opacus step (clipped to C, noised),
+the bounds match a reference implementation, a correct mechanism stays below its ε and broken
+ones (a tenth of the noise; one group unclipped) are caught."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from dpbench.attacks import gradient_canaries
+from dpbench.attacks.canary import one_run_epsilon_lower_bound
+from dpbench.attacks.fdp import fdp_epsilon_lower_bound, gaussian_sigma
+from dpbench.methods.dpsgd import train_dp_sgd
+from dpbench.methods.dpzo import DPZO
+from dpbench.methods.faults import broken_mechanism
+from dpbench.methods.nonprivate import NonPrivate
+from dpbench.spec import RunSpec
+
+COUNTS = [
+    (1000, 100, 90, 7e-5),
+    (1000, 1000, 1000, 7e-5),
+    (1000, 50, 40, 7e-5),
+    (100, 20, 20, 1e-5),
+    (1000, 200, 130, 7e-5),
+]
+# jax-privacy 2.0.0's _epsilon_one_run_fdp and _epsilon_one_run on COUNTS (significance 0.05), for
+# machines where it is not installed
+REFERENCE_FDP = [2.16183, 11.2295, 0.88371, 3.23939, 0.4718]
+REFERENCE_STEINKE = [1.5965, 5.61533, 0.73144, 1.8196, 0.35763]
+
+
+def jax_privacy_auditing():
+    """jax_privacy's auditing module, loaded by path (it needs dp_accounting, numpy and scipy, not jax)."""
+    try:
+        dist = importlib.metadata.distribution("jax-privacy")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = next(f.locate() for f in dist.files if str(f).endswith("jax_privacy/auditing.py"))
+    spec = importlib.util.spec_from_file_location("jax_privacy_auditing", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("i", range(len(COUNTS)))
+def test_both_one_run_bounds_match_jax_privacy(i):
+    m, r, v, delta = COUNTS[i]
+    reference = jax_privacy_auditing()
+    if reference is not None:
+        fdp, steinke = (
+            reference._epsilon_one_run_fdp(0.0, m, r, v, 0.05, delta),
+            reference._epsilon_one_run(0.0, m, r, v, 0.05, delta),
+        )
+    else:
+        fdp, steinke = REFERENCE_FDP[i], REFERENCE_STEINKE[i]
+    assert fdp_epsilon_lower_bound(m, r, v, delta, 0.95) == pytest.approx(fdp, abs=1e-4)
+    assert one_run_epsilon_lower_bound(m, r, v, delta, 0.95) == pytest.approx(steinke, abs=1e-4)
+
+
+def test_the_gaussian_sigma_of_an_epsilon_delta_pair_matches_dp_accounting():
+    import dp_accounting
+
+    for eps, delta in [(1.0, 1e-5), (8.0, 7e-5), (0.1, 1e-3)]:
+        assert gaussian_sigma(eps, delta) == pytest.approx(dp_accounting.get_sigma_gaussian(eps, delta), rel=1e-6)
+
+
+# the bounds' δ term grows as 2·m·δ: at m = 1000 a δ much above 1e-4 caps them near zero
+DELTA = 1e-5
+
+
+def spec(**changes):
+    base = {"training.lr": 1e-9, "training.physical_batch_size": 12, "audit.gradient_canaries": 400}
+    return RunSpec().replace(**{**base, **changes})
+
+
+class Recorder:
+    """What the auditor saw per step: released minus known, and which canaries were drawn."""
+
+    def __init__(self, monkeypatch):
+        self.y, self.drawn = [], []
+        draw, observe = gradient_canaries.GradientCanaries.draw, gradient_canaries.GradientCanaries.observe
+
+        def recording_draw(canaries):
+            active = draw(canaries)
+            self.drawn.append(active)
+            return active
+
+        def recording_observe(canaries, released):
+            self.y.append(released - canaries.known)
+            self.included = canaries.included
+            observe(canaries, released)
+
+        monkeypatch.setattr(gradient_canaries.GradientCanaries, "draw", recording_draw)
+        monkeypatch.setattr(gradient_canaries.GradientCanaries, "observe", recording_observe)
+
+
+@pytest.mark.parametrize("clipping", ["per-sample", "ghost"])
+def test_a_drawn_canary_enters_the_released_sum_clipped_to_c(tiny_model, digit_examples, monkeypatch, clipping):
+    """Batch = n: every included canary is drawn every step. What the step releases at a drawn
+    canary's coordinate, less the real examples' part, is C plus N(0, (σC)²); elsewhere noise
+    alone. Unclipped canaries (norm 10 C) or canaries left out would fail this."""
+    seen = Recorder(monkeypatch)
+    tiny_model.set_trainable(["projector", "language_model"])
+    s = spec(**{"training.steps": 4, "training.batch_size": 12, "privacy.epsilon": 50.0})
+    report = train_dp_sgd(tiny_model, digit_examples, s, 1e-3, label="test", clipping=clipping)
+    sigma_c = report.privacy.noise_multiplier * s.privacy.max_grad_norm
+    y = np.stack(seen.y)
+    drawn = np.zeros_like(y, dtype=bool)
+    for t, active in enumerate(seen.drawn):
+        drawn[t, active] = True
+    assert (drawn.any(axis=0) == seen.included).all()  # at rate 1 the drawn ones are the included ones
+    inside, outside = y[drawn], y[~drawn]
+    assert abs(inside.mean() - 1.0) < 5 * sigma_c / len(inside) ** 0.5
+    assert abs(outside.mean()) < 5 * sigma_c / len(outside) ** 0.5
+    assert outside.std() == pytest.approx(sigma_c, rel=0.15)
+    assert report.whitebox["steps_observed"] == 4 and report.whitebox["m"] == 400
+
+
+def audit_of(model, examples, epsilon, fault=None, **changes):
+    model.set_trainable(["projector", "language_model"])
+    s = spec(**{"training.steps": 30, "training.batch_size": 4, "privacy.epsilon": epsilon, **changes})
+    if fault is None:
+        return train_dp_sgd(model, examples, s, DELTA, label="test").whitebox
+    with broken_mechanism(fault):
+        return train_dp_sgd(model, examples, s, DELTA, label="test").whitebox
+
+
+def test_a_correct_mechanism_stays_below_its_epsilon(tiny_model, digit_examples):
+    for epsilon in (1.0, 8.0):
+        w = audit_of(tiny_model, digit_examples, epsilon, **{"audit.gradient_canaries": 1000})
+        assert w["epsilon_lower_bound"] <= epsilon and not w["violation"]
+
+
+@pytest.mark.parametrize("fault", ["noise", "clipping"])
+def test_a_broken_mechanism_is_caught_at_claimed_epsilon_one(tiny_model, digit_examples, fault):
+    w = audit_of(tiny_model, digit_examples, 1.0, fault, **{"audit.gradient_canaries": 1000})
+    assert w["accounted_epsilon"] <= 1.0  # it claims ε = 1 ...
+    assert w["epsilon_lower_bound"] > 1.0 and w["violation"]  # ... and the audit refutes it
+
+
+def test_no_noise_reaches_the_audits_ceiling(tiny_model, digit_examples):
+    """Non-private training: the canaries are seen exactly, so the bound is near its ceiling."""
+    tiny_model.set_trainable(["projector", "language_model"])
+    s = spec(**{"training.steps": 30, "training.batch_size": 4, "audit.gradient_canaries": 1000})
+    w = NonPrivate().train(tiny_model, digit_examples, s.replace(method="nonprivate"), DELTA).whitebox
+    assert w["accounted_epsilon"] is None and not w["violation"]
+    assert w["epsilon_lower_bound"] >= 0.9 * w["ceiling"] and w["ceiling"] > 3.5
+
+
+def test_dpzo_canaries_are_sound_and_say_how_weak_they_are(tiny_model, digit_examples):
+    tiny_model.set_trainable(["projector"])
+    s = spec(**{"method": "dpzo", "training.steps": 20, "training.batch_size": 4, "privacy.epsilon": 1.0})
+    w = DPZO().train(tiny_model, digit_examples, s, DELTA).whitebox
+    assert w["epsilon_lower_bound"] <= 1.0 and w["steps_observed"] == 20 and "weak by design" in w["note"]
+    assert w["canary_steps"] > 0
+
+
+def test_gradient_canaries_are_refused_below_two():
+    from dpbench.errors import DpbenchError
+
+    with pytest.raises(DpbenchError, match="gradient_canaries"):
+        RunSpec().replace(**{"audit.gradient_canaries": 1})
