@@ -95,6 +95,7 @@ def cli(verbose: bool) -> None:
 @click.option("--config", type=click.Path(dir_okay=False), help="YAML/TOML run spec; flags override it.")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--save-checkpoint", is_flag=True, help="Save the fine-tuned model in the run folder.")
+@click.option("--if-not-done", is_flag=True, hidden=True, help="Exit 75 if another process finished the run (sweeps).")
 def run(**kw) -> None:
     """Fine-tune, account, audit and record one run: runs/<run-id>/result.json."""
     spec_dict = load_spec_file(kw["config"]) if kw["config"] else {}
@@ -129,7 +130,13 @@ def run(**kw) -> None:
     spec = RunSpec.from_dict(merge(spec_dict, flags))
     from dpbench.runner import run as run_one  # torch and the models load only for a command that needs them
 
-    result = run_one(spec, Path(kw["runs_dir"]), audit=not kw["no_audit"], save_checkpoint=kw["save_checkpoint"])
+    result = run_one(
+        spec,
+        Path(kw["runs_dir"]),
+        audit=not kw["no_audit"],
+        save_checkpoint=kw["save_checkpoint"],
+        if_not_done=kw["if_not_done"],
+    )
     print_summary(result, RunFolder.of(kw["runs_dir"], result.run_id))
 
 
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except DpbenchError as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -35,7 +35,7 @@ from dpbench.run_result import (
     UtilityRecord,
 )
 from dpbench.spec import RunSpec
-from dpbench.systems import PeakMemory, environment, throughput
+from dpbench.systems import PeakMemory, check_device, environment, throughput
 from dpbench.tasks.base import TASKS, Task, TaskData
 
 
@@ -84,6 +84,7 @@ def resolve_names(spec: RunSpec) -> None:
     check_model_name(spec.model)
     for name in spec.attacks:
         ATTACKS.get(name)
+    check_device(spec.device)
 
 
 def make_method(spec: RunSpec) -> Method:

@@ -38,6 +38,20 @@ def validation_errors(document: Any, kind: str = "result") -> list[str]:
     return [f"{e.json_path}: {e.message}" for e in errors]
 
 
+@lru_cache(maxsize=None)
+def _spec_validator() -> jsonschema.Draft202012Validator:
+    """The result schema's `spec` part on its own: what a result would reject, a spec may not start."""
+    result = schema("result")
+    part = {"$schema": result["$schema"], "$defs": result.get("$defs", {}), **result["properties"]["spec"]}
+    return jsonschema.Draft202012Validator(part)
+
+
+def spec_errors(spec: Any) -> list[str]:
+    """Every violation of the result schema's rules for `spec`, as `$.path: message`."""
+    errors = sorted(_spec_validator().iter_errors(spec), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{e.json_path}: {e.message}" for e in errors]
+
+
 def document_kind(document: Any) -> str:
     """Which schema a file answers to: `dpbench bench` outputs say so; anything else is a run result."""
     return "bench" if isinstance(document, dict) and document.get("kind") == "dpbench-bench" else "result"

@@ -41,6 +41,10 @@ class RunFolder:
     reference_losses = _File("audit_references.npz", "the reference models' losses, reused by re-audits")
     canary_scores = _File("audit_canaries.npz", "the one-run audit's canaries and their scores")
     audit_work = _File(".audit", "scratch space of the attacks (e.g. images for the image attack)")
+    failure = _File(
+        "failure.json", "why the last attempt failed after it started (phase, message); a re-run replaces it"
+    )
+    lock = _File(".lock", "held (flock) by the process running it: one process per run")
     report_markdown = _File("audit.md")
     report_html = _File("audit.html")
     report_roc = _File("audit_roc.png")

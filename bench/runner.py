@@ -3,11 +3,15 @@ evaluate -> audit -> record. Each phase lives in `dpbench.phases`."""
 
 from __future__ import annotations
 
+import fcntl
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from dpbench import phases
 from dpbench.attacks.report import write_report
+from dpbench.errors import RunBusy
 from dpbench.models.registry import load_model
 from dpbench.results import write_json_atomic, write_result
 from dpbench.run_folder import RunFolder
@@ -15,30 +19,76 @@ from dpbench.run_result import RunResult
 from dpbench.spec import RunSpec
 
 
-def run(spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: bool = False, log=print) -> RunResult:
+def run(
+    spec: RunSpec,
+    runs_dir: Path,
+    *,
+    audit: bool = True,
+    save_checkpoint: bool = False,
+    if_not_done: bool = False,
+    log=print,
+) -> RunResult:
     started = time.perf_counter()
-    prepared = phases.prepare(spec)
+    prepared = phases.prepare(spec)  # every input checked, nothing written yet
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
-    write_json_atomic(folder.spec, spec.to_dict())
-    log(
-        f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(prepared.fit)} training examples, "
-        f"{prepared.data.source})"
-    )
+    with holding(folder, spec, if_not_done), failure_recorded(folder) as phase:
+        write_json_atomic(folder.spec, spec.to_dict())
+        log(
+            f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(prepared.fit)} training examples, "
+            f"{prepared.data.source})"
+        )
 
-    trained = phases.train(prepared)
-    evaluation = phases.evaluate(prepared.task, prepared.model, prepared.scored)
-    if save_checkpoint:
-        phases.save_checkpoint(prepared, folder)
+        phase("train")
+        trained = phases.train(prepared)
+        phase("evaluate")
+        evaluation = phases.evaluate(prepared.task, prepared.model, prepared.scored)
+        if save_checkpoint:
+            phases.save_checkpoint(prepared, folder)
 
-    base = load_model(spec.model, spec.device)  # the base model: zero-shot utility, the audit's reference
-    zero_shot = prepared.task.evaluate(base, prepared.scored)
-    audit_record, scores = None, {}
-    if audit:
-        audit_record, scores = phases.audit(prepared, base, folder, trained.report.epochs, log)
-    audit_record = phases.with_whitebox(audit_record, trained)
+        base = load_model(spec.model, spec.device)  # the base model: zero-shot utility, the audit's reference
+        zero_shot = prepared.task.evaluate(base, prepared.scored)
+        phase("audit")
+        audit_record, scores = None, {}
+        if audit:
+            audit_record, scores = phases.audit(prepared, base, folder, trained.report.epochs, log)
+        audit_record = phases.with_whitebox(audit_record, trained)
 
-    result = phases.record(prepared, trained, evaluation, zero_shot, audit_record, time.perf_counter() - started)
-    if audit_record is not None:
-        write_report(folder, result.to_dict(), scores)
-    write_result(folder.result, result.to_dict())  # last: a result file means a finished run
+        phase("record")
+        result = phases.record(prepared, trained, evaluation, zero_shot, audit_record, time.perf_counter() - started)
+        if audit_record is not None:
+            write_report(folder, result.to_dict(), scores)
+        write_result(folder.result, result.to_dict())  # last: a result file means a finished run
     return result
+
+
+@contextmanager
+def holding(folder: RunFolder, spec: RunSpec, if_not_done: bool) -> Iterator[None]:
+    """One process per run: an exclusive lock on the folder's lock file, released at exit (or
+    by the kernel when the process dies). With `if_not_done`, a run another process finished
+    meanwhile is not run again."""
+    with open(folder.lock, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"run {spec.run_id()} is running in another process") from None
+        if if_not_done and folder.finished(spec):
+            raise RunBusy(f"run {spec.run_id()} was finished by another process")
+        yield
+
+
+@contextmanager
+def failure_recorded(folder: RunFolder) -> Iterator[Callable[[str], None]]:
+    """A failure after the run started leaves `failure.json` (phase, error, message) and no
+    result; a new attempt removes the old record first. A finished result is never touched."""
+    folder.failure.unlink(missing_ok=True)
+    current = ["prepare"]
+
+    def phase(name: str) -> None:
+        current[0] = name
+
+    try:
+        yield phase
+    except BaseException as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        write_json_atomic(folder.failure, {"phase": current[0], "error": type(e).__name__, "message": message})
+        raise

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from dpbench.files import read_text
 from dpbench.models.lora import LoraSpec
 from dpbench.models.pruning_spec import ENTRY_KEYS, TokenPruning
 from dpbench.registries import METHODS
+from dpbench.results import spec_errors
 
 ACCOUNTANTS = ("rdp", "prv")
 # the black-box one-run audit's canaries (dpbench.attacks.canary_audit): a random-noise image with a
@@ -105,10 +107,13 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        if not isinstance(d, dict):
+            raise DpbenchError(f"a run spec is a mapping of its fields, got {type(d).__name__}")
         d = dict(d)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise DpbenchError(f"unknown run-spec field(s): {', '.join(sorted(unknown))}")
+        check_sections(d)
         try:
             privacy = PrivacySpec(**d.pop("privacy", {}))
             training = TrainingSpec(**d.pop("training", {}))
@@ -170,11 +175,21 @@ class RunSpec:
             raise DpbenchError(f"audit.reference_steps must be at least 1, got {a.reference_steps}")
         if self.eval_split not in EVAL_SPLITS:
             raise DpbenchError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
+        if not [g for g in t.trainable.split(",") if g.strip()]:
+            raise DpbenchError(
+                "training.trainable names no parameter group: give one or more of vision_tower, projector, "
+                "language_model (comma-separated)"
+            )
+        if not DEVICE.fullmatch(self.device):
+            raise DpbenchError(f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.lora is not None and "language_model" not in [g.strip() for g in t.trainable.split(",")]:
             raise DpbenchError(
                 "--lora adapts the language model: keep language_model in --trainable "
                 "(with LoRA it trains the adapters only)"
             )
+        errors = spec_errors(self.to_dict())  # the result schema's own rules: nothing it would reject runs
+        if errors:
+            raise DpbenchError(f"run spec {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
         return self
 
     def spec_hash(self) -> str:
@@ -195,6 +210,24 @@ class RunSpec:
         eps = "inf" if self.privacy.epsilon is None or self.method == "nonprivate" else f"{self.privacy.epsilon:g}"
         model = Path(self.model).name.replace("/", "_")
         return f"{self.task}-{self.method}-eps{eps}-{model}-s{self.training.seed}-{self.spec_hash()}"
+
+
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
+# the spec's nested sections: a value of another type (`privacy: 8`) is refused, never replaced by defaults
+SECTIONS = ("privacy", "training", "audit", "method_options")
+
+
+def check_sections(d: dict[str, Any]) -> None:
+    for name in SECTIONS:
+        if name in d and not isinstance(d[name], dict):
+            raise DpbenchError(
+                f"{name} must be a mapping of its fields (e.g. {name}: {{...}}), got {type(d[name]).__name__} "
+                f"{d[name]!r}"
+            )
+    if "attacks" in d and not (
+        isinstance(d["attacks"], (list, tuple)) and all(isinstance(a, str) for a in d["attacks"])
+    ):
+        raise DpbenchError(f"attacks must be a list of attack names, got {d['attacks']!r}")
 
 
 # a spec file's values arrive untyped: each scalar field is checked against its annotation
@@ -258,6 +291,10 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
         raise DpbenchError(f"cannot read config {path}: {e}") from None
     if not isinstance(data, dict):
         raise DpbenchError(f"config {path} must hold a mapping of run-spec fields")
+    try:
+        check_sections(data)  # before flags merge into it: `privacy: 8` must not become the defaults
+    except DpbenchError as e:
+        raise DpbenchError(f"config {path}: {e}") from None
     return data
 
 

@@ -16,6 +16,7 @@ Example file::
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any, Callable
 import click
 import yaml
 
-from dpbench.errors import DpbenchError
+from dpbench.errors import DpbenchError, RunBusy
 from dpbench.run_folder import RunFolder
 from dpbench.spec import RunSpec, load_spec_file, merge, method_override
 
@@ -106,7 +107,18 @@ def is_done(runs_dir: str | Path, spec: RunSpec) -> bool:
 
 
 def run_command(config: Path, runs_dir: str | Path) -> list[str]:
-    return [sys.executable, "-m", "dpbench.cli", "run", "--config", str(config), "--runs-dir", str(runs_dir)]
+    run = ["run", "--config", str(config), "--runs-dir", str(runs_dir), "--if-not-done"]
+    return [sys.executable, "-m", "dpbench.cli", *run]
+
+
+def failure_reason(runs_dir: str | Path, run_id: str, status: int) -> str:
+    """What the run's failure record says, else its exit status."""
+    record = RunFolder.of(runs_dir, run_id).failure
+    try:
+        failure = json.loads(record.read_text())
+        return f"failed in {failure['phase']}: {failure['message']} (exit status {status})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"exit status {status}"
 
 
 @dataclass
@@ -118,7 +130,8 @@ class SweepSummary:
 
     def line(self) -> str:
         total = len(self.ran) + len(self.skipped) + len(self.failed) + len(self.planned)
-        parts = [f"{len(self.ran)} ran", f"{len(self.skipped)} skipped (already done)", f"{len(self.failed)} failed"]
+        parts = [f"{len(self.ran)} ran", f"{len(self.skipped)} skipped (done or running elsewhere)"]
+        parts.append(f"{len(self.failed)} failed")
         if self.planned:
             parts.insert(0, f"{len(self.planned)} to run")
         return f"sweep: {total} run(s): " + ", ".join(parts)
@@ -149,8 +162,11 @@ def run_sweep(
             config = Path(tmp) / f"{run_id}.yaml"
             config.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
             status = runner(run_command(config, runs_dir))
-        if status != 0:
-            summary.failed.append(f"{run_id}: exit status {status}")
+        if status == RunBusy.exit_code:  # another sweep holds it or finished it: never run twice
+            summary.skipped.append(run_id)
+            echo(f"{prefix}: running or done elsewhere, skipped")
+        elif status != 0:
+            summary.failed.append(f"{run_id}: {failure_reason(runs_dir, run_id, status)}")
         elif not is_done(runs_dir, spec):  # the run claims success: hold it to that
             summary.failed.append(
                 f"{run_id}: exited 0 but left no valid result for this spec at {result_path(runs_dir, spec)}"

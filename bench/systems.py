@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from dpbench.errors import DpbenchError
+
 PACKAGES = ("dpbench", "torch", "transformers", "opacus", "numpy", "scikit-learn", "jsonschema")
 
 
@@ -103,6 +105,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def check_device(device: str) -> None:
+    """The spec's device exists in this torch and on this machine (its form is checked by the spec)."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if torch.version.cuda is None or not torch.cuda.is_available():
+            why = (
+                f"this torch ({torch.__version__}) is built without CUDA"
+                if torch.version.cuda is None
+                else ("no CUDA device is visible")
+            )
+            raise DpbenchError(f"--device {device}: {why}; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise DpbenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise DpbenchError(f"--device {device}: MPS is not available here; use --device cpu")
 
 
 def devices(device: str) -> list[dict]:

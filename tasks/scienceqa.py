@@ -36,11 +36,30 @@ def build_prompt(hint: str, question: str, choices: list[str]) -> str:
     return f"{context}{question}\n{options}{POST_PROMPT}"
 
 
+def check_problem(problem, where: str) -> None:
+    """One record's fields and types, named by file and record, before any example is built."""
+    if not isinstance(problem, dict):
+        raise DpbenchError(f"{where}: a problem must be a mapping of its fields, got {type(problem).__name__}")
+    for key in ("question", "choices", "answer"):
+        if key not in problem:
+            raise DpbenchError(f"{where}: no {key!r} field")
+    if not isinstance(problem["question"], str):
+        raise DpbenchError(f"{where}: question must be text, got {problem['question']!r}")
+    choices = problem["choices"]
+    if hasattr(choices, "tolist"):  # parquet rows may carry numpy arrays
+        choices = choices.tolist()
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, (str, int, float)) for c in choices):
+        raise DpbenchError(f"{where}: choices must be a list of at least two options, got {choices!r}")
+    answer = problem["answer"]
+    if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)) or not 0 <= answer < len(choices):
+        raise DpbenchError(f"{where}: answer must be an index into its {len(choices)} choices, got {answer!r}")
+    if problem.get("hint") is not None and not isinstance(problem["hint"], str):
+        raise DpbenchError(f"{where}: hint must be text or null, got {problem['hint']!r}")
+
+
 def _example(uid: str, problem: dict, image: Path, group: str) -> Example:
     choices = [str(c) for c in problem["choices"]]
     answer = int(problem["answer"])
-    if not 0 <= answer < len(choices):
-        raise DpbenchError(f"problem {uid}: answer index {answer} outside its {len(choices)} choices")
     letters = tuple(chr(ord("A") + i) for i in range(len(choices)))
     return Example(
         uid=uid,
@@ -72,6 +91,12 @@ def _file_digest(path: Path) -> str:
 def read_layout_a(root: Path) -> dict[str, list[Example]]:
     problems = read_json(root / "problems.json")
     pid_splits = read_json(root / "pid_splits.json")
+    if not isinstance(problems, dict):
+        raise DpbenchError(
+            f"{root / 'problems.json'} must map problem ids to problems, got a {type(problems).__name__}"
+        )
+    if not isinstance(pid_splits, dict) or not all(isinstance(v, list) for v in pid_splits.values()):
+        raise DpbenchError(f"{root / 'pid_splits.json'} must map split names to lists of problem ids")
     out: dict[str, list[Example]] = {}
     for split, aliases in SPLIT_NAMES.items():
         pids = next((pid_splits[a] for a in aliases if a in pid_splits), None)
@@ -82,6 +107,9 @@ def read_layout_a(root: Path) -> dict[str, list[Example]]:
             p = problems.get(str(pid))
             if p is None:
                 raise DpbenchError(f"{root}: pid {pid} of split {split} is missing from problems.json")
+            check_problem(p, f"{root / 'problems.json'}: problem {pid}")
+            if p.get("image") is not None and not isinstance(p["image"], str):
+                raise DpbenchError(f"{root / 'problems.json'}: problem {pid}: image must be a file name or null")
             if not p.get("image"):
                 continue  # ScienceQA-IMG keeps only the problems that have an image
             image = root / "images" / str(pid) / p["image"]
@@ -118,7 +146,10 @@ def read_layout_b(root: Path) -> dict[str, list[Example]]:
                 img = row.get("image")
                 if not img:
                     continue
+                check_problem(row, f"{f}: row {i}")
                 data = img.get("bytes") if isinstance(img, dict) else img
+                if not isinstance(data, (bytes, bytearray)):
+                    raise DpbenchError(f"{f}: row {i}: image holds no encoded bytes")
                 digest = hashlib.sha1(data).hexdigest()[:16]
                 path = image_dir / f"{digest}.png"
                 if not path.exists():

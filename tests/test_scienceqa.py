@@ -60,6 +60,41 @@ def test_corrupt_data_is_one_clear_error(tmp_path, damage, message, write_layout
         read_scienceqa(root)
 
 
+def edit_problem(change):
+    def damage(root):
+        problems = json.loads((root / "problems.json").read_text())
+        change(problems["1"])
+        (root / "problems.json").write_text(json.dumps(problems))
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: (r / "problems.json").write_text("[1, 2]"), "must map problem ids to problems, got a list"),
+        (lambda r: (r / "pid_splits.json").write_text('{"train": 1}'), "must map split names to lists"),
+        (edit_problem(lambda p: p.pop("choices")), r"problem 1: no 'choices' field"),
+        (edit_problem(lambda p: p.pop("question")), r"problem 1: no 'question' field"),
+        (edit_problem(lambda p: p.update(choices="frog")), r"problem 1: choices must be a list"),
+        (edit_problem(lambda p: p.update(choices=["one"])), r"problem 1: choices must be a list of at least two"),
+        (edit_problem(lambda p: p.update(answer=7)), r"problem 1: answer must be an index into its 3 choices"),
+        (edit_problem(lambda p: p.update(answer="1")), r"problem 1: answer must be an index"),
+        (edit_problem(lambda p: p.update(answer=True)), r"problem 1: answer must be an index"),
+        (edit_problem(lambda p: p.update(question=["q"])), r"problem 1: question must be text"),
+        (edit_problem(lambda p: p.update(hint=3)), r"problem 1: hint must be text or null"),
+        (edit_problem(lambda p: p.update(image=5)), r"problem 1: image must be a file name or null"),
+        (lambda r: (r / "images" / "train" / "1" / "image.png").write_bytes(b"not a png"), "unreadable image"),
+    ],
+)
+def test_bad_records_name_the_file_and_the_record(tmp_path, damage, message, write_layout_a):
+    root = write_layout_a(tmp_path)
+    damage(root)
+    with pytest.raises(DpbenchError, match=message) as info:
+        read_scienceqa(root)
+    assert "\n" not in str(info.value)
+
+
 def test_missing_dir_and_foreign_dir(tmp_path):
     with pytest.raises(DpbenchError, match="does not exist"):
         read_scienceqa(tmp_path / "nope")

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from dpbench import sweep
 from dpbench.errors import DpbenchError
 from dpbench.results import write_result
+from dpbench.run_folder import RunFolder
 from dpbench.spec import RunSpec, load_spec_file
 from dpbench.sweep import expand, is_done, result_path, run_sweep, sweep_command
 
@@ -172,4 +173,16 @@ def test_cli_dry_run_runs_nothing_and_failures_exit_1(tmp_path, monkeypatch):
 
     result = CliRunner().invoke(sweep_command, [str(grid_file), "--runs-dir", str(runs)])
     assert result.exit_code == 1 and len(fake.calls) == 5
-    assert "4 ran, 0 skipped (already done), 1 failed" in result.output and "failed: " in result.output
+    assert "4 ran, 0 skipped (done or running elsewhere), 1 failed" in result.output and "failed: " in result.output
+
+
+def test_a_failed_run_is_reported_with_its_failure_record(tmp_path):
+    spec = expand(GRID)[0]
+    folder = RunFolder.of(tmp_path, spec.run_id()).create()
+
+    def crash(argv):
+        folder.failure.write_text(json.dumps({"phase": "train", "error": "RuntimeError", "message": "boom"}))
+        return 1
+
+    summary = run_sweep([spec], tmp_path, runner=crash)
+    assert summary.failed == [f"{spec.run_id()}: failed in train: boom (exit status 1)"]
