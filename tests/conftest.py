@@ -36,6 +36,15 @@ def tiny_model() -> VisionLanguageModel:
 
 
 @pytest.fixture(scope="session")
+def checkpoint(tiny_model, tmp_path_factory):
+    """The tiny random LLaVA saved as a local checkpoint: the code path of `--model /path/to/llava`."""
+    path = tmp_path_factory.mktemp("tiny-random-llava")
+    tiny_model.model.save_pretrained(path)
+    tiny_model.processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def digit_examples(tmp_path_factory) -> list[Example]:
     folder = tmp_path_factory.mktemp("digits")
     out = []

@@ -216,14 +216,6 @@ def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-random-llava")
-    tiny_model.model.save_pretrained(path)
-    tiny_model.processor.save_pretrained(path)
-    return path
-
-
 @pytest.mark.slow
 def test_bench_smoke_in_subprocesses(checkpoint, tmp_path):
     out = tmp_path / "out"

@@ -130,12 +130,6 @@ def test_report_shows_the_canary_row_and_notes(tmp_path):
 
 
 # -- end to end on a tiny random LLaVA saved as a local checkpoint -------------------------
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-random-llava")
-    tiny_model.model.save_pretrained(path)
-    tiny_model.processor.save_pretrained(path)
-    return path
 
 
 def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatch):

@@ -10,14 +10,6 @@ from dpbench.models import registry
 from dpbench.results import validation_errors
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-random-llava")
-    tiny_model.model.save_pretrained(path)
-    tiny_model.processor.save_pretrained(path)
-    return path
-
-
 def run_cli(*args):
     with pytest.raises(SystemExit) as info:
         main(list(args))

@@ -20,14 +20,6 @@ from dpbench.spec import RunSpec
 from dpbench.sweep import is_done, run_sweep
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-random-llava")
-    tiny_model.model.save_pretrained(path)
-    tiny_model.processor.save_pretrained(path)
-    return path
-
-
 def small_spec(checkpoint, **changes) -> RunSpec:
     base = {"training.steps": 2, "training.batch_size": 8, "training.n_train": 24, "eval_limit": 4, "attacks": []}
     return RunSpec(method="dpsgd", model=str(checkpoint)).replace(**{**base, **changes})
