@@ -103,11 +103,12 @@ def audit_data(rows: list[Row], task: str) -> Plot:
         whitebox = r.whitebox_eps_hat.mean if r.whitebox_eps_hat is not None else None
         blackbox = r.canary_eps_hat.mean if r.canary_eps_hat is not None else None
         mia = r.eps_hat.mean if r.eps_hat is not None else None
-        series[series_label(r, varying)].append([r.epsilon.mean, whitebox, blackbox, mia])
+        series[short_label(r, varying)].append([r.epsilon.mean, whitebox, blackbox, mia])
+    audited = {k: v for k, v in series.items() if any(x is not None for p in v for x in p[1:])}
     return {
         "kind": "audit",
         "title": f"{task}: empirical ε̂ against accounted ε",
-        "series": [{"label": k, "points": sorted(v)} for k, v in series.items()],
+        "series": [{"label": k, "points": sorted(v)} for k, v in audited.items()],
     }
 
 
@@ -197,19 +198,17 @@ def draw_audit(plot: Plot) -> bytes:
     ax = fig.add_subplot()
     top = max([1.0] + [v for s in plot["series"] for p in s["points"] for v in p if v is not None])
     ax.plot([0, top * 1.1], [0, top * 1.1], color="black", linestyle=":", label="ε̂ = ε (above: a violation)")
-    for i, s in enumerate(plot["series"]):
+    for i, s in enumerate(plot["series"]):  # a colour per configuration, a marker per audit
         color = COLORS[i % len(COLORS)]
-        for k, (name, marker) in enumerate(AUDIT_MARKERS):
+        ax.plot([], [], color=color, linestyle="-", label=mpl_text(s["label"]))
+        for k, (_name, marker) in enumerate(AUDIT_MARKERS):
             points = [(p[0], p[k + 1]) for p in s["points"] if p[k + 1] is not None]
             if points:
-                ax.plot(
-                    *zip(*points),
-                    color=color,
-                    marker=marker,
-                    linestyle="-" if k == 0 else "none",
-                    label=mpl_text(f"{s['label']}: {name}"),
-                    fillstyle="full" if k == 0 else "none",
-                )
+                style = {"linestyle": "-" if k == 0 else "none", "fillstyle": "full" if k == 0 else "none"}
+                ax.plot(*zip(*points), color=color, marker=marker, **style)
+    for k, (name, marker) in enumerate(AUDIT_MARKERS):
+        fill = "full" if k == 0 else "none"
+        ax.plot([], [], color="black", marker=marker, linestyle="none", fillstyle=fill, label=name)
     ax.set_xlim(0, top * 1.1)
     ax.set_ylim(0, top * 1.1)
     ax.set_xlabel("ε (accounted)")
