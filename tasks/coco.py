@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.tasks.loading import check_image
 
 
 def find_file(root: Path, name: str) -> Path:
@@ -26,6 +27,7 @@ def coco_image(root: Path, split: str, file_name: str) -> Path:
     candidates = [f / file_name for f in folders] + [f / f"{stem}{ext}" for f in folders for ext in (".jpg", ".png")]
     for path in candidates:
         if path.is_file():
+            check_image(path)
             return path
     raise DpbenchError(f"missing image {file_name}: expected {candidates[0]}")
 

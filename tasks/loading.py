@@ -42,3 +42,14 @@ def generate_all(model, examples: list[Example], batch_size: int, max_new_tokens
     for i in range(0, len(examples), batch_size):
         predictions += model.generate(examples[i : i + batch_size], max_new_tokens)
     return predictions
+
+
+def check_image(path: Path) -> None:
+    """Fail at load time, not mid-training, on an image that cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError) as e:
+        raise DpbenchError(f"unreadable image {path}: {e}") from None

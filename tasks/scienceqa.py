@@ -23,7 +23,7 @@ from dpbench.examples import Example
 from dpbench.files import read_json
 from dpbench.tasks import scienceqa_embedded
 from dpbench.tasks.base import TASKS, Task, TaskData
-from dpbench.tasks.loading import read_dataset, require_examples
+from dpbench.tasks.loading import check_image, read_dataset, require_examples
 
 ENV_VAR = "DPBENCH_SCIENCEQA_DIR"
 POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -73,17 +73,6 @@ def _example(uid: str, problem: dict, image: Path, group: str) -> Example:
     )
 
 
-def _check_image(path: Path) -> None:
-    """Fail at load time, not mid-training, on an image that cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError) as e:
-        raise DpbenchError(f"unreadable image {path}: {e}") from None
-
-
 def _file_digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
 
@@ -117,7 +106,7 @@ def read_layout_a(root: Path) -> dict[str, list[Example]]:
                 image = root / "images" / split / str(pid) / p["image"]
             if not image.exists():
                 raise DpbenchError(f"missing image for problem {pid}: expected {image}")
-            _check_image(image)
+            check_image(image)
             examples.append(_example(str(pid), p, image, group=_file_digest(image)))
         out[split] = examples
     return out

@@ -190,6 +190,14 @@ def _lines_of(error) -> int:
         (lambda r: (r / "v2_mscoco_val2014_annotations.json").unlink(), "has no v2_mscoco_val2014_annotations.json"),
         (lambda r: (r / "train2014" / "COCO_train2014_000000000001.jpg").unlink(), "missing image"),
         (
+            lambda r: (r / "train2014" / "COCO_train2014_000000000001.jpg").write_bytes(b"\xff\xd8 cut"),
+            "unreadable image",
+        ),
+        (
+            lambda r: (r / "v2_OpenEnded_mscoco_train2014_questions.json").write_text('{"questions": [3]}'),
+            "malformed question",
+        ),
+        (
             lambda r: (r / "v2_OpenEnded_mscoco_train2014_questions.json").write_text('{"qs": []}'),
             "not a VQAv2 questions",
         ),
