@@ -40,6 +40,7 @@ class RunFolder:
     attack_scores = _File("audit_scores.npz", "member and non-member scores of every attack")
     reference_losses = _File("audit_references.npz", "the reference models' losses, reused by re-audits")
     canary_scores = _File("audit_canaries.npz", "the one-run audit's canaries and their scores")
+    whitebox_scores = _File("audit_whitebox.npz", "the white-box audit's canary inclusion and scores")
     audit_work = _File(".audit", "scratch space of the attacks (e.g. images for the image attack)")
     failure = _File(
         "failure.json", "why the last attempt failed after it started (phase, message); a re-run replaces it"

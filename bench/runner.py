@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from dpbench import phases
 from dpbench.attacks.report import write_report
 from dpbench.errors import RunBusy
@@ -52,6 +54,9 @@ def run(
         if audit:
             audit_record, scores = phases.audit(prepared, base, folder, trained.report.epochs, log)
         audit_record = phases.with_whitebox(audit_record, trained)
+        if trained.report.whitebox_scores is not None:  # so a re-summary needs no retraining
+            included, canary_scores = trained.report.whitebox_scores
+            np.savez(folder.whitebox_scores, included=included, scores=canary_scores)
 
         phase("record")
         result = phases.record(prepared, trained, evaluation, zero_shot, audit_record, time.perf_counter() - started)

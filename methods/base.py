@@ -29,6 +29,7 @@ class TrainReport:
     tokens: int = 0  # non-padding input tokens processed, visual tokens included
     details: dict[str, Any] = field(default_factory=dict)
     whitebox: dict[str, Any] | None = None  # the white-box gradient-canary audit (`audit.whitebox`)
+    whitebox_scores: tuple[Any, Any] | None = None  # (included, scores) of its canaries, saved with the run
 
 
 class Method(ABC):

@@ -273,6 +273,7 @@ def train_dp_sgd(
         tokens=loop.tokens,
         details={"clipping": clipping},
         whitebox=whitebox_section(canaries, delta, privacy.epsilon, CANARY_ROUTES[clipping]) if canaries else None,
+        whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
     )
 
 

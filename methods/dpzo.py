@@ -274,6 +274,7 @@ class DPZO(Method):
             tokens=loop.tokens,
             details=self.details(clipped / max(1, loop.samples)),
             whitebox=self.whitebox(canaries, delta, epsilon=report.epsilon) if canaries is not None else None,
+            whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
         )
 
     @staticmethod

@@ -54,6 +54,7 @@ class NonPrivate(Method):
             samples=loop.samples,
             tokens=loop.tokens,
             whitebox=whitebox_section(canaries, delta, None, ROUTE) if canaries is not None else None,
+            whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
         )
 
 

@@ -74,6 +74,10 @@ def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkp
     assert c["m"] == 10 and result["dataset"]["n_canaries"] == c["included"]
     assert any("gradient canaries" in n for n in result["utility"]["notes"])
     assert "White-box one-run audit" in (run_dir / "audit.md").read_text()
+    import numpy as np
+
+    saved = np.load(run_dir / "audit_whitebox.npz")  # the scores, for a re-summary without retraining
+    assert saved["scores"].shape == (200,) and int(saved["included"].sum()) == w["included"]
     assert run_cli("audit", str(run_dir)) == 0  # the white-box audit was made in training: kept as it was
     assert json.loads((run_dir / "result.json").read_text())["audit"]["whitebox"] == w
 
