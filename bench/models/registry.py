@@ -4,6 +4,7 @@ architecture (`dpbench.models.architectures`: LLaVA, Idefics3/SmolVLM, Qwen2-VL)
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -77,13 +78,21 @@ def weights_sha256(folder: str | Path) -> str | None:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
         return None
-    digests = [(f.name, _file_sha256(f)) for f in files]
+    digests = [(f.name, _file_sha256(f.resolve(), *_stamp(f))) for f in files]
     if len(digests) == 1:
         return digests[0][1]
     return hashlib.sha256("".join(f"{name} {d}\n" for name, d in digests).encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """Keyed by size and mtime too: a run loads its base model several times (target, base,
+    reference models), and a 7 B checkpoint's shards are read once per process, not per load."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(2**24), b""):
