@@ -32,10 +32,16 @@ def set_verbose(on: bool) -> None:
         os.environ[VERBOSE_ENV] = "1"  # inherited by the model build and a sweep's runs
 
 
+_quieted = False
+
+
 def quiet_third_party() -> None:
-    """Silence understood warnings and transformers' per-load bars, unless verbose."""
-    if verbose():
+    """Silence understood warnings and transformers' per-load bars, unless verbose (once per process:
+    every model load calls it, and each call would add the filters again)."""
+    global _quieted
+    if verbose() or _quieted:
         return
+    _quieted = True
     for message in UNDERSTOOD:
         warnings.filterwarnings("ignore", message=message)
     from transformers.utils import logging as hf_logging

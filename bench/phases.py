@@ -146,6 +146,12 @@ def prepare(spec: RunSpec) -> Prepared:
     data = task.load(spec.data_dir)
     train = training_examples(spec, data)
     model = load_target(spec, method)
+    trainable = model.parameter_counts()[1]
+    if spec.audit.gradient_canaries > trainable:  # each needs a coordinate of its own
+        raise DpbenchError(
+            f"audit.gradient_canaries = {spec.audit.gradient_canaries} exceeds the model's {trainable} trainable "
+            "coordinates; ask for fewer"
+        )
     canaries = run_canaries(spec, train, model.tokenizer)
     fit = train + canaries.included_examples() if canaries else train
     delta = run_delta(spec, len(fit))

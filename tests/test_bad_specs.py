@@ -30,7 +30,7 @@ OUT_OF_RANGE = {
     "audit.reference_steps": [0, -1],
     "audit.canaries": [-1, 1, 10**9],
     "audit.canary_kind": ["nope", None],
-    "audit.gradient_canaries": [-1, 1],
+    "audit.gradient_canaries": [-1, 1, 10**9],
     "task": ["nope", None],
     "method": ["nope", None],
     "model": ["nope", None],
