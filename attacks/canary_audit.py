@@ -12,6 +12,8 @@ the canary's loss moves far more when it is included than a typical example's wo
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +34,22 @@ CONFIDENCE = 0.95
 # is tested at (1 − confidence) / (number of distinct guess counts) (Bonferroni): the
 # maximum stays a sound bound.
 GUESS_FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def guess_pairs(m: int, fraction_in: float = 0.5) -> list[tuple[int, int]]:
+    """(guessed "in", guessed "out") for each of GUESS_FRACTIONS of `m` canaries, split as
+    `fraction_in`. The split must come from the scores alone (never from which canaries were
+    included) for the bound to stay sound; ½ is inclusion's own probability."""
+    if not 0.0 <= fraction_in <= 1.0:
+        raise ValueError(f"fraction_in must be in [0, 1], got {fraction_in}")
+    pairs = set()
+    for f in GUESS_FRACTIONS:
+        r = 2 * max(1, int(f * m / 2))
+        k = round(r * fraction_in)
+        pairs.add((k, r - k))
+    return sorted(pairs)
+
+
 SCORE = "base-model loss minus target-model loss on the canary's target"
 
 UTILITY_NOTE = (
@@ -65,7 +83,9 @@ def mislabel(example: Example, others: list[Example], rng: random.Random, index:
 
 
 NOISE_SIDE = 32  # px; the processor resizes it as any image
-TOKENS_PER_TARGET = 2
+# One token per target: the embedded tokenizer has ~220 tokens no training target uses, and on the
+# non-private model 200 one-token canaries audit more strongly than 100 two-token ones (README).
+TOKENS_PER_TARGET = 1
 
 
 def rare_token_targets(tokenizer, train: list[Example], m: int, rng: random.Random) -> list[str]:
@@ -93,10 +113,14 @@ def rare_token_targets(tokenizer, train: list[Example], m: int, rng: random.Rand
 def memorable(example: Example, target: str, rng: random.Random, index: int, folder: Path) -> Example:
     """A canary only memorisation can predict: an image of uniform random noise and a target of
     tokens no training example's answer contains, asked with a training example's question."""
-    path = folder / f"{index}.png"
-    pixels = np.frombuffer(rng.randbytes(NOISE_SIDE * NOISE_SIDE * 3), dtype=np.uint8)
-    if not path.exists():
-        Image.fromarray(pixels.reshape(NOISE_SIDE, NOISE_SIDE, 3)).save(path)
+    noise = rng.randbytes(NOISE_SIDE * NOISE_SIDE * 3)
+    # named by content: the same index holds other pixels under another m or seed
+    path = folder / f"{hashlib.sha256(noise).hexdigest()[:20]}.png"
+    if not path.exists():  # written whole then renamed: runs in parallel share the folder
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        pixels = np.frombuffer(noise, dtype=np.uint8).reshape(NOISE_SIDE, NOISE_SIDE, 3)
+        Image.fromarray(pixels).save(tmp, format="PNG")
+        os.replace(tmp, path)
     return replace(
         example,
         uid=f"canary-{index}",
@@ -121,7 +145,7 @@ def make_canaries(train: list[Example], m: int, seed: int, kind: str = "memorabl
     if kind == "mislabelled":
         examples = tuple(mislabel(train[b], train, rng, i) for i, b in enumerate(bases))
     else:
-        folder = cache_dir() / f"canary-images-v2-s{seed}"
+        folder = cache_dir() / "canary-images-v3"
         folder.mkdir(parents=True, exist_ok=True)
         targets = rare_token_targets(tokenizer, train, m, rng)
         examples = tuple(memorable(train[b], t, rng, i, folder) for i, (b, t) in enumerate(zip(bases, targets)))
@@ -144,11 +168,11 @@ def one_run_audit(scores, included, delta: float, confidence: float = CONFIDENCE
     m = scores.size
     if m < 2:
         raise ValueError(f"the one-run audit needs at least 2 canaries, got {m}")
-    per_side = sorted({max(1, int(f * m / 2)) for f in GUESS_FRACTIONS})
-    level = 1.0 - (1.0 - confidence) / len(per_side)
+    pairs = guess_pairs(m)
+    level = 1.0 - (1.0 - confidence) / len(pairs)
     best = {"epsilon_lower_bound": 0.0, "guesses": 0, "correct": 0}
-    for k in per_side:
-        r, v = count_correct(guess_from_scores(scores, k, k), included)
+    for k_in, k_out in pairs:
+        r, v = count_correct(guess_from_scores(scores, k_in, k_out), included)
         eps = one_run_epsilon_lower_bound(m, r, v, delta, level)
         if eps > best["epsilon_lower_bound"] or best["guesses"] == 0:
             best = {"epsilon_lower_bound": eps, "guesses": r, "correct": v}

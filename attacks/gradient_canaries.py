@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
-from dpbench.attacks.canary_audit import CONFIDENCE, GUESS_FRACTIONS
+from dpbench.attacks.canary_audit import CONFIDENCE, GUESS_FRACTIONS, guess_pairs
 from dpbench.attacks.fdp import fdp_epsilon_lower_bound
 from dpbench.errors import DpbenchError
 
@@ -112,6 +112,14 @@ class GradientCanaries:
         return out
 
     # -- the auditor's side ----------------------------------------------------------------
+    def fraction_called_in(self) -> float:
+        """The share of canaries the scores alone call "in": likelihood ratio above 1 (the
+        test at inclusion's prior ½); without noise, more than half a canary's step. Guesses
+        split this way are right at every count when the scores separate, whatever the
+        binomial number of included canaries (a half/half split must then err at the full
+        count); it reads no inclusion, so the bound stays sound."""
+        return float(np.mean(self.scores > (0.0 if self.noise_multiplier > 0 else 0.5)))
+
     def remember_known(self, known: np.ndarray) -> None:
         """The real examples' clipped sum at the canary coordinates this step."""
         self.known = known
@@ -165,6 +173,11 @@ class ScalarCanaries:
         self.scores += code * y / self.clip
         self.steps += 1
 
+    def fraction_called_in(self) -> float:
+        """These scores have no threshold of their own (a sum of correlations): guesses split
+        half/half, inclusion's own probability."""
+        return 0.5
+
 
 def whitebox_section(
     canaries: GradientCanaries | ScalarCanaries,
@@ -175,12 +188,13 @@ def whitebox_section(
 ) -> dict:
     """The result's `audit.whitebox`: both bounds with their ceilings and a violation flag."""
     m, scores, included = canaries.m, canaries.scores, canaries.included
-    per_side = sorted({max(1, int(f * m / 2)) for f in GUESS_FRACTIONS})
-    level = 1.0 - (1.0 - CONFIDENCE) / (2 * len(per_side))  # Bonferroni over guess counts and both bounds
+    fraction_in = canaries.fraction_called_in()
+    pairs = guess_pairs(m, fraction_in)
+    level = 1.0 - (1.0 - CONFIDENCE) / (2 * len(pairs))  # Bonferroni over guess counts and both bounds
     best = {"steinke": (0.0, 0, 0), "fdp": (0.0, 0, 0)}
     ceiling = {"steinke": 0.0, "fdp": 0.0}
-    for k in per_side:
-        r, v = count_correct(guess_from_scores(scores, k, k), included)
+    for k_in, k_out in pairs:
+        r, v = count_correct(guess_from_scores(scores, k_in, k_out), included)
         for name, bound in (("steinke", one_run_epsilon_lower_bound), ("fdp", fdp_epsilon_lower_bound)):
             eps = bound(m, r, v, delta, level)
             if eps > best[name][0] or best[name][1] == 0:
@@ -205,6 +219,7 @@ def whitebox_section(
         "ceiling_fdp": ceiling["fdp"],
         "confidence": CONFIDENCE,
         "guess_fractions": list(GUESS_FRACTIONS),
+        "fraction_called_in": fraction_in,
         "steps_observed": canaries.steps,
         "canary_steps": canaries.sampled,
         "raw_norm": RAW_SCALE * canaries.clip,

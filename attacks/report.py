@@ -284,6 +284,7 @@ _WHITEBOX_LABELS = {
     "ceiling": "its ceiling (every guess right)",
     "guesses": "Guesses made (Steinke)",
     "correct": "Correct guesses (Steinke)",
+    "fraction_called_in": "Share of canaries the scores call included (how guesses split between in and out)",
     "epsilon_lower_bound_fdp": "ε̂, f-DP analysis of Mahloujifar et al. 2024 (assumes a Gaussian trade-off at (ε, δ))",
     "ceiling_fdp": "its ceiling",
     "accounted_epsilon": "Accounted ε",

@@ -4,7 +4,13 @@ seed; the bound is 0 for uninformative scores and positive for informative ones.
 import numpy as np
 import pytest
 
-from dpbench.attacks.canary_audit import GUESS_FRACTIONS, canary_section, make_canaries, one_run_audit
+from dpbench.attacks.canary_audit import (
+    GUESS_FRACTIONS,
+    TOKENS_PER_TARGET,
+    canary_section,
+    make_canaries,
+    one_run_audit,
+)
 from dpbench.errors import DpbenchError
 from dpbench.run_folder import RunFolder
 from dpbench.tasks.base import Example
@@ -62,11 +68,18 @@ def test_memorable_canaries_use_tokens_no_training_target_uses(tiny_model, isola
     seen = set()
     for c in canaries.examples:
         ids = tok(c.target, add_special_tokens=False)["input_ids"]
-        assert len(ids) == 2 and not set(ids) & used and not set(ids) & seen  # rare, and each canary's own
+        assert len(ids) == TOKENS_PER_TARGET and not set(ids) & used and not set(ids) & seen  # rare, its own
         seen |= set(ids)
         assert c.choices == () and Image.open(c.image).size == (32, 32)
     again = make_canaries(train, 20, seed=0, kind="memorable", tokenizer=tok)
     assert [c.target for c in again.examples] == [c.target for c in canaries.examples]
+    # another m draws other noise for the same index: the cached image must be that m's own
+    more = make_canaries(train, 30, seed=0, kind="memorable", tokenizer=tok)
+    assert more.examples[0].image != canaries.examples[0].image
+    assert (
+        np.asarray(Image.open(more.examples[0].image)).tobytes()
+        != np.asarray(Image.open(canaries.examples[0].image)).tobytes()
+    )
     with pytest.raises(DpbenchError, match="--canaries"):
         make_canaries(training_set(2000), 2000, seed=0, kind="memorable", tokenizer=tok)
 

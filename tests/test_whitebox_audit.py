@@ -165,3 +165,49 @@ def test_gradient_canaries_are_refused_below_two():
 
     with pytest.raises(DpbenchError, match="gradient_canaries"):
         RunSpec().replace(**{"audit.gradient_canaries": 1})
+
+
+def separable_canaries(noise_multiplier: float) -> gradient_canaries.GradientCanaries:
+    """1000 canaries whose scores separate exactly; seed 1 includes 525 of them, not 500."""
+    import torch
+
+    c = gradient_canaries.GradientCanaries(
+        m=1000,
+        seed=1,
+        rate=0.05,
+        clip=1.0,
+        noise_multiplier=noise_multiplier,
+        params=[torch.nn.Parameter(torch.zeros(2000))],
+    )
+    c.scores = np.where(c.included, 4.0, -1.0 if noise_multiplier > 0 else 0.0)
+    return c
+
+
+@pytest.mark.parametrize("noise_multiplier", [0.0, 0.7])
+def test_guesses_split_as_the_scores_do_so_a_separable_run_is_right_at_every_count(noise_multiplier):
+    c = separable_canaries(noise_multiplier)
+    assert c.included.sum() != 500  # else a half/half split would be right as well
+    w = gradient_canaries.whitebox_section(c, 7e-5, None, "test")
+    assert w["fraction_called_in"] == c.included.mean()
+    assert w["guesses"] == w["correct"] == 1000 and w["epsilon_lower_bound"] == pytest.approx(w["ceiling"])
+
+
+def test_the_guess_split_reads_the_scores_not_the_inclusion():
+    """Soundness: shuffling which canaries were included moves the right-guess count, never the split."""
+    c = separable_canaries(0.7)
+    split = c.fraction_called_in()
+    c.included = np.random.default_rng(0).permutation(c.included)
+    w = gradient_canaries.whitebox_section(c, 7e-5, None, "test")
+    assert w["fraction_called_in"] == split and w["correct"] < w["guesses"]
+
+
+def test_guess_pairs_keep_each_count_and_follow_the_split():
+    from dpbench.attacks.canary_audit import guess_pairs
+
+    assert guess_pairs(100) == [(k, k) for k in (2, 5, 10, 25, 50)]
+    for fraction in (0.0, 0.3, 0.525, 1.0):
+        pairs = guess_pairs(1000, fraction)
+        assert [a + b for a, b in pairs] == [50, 100, 200, 500, 1000]
+        assert all(abs(a - fraction * (a + b)) <= 0.5 for a, b in pairs)
+    with pytest.raises(ValueError):
+        guess_pairs(10, 1.5)
