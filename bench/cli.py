@@ -66,6 +66,12 @@ def cli(verbose: bool) -> None:
     "keep_ratio=R for the method's own strategy, or 'none'. [default: the method's, see `dpbench list methods`]",
 )
 @click.option("--device", help="cpu, cuda or cuda:N. [default: cpu]")
+@click.option(
+    "--nproc",
+    type=int,
+    help="Training processes on this machine (DDP through torch's launcher: gloo on the CPU, one GPU each "
+    "with --device cuda); under torchrun, its world size. [default: 1]",
+)
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--attacks", help="Comma-separated membership-inference attacks for the audit.")
 @click.option("--no-audit", is_flag=True, help="Skip the membership-inference audit.")
@@ -107,7 +113,7 @@ def run(**kw) -> None:
     privacy = {k: kw[k] for k in ("epsilon", "delta", "accountant", "max_grad_norm") if kw[k] is not None}
     training = {
         k: kw[k]
-        for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable")
+        for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable", "nproc")
         if kw[k] is not None
     }
     audit_flags = (
@@ -128,16 +134,21 @@ def run(**kw) -> None:
     if kw["attacks"] is not None:
         flags["attacks"] = [a.strip() for a in kw["attacks"].split(",") if a.strip()]
     spec = RunSpec.from_dict(merge(spec_dict, flags))
-    from dpbench.runner import run as run_one  # torch and the models load only for a command that needs them
+    # torch and the models load only for a command that needs them
+    from dpbench.distributed import launched_size
+    from dpbench.runner import launch
+    from dpbench.runner import run as run_one
 
-    result = run_one(
-        spec,
-        Path(kw["runs_dir"]),
-        audit=not kw["no_audit"],
-        save_checkpoint=kw["save_checkpoint"],
-        if_not_done=kw["if_not_done"],
-    )
-    print_summary(result, RunFolder.of(kw["runs_dir"], result.run_id))
+    size = launched_size()
+    if size > 1 and spec.training.nproc == 1:  # plain torchrun: its world is the run's
+        spec = spec.replace(**{"training.nproc": size})
+    options = {"audit": not kw["no_audit"], "save_checkpoint": kw["save_checkpoint"], "if_not_done": kw["if_not_done"]}
+    if spec.training.nproc > 1 and size == 1:
+        launch(spec, Path(kw["runs_dir"]), **options)  # rank 0 prints the summary
+        return
+    result = run_one(spec, Path(kw["runs_dir"]), **options)
+    if result is not None:
+        print_summary(result, RunFolder.of(kw["runs_dir"], result.run_id))
 
 
 @cli.command()

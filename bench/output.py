@@ -51,8 +51,14 @@ def quiet_third_party() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+def secondary_rank() -> bool:
+    """A training process other than rank 0 (torchrun sets RANK): it prints nothing of its own."""
+    return os.environ.get("RANK", "0") != "0"
+
+
 def note(line: str) -> None:
-    """One line of dpbench's own on stderr."""
+    """One line of dpbench's own on stderr (rank 0's only, across processes)."""
     import click
 
-    click.echo(f"note: {line}", err=True)
+    if not secondary_rank():
+        click.echo(f"note: {line}", err=True)

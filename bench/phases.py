@@ -16,6 +16,7 @@ from dpbench.attacks.audit import audit_run
 from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.canary_audit import CONFIDENCE, UTILITY_NOTE, Canaries, make_canaries
 from dpbench.attacks.gradient_canaries import UTILITY_NOTE as WHITEBOX_NOTE
+from dpbench.distributed import world
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
 from dpbench.methods.base import METHODS, Method, TrainReport
@@ -171,7 +172,12 @@ def train(p: Prepared) -> Trained:
     pruner = p.model.token_pruner
     report.details["token_pruning"] = pruner.details() if pruner is not None else None
     visual = {"before": p.model.visual_tokens_per_image, "after": p.model.visual_tokens_kept}
-    return Trained(report, memory.records, wall, p.model.parameter_counts(), visual)
+    records = memory.records
+    w = world()
+    if w.distributed:  # every rank's memory, and the examples all of them processed
+        records = [{**r, "rank": rank} for rank, rs in enumerate(w.gather(records)) for r in rs]
+        report.samples, report.tokens = (int(x) for x in w.sum_floats(report.samples, report.tokens))
+    return Trained(report, records, wall, p.model.parameter_counts(), visual)
 
 
 def evaluate(task: Task, model: VisionLanguageModel, examples: list[Example]) -> Evaluation:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from dpbench.output import secondary_rank
+
 
 def progress() -> Progress:
     return Progress(
@@ -13,4 +15,5 @@ def progress() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=False,
+        disable=secondary_rank(),  # one bar per run, rank 0's
     )

@@ -70,5 +70,11 @@ class RunFolder:
             result = load_result(self.result)
         except DpbenchError:  # missing, unreadable, not JSON or not a valid result
             return False
+        if spec is None:
+            return True
+        try:  # read back as a spec, so a field added since (at its default) compares equal
+            recorded = type(spec).from_dict(result["spec"]).to_dict()
+        except DpbenchError:
+            return False
         # through JSON, so tuples and lists (attacks) compare as the file stores them
-        return spec is None or result.get("spec") == json.loads(json.dumps(spec.to_dict()))
+        return json.loads(json.dumps(recorded)) == json.loads(json.dumps(spec.to_dict()))

@@ -4,6 +4,9 @@ evaluate -> audit -> record. Each phase lives in `dpbench.phases`."""
 from __future__ import annotations
 
 import fcntl
+import json
+import os
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,9 +14,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from dpbench import phases
+from dpbench import distributed, phases
 from dpbench.attacks.report import write_report
-from dpbench.errors import RunBusy
+from dpbench.errors import DpbenchError, RunBusy
 from dpbench.models.registry import load_model
 from dpbench.results import write_json_atomic, write_result
 from dpbench.run_folder import RunFolder
@@ -29,11 +32,25 @@ def run(
     save_checkpoint: bool = False,
     if_not_done: bool = False,
     log=print,
-) -> RunResult:
+) -> RunResult | None:
+    """The run's result; None on a training process other than rank 0 (it only trains)."""
     started = time.perf_counter()
-    prepared = phases.prepare(spec)  # every input checked, nothing written yet
+    w = distributed.init(spec.device, spec.training.nproc)
+    try:
+        prepared = phases.prepare(spec)  # every input checked, nothing written yet
+        if not w.main:
+            phases.train(prepared)
+            return None
+        return run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_done, log)
+    finally:
+        distributed.shutdown()
+
+
+def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_done, log) -> RunResult:
+    spec = prepared.spec
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
-    with holding(folder, spec, if_not_done), failure_recorded(folder) as phase:
+    locked_by_launcher = os.environ.get(distributed.LAUNCHED_ENV) == "1"
+    with holding(folder, spec, if_not_done, locked_by_launcher), failure_recorded(folder) as phase:
         write_json_atomic(folder.spec, spec.to_dict())
         log(
             f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(prepared.fit)} training examples, "
@@ -66,11 +83,42 @@ def run(
     return result
 
 
+def launch(
+    spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: bool = False, if_not_done: bool = False
+) -> None:
+    """`dpbench run --nproc N`: the run under torch's launcher, N processes on this machine. This
+    process holds the run's lock while they train; rank 0 writes the result and prints it."""
+    phases.resolve_names(spec)
+    distributed.check_launch(spec.device, spec.training.nproc)
+    folder = RunFolder.of(runs_dir, spec.run_id()).create()
+    with holding(folder, spec, if_not_done), tempfile.TemporaryDirectory(prefix="dpbench-ranks-") as tmp:
+        config = Path(tmp) / "spec.json"
+        config.write_text(json.dumps(spec.to_dict()))
+        args = ["--config", str(config), "--runs-dir", str(runs_dir)]
+        args += [] if audit else ["--no-audit"]
+        args += ["--save-checkpoint"] if save_checkpoint else []
+        status = distributed.launch(spec.training.nproc, args)
+    if status != 0:
+        raise DpbenchError(f"run {spec.run_id()}: {failure_line(folder, status)}")
+
+
+def failure_line(folder: RunFolder, status: int) -> str:
+    """What the run's failure record says, else the launcher's exit status."""
+    try:
+        failure = json.loads(folder.failure.read_text())
+        return f"failed in {failure['phase']}: {failure['message']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"a training process failed (exit status {status}); its output above says why"
+
+
 @contextmanager
-def holding(folder: RunFolder, spec: RunSpec, if_not_done: bool) -> Iterator[None]:
+def holding(folder: RunFolder, spec: RunSpec, if_not_done: bool, held_by_launcher: bool = False) -> Iterator[None]:
     """One process per run: an exclusive lock on the folder's lock file, released at exit (or
     by the kernel when the process dies). With `if_not_done`, a run another process finished
-    meanwhile is not run again."""
+    meanwhile is not run again. Ranks that `launch` started run under its lock."""
+    if held_by_launcher:
+        yield
+        return
     with open(folder.lock, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -40,6 +40,7 @@ HASH_OMITTED_AT_DEFAULT = {
     "eval_split": "test",
     "audit.gradient_canaries": 0,
     "audit.canary_kind": "memorable",
+    "training.nproc": 1,
 }
 
 
@@ -60,6 +61,9 @@ class TrainingSpec:
     seed: int = 0
     n_train: int | None = None  # None: every training example of the task
     trainable: str = "projector,language_model"
+    # training processes (DDP; dpbench.distributed): the expected batch is split across them, so
+    # the run differs from a one-process run in its sampling and is a configuration of its own
+    nproc: int = 1
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ class RunSpec:
             raise DpbenchError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {p.accountant!r}")
         if not p.max_grad_norm > 0:
             raise DpbenchError(f"max_grad_norm must be positive, got {p.max_grad_norm}")
-        for name in ("steps", "batch_size", "physical_batch_size"):
+        for name in ("steps", "batch_size", "physical_batch_size", "nproc"):
             if getattr(t, name) < 1:
                 raise DpbenchError(f"{name} must be at least 1, got {getattr(t, name)}")
         if t.lr is not None and not t.lr > 0:  # None: a method that takes no Adam lr (dpzo), or an unknown one
@@ -182,6 +186,13 @@ class RunSpec:
             )
         if not DEVICE.fullmatch(self.device):
             raise DpbenchError(f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if t.nproc > 1 and self.device not in ("cpu", "cuda"):
+            raise DpbenchError(
+                f"nproc = {t.nproc} runs a process per CPU worker or per local GPU: use --device cpu or cuda "
+                f"(each rank takes its own GPU), not {self.device}"
+            )
+        if t.nproc > t.batch_size:
+            raise DpbenchError(f"nproc = {t.nproc} exceeds batch_size = {t.batch_size}: each process needs examples")
         if self.lora is not None and "language_model" not in [g.strip() for g in t.trainable.split(",")]:
             raise DpbenchError(
                 "--lora adapts the language model: keep language_model in --trainable "

@@ -53,7 +53,8 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
         )
     for rec in s.peak_memory:
         table.add_row(
-            f"peak memory ({rec['device']})", f"{_mib(rec['peak_bytes'])} [{rec['kind']}] {rec.get('name', '')}"
+            f"peak memory ({rec['device']}" + (f", rank {rec['rank']})" if "rank" in rec else ")"),
+            f"{_mib(rec['peak_bytes'])} [{rec['kind']}] {rec.get('name', '')}",
         )
     table.add_row(
         "train throughput",

@@ -45,6 +45,8 @@ class PeakMemory:
 
     def __init__(self, device: str):
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda": this process's current GPU
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.records: list[dict] = []
 
     def __enter__(self) -> PeakMemory:

@@ -16,6 +16,11 @@ Two ways to clip (`clipping`), the same DP gradient up to float error:
               backward work, but no per-example gradients in memory.
 
 A post-noise hook sees the noisy gradient before the optimiser consumes it (update pruning).
+
+Across processes (`training.nproc`, dpbench.distributed) the model is wrapped in Opacus' DPDDP,
+so make_private picks Opacus' distributed optimizer: each rank Poisson-samples its shard of the
+data at the run's rate, clips its examples, rank 0 alone adds the noise, and the sums are
+all-reduced before the post-noise hook, so every rank prunes and steps on the same gradient.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ from typing import Callable
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import wrap_collate_with_empty
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 from opacus.utils.batch_memory_manager import BatchMemoryManager
-from torch.utils.data import DataLoader, Dataset
+from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dpbench.attacks.gradient_canaries import RAW_SCALE, GradientCanaries, whitebox_section
+from dpbench.distributed import World, world
 from dpbench.errors import DpbenchError
 from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rules)
 from dpbench.methods.base import METHODS, Method, TrainReport
@@ -106,6 +115,36 @@ def dp_sgd_noise_multiplier(spec, delta: float, n: int) -> float:
     )
 
 
+class ShardSampler(DistributedUniformWithReplacementSampler):
+    """Opacus' distributed Poisson sampler (rank r samples examples r, r+W, ... at the run's rate)
+    with its empty draws kept: Opacus skips them, which would put that rank a step behind the
+    others and drop a release the accountant counted."""
+
+    def __iter__(self):
+        shard = torch.arange(self.total_size)[self.rank : self.total_size : self.num_replicas]
+        for _ in range(self.num_batches):
+            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            yield shard[mask.nonzero(as_tuple=False).reshape(-1)]
+
+
+def shard_loader(n: int, rate: float, generator: torch.Generator) -> DataLoader:
+    loader = DataLoader(
+        IndexDataset(n),
+        batch_sampler=ShardSampler(total_size=n, sample_rate=rate, generator=generator),
+        collate_fn=wrap_collate_with_empty(
+            collate_fn=default_collate, sample_empty_shapes=[(0,)], dtypes=[torch.int64]
+        ),
+    )
+    loader.sample_rate = rate
+    return loader
+
+
+def rank_generator(seed: int, w: World) -> torch.Generator:
+    """Each rank's own sampling stream: ranks sharing one would include examples in pairs."""
+    state = np.random.SeedSequence([seed, w.rank, 0x5A]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 @dataclass
 class Private:
     """What Opacus' `make_private` hands back, in one place."""
@@ -116,6 +155,12 @@ class Private:
     criterion: Callable
     loader: DataLoader
     params: list[torch.nn.Parameter]
+    world: World = World()
+
+    def release_divisor(self) -> float:
+        """What the released gradient was divided by: the expected batch (Opacus' per rank, times
+        the ranks after the all-reduce's mean) times the accumulated physical batches."""
+        return self.optimizer.expected_batch_size * self.optimizer.accumulated_iterations * self.world.size
 
 
 def make_private(model, n: int, spec, sigma: float, *, clipping: str, secure_rng: bool) -> Private:
@@ -124,9 +169,10 @@ def make_private(model, n: int, spec, sigma: float, *, clipping: str, secure_rng
     model.model.train()  # Opacus validates in training mode, and its hooks skip eval mode
     if not secure_rng:
         note(SEEDED_NOISE)
+    w = world()
     engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
     private = engine.make_private(
-        module=model.model,
+        module=DPDDP(model.model) if w.distributed else model.model,  # DPDDP: Opacus' distributed optimizer
         optimizer=adam(params, spec),
         criterion=PerExampleLoss(),
         data_loader=DataLoader(IndexDataset(n), batch_size=t.batch_size),
@@ -143,7 +189,9 @@ def make_private(model, n: int, spec, sigma: float, *, clipping: str, secure_rng
         raise DpbenchError(
             f"Opacus samples at {loader.sample_rate}, σ was calibrated at {opacus_sample_rate(n, t.batch_size)}"
         )
-    return Private(engine, module, optimizer, criterion, loader, params)
+    if w.distributed:
+        loader = shard_loader(n, loader.sample_rate, engine.secure_rng if secure_rng else rank_generator(t.seed, w))
+    return Private(engine, module, optimizer, criterion, loader, params, w)
 
 
 def empty_draw(params: list[torch.nn.Parameter]) -> None:
@@ -161,10 +209,12 @@ def enter_canaries(dp: Private, canaries: GradientCanaries, clipping: str, chunk
     (norm RAW_SCALE·C) that Opacus' own `clip_and_accumulate` clips, the last chunk within
     `pre_step`. Ghost clipping has no per-example gradients to clip: a canary enters its
     clipped sum at norm C."""
-    optimizer, active = dp.optimizer, canaries.draw()
+    optimizer, active = dp.optimizer, canaries.draw()  # every rank draws: their streams stay together
+    if not dp.world.main:
+        active = active[:0]  # a canary is one example: it enters on rank 0 only
     if clipping == "per-sample":
         optimizer.clip_and_accumulate()  # this physical batch's real examples
-        canaries.remember_known(canaries.gather([q.summed_grad for q in dp.params]))
+        canaries.remember_known(dp.world.sum_array(canaries.gather([q.summed_grad for q in dp.params])))
         parts = [active[i : i + chunk] for i in range(0, len(active), chunk)] or [active]
         for part in parts:
             for q, rows in zip(dp.params, canaries.rows(part, RAW_SCALE * canaries.clip)):
@@ -173,15 +223,14 @@ def enter_canaries(dp: Private, canaries: GradientCanaries, clipping: str, chunk
                 optimizer.clip_and_accumulate()
         return
     known = canaries.gather([q.summed_grad for q in dp.params]) + canaries.gather([q.grad for q in dp.params])
-    canaries.remember_known(known)
+    canaries.remember_known(dp.world.sum_array(known))
     canaries.add_to([q.grad for q in dp.params], active, canaries.clip)
 
 
 def released_sum(dp: Private, canaries: GradientCanaries) -> np.ndarray:
     """The step's released noisy gradient at the canary coordinates, as the optimiser gets it
     (after the post-noise hook), times the mean's divisor: the noisy sum."""
-    divisor = dp.optimizer.expected_batch_size * dp.optimizer.accumulated_iterations
-    return canaries.gather([q.grad for q in dp.params], scale=divisor)
+    return canaries.gather([q.grad for q in dp.params], scale=dp.release_divisor())
 
 
 def dp_steps(
@@ -216,13 +265,15 @@ def dp_steps(
                 if not dp.optimizer.pre_step():  # clip + accumulate; at a logical batch's end, noise
                     dp.optimizer.zero_grad(set_to_none=True)  # keeps summed_grad across physical batches
                     continue
+                if dp.world.distributed:
+                    dp.optimizer.reduce_gradients()  # Opacus': the ranks' noisy sums, summed, as a mean
                 if post_noise_hook is not None:
                     post_noise_hook(dp.params)
                 if canaries is not None:
                     canaries.observe(released_sum(dp, canaries))
                 dp.optimizer.original_optimizer.step()
                 dp.optimizer.zero_grad(set_to_none=True)
-                loop.end_step(running / max(1.0, t.batch_size))
+                loop.end_step(dp.world.sum_floats(running)[0] / max(1.0, t.batch_size))
                 running = 0.0
                 if loop.steps == t.steps:
                     break

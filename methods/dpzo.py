@@ -27,6 +27,7 @@ and is not used); the result's `training.details` records it.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 
 from dpbench.attacks.gradient_canaries import ScalarCanaries, whitebox_section
+from dpbench.distributed import World, world
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.output import note
@@ -162,23 +164,36 @@ def dpzo_step(
     physical_batch_size: int,
     generators: Sequence[torch.Generator] = (),
     canaries: ScalarCanaries | None = None,
+    ranks: World | None = None,
 ) -> StepResult:
-    """One DP-ZO step: a release per (batch, seed) pair, then θ −= lr · mean_j(noisy_j / B) · z_j."""
-    out = StepResult([], 0.0, 0, 0)
+    """One DP-ZO step: a release per (batch, seed) pair, then θ −= lr · mean_j(noisy_j / B) · z_j.
+    Across ranks each evaluates its share of the batch, the clipped sums are all-reduced and rank
+    0's noisy release (noise drawn once) is every rank's; `out`'s counts are this rank's."""
+    out, ranks = StepResult([], 0.0, 0, 0), ranks or World()
     for batch, seed in zip(batches, seeds, strict=True):
         total = 0.0
         code, raw = canaries.draw() if canaries is not None else (None, None)
-        for part in chunks(list(batch), physical_batch_size):  # bounded memory
+        mine = ranks.shard(list(batch))
+        for part in chunks(mine, physical_batch_size):  # bounded memory
             encoded = encode(part)
             d = central_difference(lambda: loss(encoded), params, seed, mu, common_seed=seed + 1, generators=generators)
             total += float(d.derivative.clamp(-clip, clip).sum())
             out.clipped += int((d.derivative.abs() > clip).sum())
             out.loss_sum += float(d.loss.sum())
             out.examples += len(part)
+        if ranks.distributed:
+            # a ± round trip restores θ only up to rounding: every rank makes as many as rank 0
+            # (the largest shard), so the ranks' parameters stay bit-identical
+            most = math.ceil(math.ceil(len(batch) / ranks.size) / physical_batch_size)
+            for _ in range(most - math.ceil(len(mine) / physical_batch_size)):
+                for scale in (mu, -2 * mu, mu):
+                    perturb_(params, seed, scale)
+            total = ranks.sum_floats(total)[0]
         known = total  # the real examples' clipped sum, which the white-box auditor may know
         if raw is not None:  # the sampled canaries' scalars, clipped as the examples' are
             total += float(raw.clamp(-clip, clip).sum())
-        out.noisy_sums.append(total + noise_std * float(noise.normal(1)[0]))
+        noisy = total + noise_std * float(noise.normal(1)[0]) if ranks.main else None
+        out.noisy_sums.append(ranks.broadcast(noisy))
         if canaries is not None:
             canaries.observe(code, out.noisy_sums[-1] - known)
     for seed, noisy in zip(seeds, out.noisy_sums):
@@ -230,6 +245,7 @@ class DPZO(Method):
         if spec.audit.gradient_canaries:
             canaries = ScalarCanaries(spec.audit.gradient_canaries, t.seed, rate, p.max_grad_norm, sigma)
         sampling, perturbation, noise = streams(t.seed, o["secure_rng"])
+        w = world()
         if not o["secure_rng"]:
             note(SEEDED_NOISE)
         loop, clipped = TrainingLoop(), 0  # no global seed: every draw comes from the streams above
@@ -244,6 +260,7 @@ class DPZO(Method):
             for step in range(t.steps):
                 batches = [poisson_sample(sampling, n, rate) for _ in range(k)]
                 seeds = torch.randint(2**62, (k,), generator=perturbation).tolist()
+                batches, seeds = w.broadcast((batches, seeds))  # one sample, split across the ranks
                 lr = learning_rate(o["lr"], o["lr_schedule"], step, t.steps)
                 r = dpzo_step(
                     params,
@@ -260,9 +277,11 @@ class DPZO(Method):
                     physical_batch_size=t.physical_batch_size,
                     generators=generators,
                     canaries=canaries,
+                    ranks=w,
                 )
-                clipped += r.clipped
-                loop.end_step(r.loss_sum / (k * t.batch_size))
+                loss_sum, rank_clipped = w.sum_floats(r.loss_sum, r.clipped)
+                clipped += int(rank_clipped)
+                loop.end_step(loss_sum / (k * t.batch_size))
         model.model.eval()
         report = self.privacy_report(spec, delta, sigma, rate)
         return TrainReport(
@@ -272,7 +291,7 @@ class DPZO(Method):
             privacy=report,
             samples=loop.samples,
             tokens=loop.tokens,
-            details=self.details(clipped / max(1, loop.samples)),
+            details=self.details(clipped / max(1, w.sum_floats(loop.samples)[0])),
             whitebox=self.whitebox(canaries, delta, epsilon=report.epsilon) if canaries is not None else None,
             whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dpbench.attacks.gradient_canaries import GradientCanaries, whitebox_section
+from dpbench.distributed import World, world
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.privacy import PrivacyReport
 from dpbench.training_loop import TrainingLoop, adam, chunks, shuffled_batches, trainable_parameters
@@ -28,19 +29,22 @@ class NonPrivate(Method):
         if spec.audit.gradient_canaries:  # the no-noise control of the white-box audit
             rate, clip = batch_size / len(data), spec.privacy.max_grad_norm
             canaries = GradientCanaries(spec.audit.gradient_canaries, t.seed, rate, clip, 0.0, params)
-        batches = shuffled_batches(len(data), batch_size, t.seed)
+        batches = shuffled_batches(len(data), batch_size, t.seed)  # the same batches on every rank
+        w = world()
         model.model.train()
         with loop.running("training (non-private)", t.steps):
             for _ in range(t.steps):
                 optimizer.zero_grad(set_to_none=True)
                 idx = next(batches)
                 total = 0.0
-                for part in chunks(idx, t.physical_batch_size):  # accumulate: bounded memory
+                for part in chunks(w.shard(idx), t.physical_batch_size):  # accumulate: bounded memory
                     batch = model.encode([data[i] for i in part], [data[i].target for i in part])
                     loss = model.per_example_loss(batch).sum() / len(idx)
                     loss.backward()
                     total += loss.item()
                     loop.count(batch)
+                if w.distributed:
+                    total = sum_gradients(params, w, total)
                 if canaries is not None:
                     enter_canaries(canaries, params, len(idx))
                 optimizer.step()
@@ -56,6 +60,17 @@ class NonPrivate(Method):
             whitebox=whitebox_section(canaries, delta, None, ROUTE) if canaries is not None else None,
             whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
         )
+
+
+def sum_gradients(params, w: World, loss: float) -> float:
+    """The ranks' gradients summed, as DistributedDataParallel's all-reduce would (each rank's
+    loss is its share of the batch's mean), once after the accumulation, so ranks may hold unequal
+    shards; returns the batch's loss."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        w.sum_(p.grad)
+    return w.sum_floats(loss)[0]
 
 
 ROUTE = "added to the mean gradient as a gradient of norm C over the batch, no clipping and no noise"

@@ -4,6 +4,7 @@ digits, and a train/val split of them."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import random
 from pathlib import Path
@@ -29,13 +30,23 @@ def build_sample(
     """Write a sample under `root` with `write(root, shuffled digits, rng)`, unless a finished build
     of this `version` is there (its marker file, written last, records `count` records)."""
     marker = root / "embedded.json"
-    if marker.exists() and json.loads(marker.read_text()).get("version") == version:
+
+    def built() -> bool:
+        return marker.exists() and json.loads(marker.read_text()).get("version") == version
+
+    if built():
         return root
-    rng = random.Random(seed)
-    digits = private_digits()
-    rng.shuffle(digits)
-    n = write(root, digits, rng)
-    write_json_atomic(marker, {"version": version, "source": "scikit-learn load_digits", count: n})
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time: the ranks of a run, or a sweep's parallel runs, start together
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if built():  # another process built it while this one waited
+            return root
+        rng = random.Random(seed)
+        digits = private_digits()
+        rng.shuffle(digits)
+        n = write(root, digits, rng)
+        write_json_atomic(marker, {"version": version, "source": "scikit-learn load_digits", count: n})
     return root
 
 

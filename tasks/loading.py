@@ -10,6 +10,7 @@ from typing import Callable, Sequence, TypeVar
 
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.output import secondary_rank
 
 T = TypeVar("T")
 
@@ -22,10 +23,11 @@ def read_dataset(
     if data_dir:
         return read(Path(data_dir)), "local", str(Path(data_dir).resolve())
     root = embedded()
-    print(
-        f"Notice: no {dataset} data given (--data-dir or ${env_var}); using the embedded digit-image sample "
-        f"in {dataset}'s format. It is NOT {dataset}; results say so."
-    )
+    if not secondary_rank():  # once per run, not once per training process
+        print(
+            f"Notice: no {dataset} data given (--data-dir or ${env_var}); using the embedded digit-image sample "
+            f"in {dataset}'s format. It is NOT {dataset}; results say so."
+        )
     return read(root), "embedded-sample", None
 
 
