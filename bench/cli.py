@@ -16,7 +16,7 @@ from dpbench.output import set_verbose
 from dpbench.registries import ATTACKS, METHODS, MODELS, TASKS
 from dpbench.results import load_result
 from dpbench.run_folder import RunFolder
-from dpbench.spec import CANARY_KINDS, EVAL_SPLITS, RunSpec, load_spec_file, merge
+from dpbench.spec import CANARY_KINDS, EVAL_SPLITS, PRECISIONS, RunSpec, load_spec_file, merge
 from dpbench.summary import print_summary
 from dpbench.sweep import sweep_command
 
@@ -67,6 +67,12 @@ def cli(verbose: bool) -> None:
 )
 @click.option("--device", help="cpu, cuda or cuda:N. [default: cpu]")
 @click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="Training forwards: fp32, or bf16 autocast (fp32 master weights, optimiser state and clipping). "
+    "[default: fp32]",
+)
+@click.option(
     "--nproc",
     type=int,
     help="Training processes on this machine (DDP through torch's launcher: gloo on the CPU, one GPU each "
@@ -113,7 +119,17 @@ def run(**kw) -> None:
     privacy = {k: kw[k] for k in ("epsilon", "delta", "accountant", "max_grad_norm") if kw[k] is not None}
     training = {
         k: kw[k]
-        for k in ("steps", "batch_size", "physical_batch_size", "lr", "seed", "n_train", "trainable", "nproc")
+        for k in (
+            "steps",
+            "batch_size",
+            "physical_batch_size",
+            "lr",
+            "seed",
+            "n_train",
+            "trainable",
+            "nproc",
+            "precision",
+        )
         if kw[k] is not None
     }
     audit_flags = (

@@ -167,7 +167,8 @@ def train(p: Prepared) -> Trained:
     """The method's training, with peak memory and wall time measured around it alone."""
     with PeakMemory(p.spec.device) as memory:
         t0 = time.perf_counter()
-        report = p.method.train(p.model, p.fit, p.spec, p.delta)
+        with p.model.training_precision(p.spec.training.precision):
+            report = p.method.train(p.model, p.fit, p.spec, p.delta)
         wall = time.perf_counter() - t0
     pruner = p.model.token_pruner
     report.details["token_pruning"] = pruner.details() if pruner is not None else None

@@ -32,6 +32,7 @@ CANARY_KINDS = ("memorable", "mislabelled")
 # "validation": the task's held-out validation examples (never trained on; also the audit's
 # non-members), for choosing hyperparameters without looking at the test split
 EVAL_SPLITS = ("test", "validation")
+PRECISIONS = ("fp32", "bf16")
 # fields added after results were committed, with their defaults: a spec at the default leaves
 # the field out of its hash, so older specs keep their hash (and their run ids); token_pruning
 # likewise at its method's default
@@ -41,6 +42,7 @@ HASH_OMITTED_AT_DEFAULT = {
     "audit.gradient_canaries": 0,
     "audit.canary_kind": "memorable",
     "training.nproc": 1,
+    "training.precision": "fp32",
 }
 
 
@@ -64,6 +66,7 @@ class TrainingSpec:
     # training processes (DDP; dpbench.distributed): the expected batch is split across them, so
     # the run differs from a one-process run in its sampling and is a configuration of its own
     nproc: int = 1
+    precision: str = "fp32"  # or "bf16": training forwards under autocast, fp32 master weights
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ class RunSpec:
             raise DpbenchError(f"audit.gradient_canaries must be 0 (off) or at least 2, got {a.gradient_canaries}")
         if a.reference_steps is not None and a.reference_steps < 1:
             raise DpbenchError(f"audit.reference_steps must be at least 1, got {a.reference_steps}")
+        if t.precision not in PRECISIONS:
+            raise DpbenchError(f"precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
         if self.eval_split not in EVAL_SPLITS:
             raise DpbenchError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
         if not [g for g in t.trainable.split(",") if g.strip()]:

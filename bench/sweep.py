@@ -12,6 +12,11 @@ Example file::
     methods: [nonprivate, dpsgd, {name: dualpriv, options: {keep_ratio: 0.1}}]
     epsilons: [1, 3, 8]
     seeds: [0, 1]
+    resources: {cpus: 2, gpus: 1}                  # per run, for --engine ray and slurm
+    slurm: {partition: gpu, time_min: 120, array_parallelism: 8}
+
+`--engine ray` and `--engine slurm` (dpbench.sweep_engines) run the same command per run, so run
+ids, results, locks and the resume rule do not depend on the engine.
 """
 
 from __future__ import annotations
@@ -30,8 +35,21 @@ import yaml
 from dpbench.errors import DpbenchError, RunBusy
 from dpbench.run_folder import RunFolder
 from dpbench.spec import RunSpec, load_spec_file, merge, method_override
+from dpbench.sweep_engines import (
+    CLUSTERS,
+    ENGINE_FAILURE,
+    ENGINES,
+    EngineOptions,
+    Outcome,
+    Resources,
+    run_args,
+    run_jobs,
+    slurm_parameters,
+)
 
 GRID_KEYS = ("tasks", "methods", "epsilons", "seeds")
+# base: run-spec fields every run shares; resources and slurm: what --engine ray / slurm ask per run
+OPTIONAL_KEYS = ("base", "resources", "slurm")
 NON_PRIVATE_METHODS = ("nonprivate",)  # run once per seed; the epsilon axis does not apply
 
 # Runs one command line, returns its exit status. Tests pass a fake; the default spawns a process.
@@ -64,12 +82,12 @@ def expand(grid: dict[str, Any]) -> list[RunSpec]:
     """Every RunSpec of the grid, in file order, each once (all validated before anything runs)."""
     if not isinstance(grid, dict):
         raise DpbenchError("a sweep file must hold a mapping with tasks, methods, epsilons and seeds")
-    unknown = set(grid) - {*GRID_KEYS, "base"}
+    unknown = set(grid) - {*GRID_KEYS, *OPTIONAL_KEYS}
     missing = [k for k in GRID_KEYS if k not in grid]
     if unknown or missing:
         raise DpbenchError(
             f"sweep file: unknown key(s) {sorted(unknown)}, missing key(s) {missing}; "
-            f"expected {', '.join(GRID_KEYS)} and optional base"
+            f"expected {', '.join(GRID_KEYS)} and optional {', '.join(OPTIONAL_KEYS)}"
         )
     base = grid.get("base") or {}
     if not isinstance(base, dict):
@@ -144,36 +162,74 @@ def run_sweep(
     runner: CommandRunner = subprocess_runner,
     dry_run: bool = False,
     echo: Callable[[str], None] = lambda _: None,
+    engine: str = "local",
+    options: EngineOptions | None = None,
 ) -> SweepSummary:
-    summary = SweepSummary()
+    """Every run not done yet, on `engine`; a failed run never stops the others."""
+    summary, pending = SweepSummary(), []
     for i, spec in enumerate(specs, 1):
         run_id = spec.run_id()
         prefix = f"[{i}/{len(specs)}] {run_id}"
         if is_done(runs_dir, spec):
             summary.skipped.append(run_id)
             echo(f"{prefix}: done, skipped")
-            continue
-        if dry_run:
+        elif dry_run:
             summary.planned.append(run_id)
             echo(f"{prefix}: would run")
-            continue
-        echo(f"{prefix}: running")
-        with tempfile.TemporaryDirectory(prefix="dpbench-sweep-") as tmp:
-            config = Path(tmp) / f"{run_id}.yaml"
-            config.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-            status = runner(run_command(config, runs_dir))
-        if status == RunBusy.exit_code:  # another sweep holds it or finished it: never run twice
-            summary.skipped.append(run_id)
-            echo(f"{prefix}: running or done elsewhere, skipped")
-        elif status != 0:
-            summary.failed.append(f"{run_id}: {failure_reason(runs_dir, run_id, status)}")
-        elif not is_done(runs_dir, spec):  # the run claims success: hold it to that
-            summary.failed.append(
-                f"{run_id}: exited 0 but left no valid result for this spec at {result_path(runs_dir, spec)}"
-            )
         else:
-            summary.ran.append(run_id)
+            pending.append((prefix, spec))
+    if engine == "local":
+        for prefix, spec in pending:
+            echo(f"{prefix}: running")
+            with tempfile.TemporaryDirectory(prefix="dpbench-sweep-") as tmp:
+                status = runner(run_command(write_config(Path(tmp), spec), runs_dir))
+            record_outcome(summary, runs_dir, spec, Outcome(status), prefix, echo)
+    elif pending:
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        options = options or EngineOptions()
+        if options.folder is None:
+            options.folder = Path(runs_dir) / ".submitit"
+        prefixes = {spec.run_id(): prefix for prefix, spec in pending}
+        # in the runs folder: a cluster's nodes see it (a shared file system), not this machine's /tmp
+        with tempfile.TemporaryDirectory(dir=runs_dir, prefix=".sweep-") as tmp:
+            jobs = [(spec.run_id(), run_args(write_config(Path(tmp), spec), runs_dir)) for _, spec in pending]
+            outcomes = run_jobs(engine, jobs, options, lambda run_id: echo(f"{prefixes[run_id]}: sent to {engine}"))
+        for (prefix, spec), outcome in zip(pending, outcomes):
+            record_outcome(summary, runs_dir, spec, outcome, prefix, echo)
     return summary
+
+
+def write_config(folder: Path, spec: RunSpec) -> Path:
+    config = folder / f"{spec.run_id()}.yaml"
+    config.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return config
+
+
+def record_outcome(
+    summary: SweepSummary, runs_dir: str | Path, spec: RunSpec, outcome: Outcome, prefix: str, echo
+) -> None:
+    run_id, status = spec.run_id(), outcome.status
+    if status == RunBusy.exit_code:  # another sweep holds it or finished it: never run twice
+        summary.skipped.append(run_id)
+        echo(f"{prefix}: running or done elsewhere, skipped")
+    elif status == ENGINE_FAILURE:
+        summary.failed.append(f"{run_id}: {outcome.reason}")
+    elif status != 0:
+        summary.failed.append(f"{run_id}: {failure_reason(runs_dir, run_id, status)}")
+    elif not is_done(runs_dir, spec):  # the run claims success: hold it to that
+        summary.failed.append(
+            f"{run_id}: exited 0 but left no valid result for this spec at {result_path(runs_dir, spec)}"
+        )
+    else:
+        summary.ran.append(run_id)
+
+
+def engine_options(grid: dict[str, Any], address: str | None, cluster: str) -> EngineOptions:
+    """The sweep file's per-run resources and Slurm settings, with the command line's."""
+    resources = Resources.from_value(grid.get("resources"))
+    return EngineOptions(
+        resources=resources, address=address, cluster=cluster, slurm=slurm_parameters(grid.get("slurm"), resources)
+    )
 
 
 @click.command("sweep")
@@ -186,10 +242,30 @@ def run_sweep(
     help="Each run writes <runs-dir>/<run-id>/result.json.",
 )
 @click.option("--dry-run", is_flag=True, help="List which runs would run and which are done; run nothing.")
-def sweep_command(file: str, runs_dir: str, dry_run: bool) -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="local: one process after another here; ray: a Ray task per run (the file's `resources:`); "
+    "slurm: a Slurm job array through submitit (the file's `resources:` and `slurm:`).",
+)
+@click.option("--address", help="ray: an existing cluster's address (host:port or auto); without it, a local one.")
+@click.option(
+    "--cluster",
+    type=click.Choice(CLUSTERS),
+    default="slurm",
+    show_default=True,
+    help="slurm: submitit's executor; local runs the same job array on this machine.",
+)
+def sweep_command(file: str, runs_dir: str, dry_run: bool, engine: str, address: str | None, cluster: str) -> None:
     """Run a grid of tasks x methods x epsilons x seeds from FILE; finished runs are skipped."""
-    specs = expand(load_spec_file(file))
-    summary = run_sweep(specs, runs_dir, runner=subprocess_runner, dry_run=dry_run, echo=click.echo)
+    grid = load_spec_file(file)
+    specs = expand(grid)
+    options = engine_options(grid, address, cluster)  # checked before anything runs
+    summary = run_sweep(
+        specs, runs_dir, runner=subprocess_runner, dry_run=dry_run, echo=click.echo, engine=engine, options=options
+    )
     click.echo(summary.line())
     for failure in summary.failed:
         click.echo(f"  failed: {failure}", err=True)

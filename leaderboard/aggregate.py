@@ -88,21 +88,24 @@ class Row:
 
 
 def primary_memory(result: dict[str, Any]) -> dict[str, Any]:
-    """The peak-memory entry of the device the run trained on (the first when none matches)."""
+    """The peak-memory entry of the device type the run trained on (the first entry when none
+    matches); across processes, the rank that peaked highest: memory is a per-device figure."""
     entries = result["systems"]["peak_memory"]
-    device = result["systems"]["device"]
-    return next((m for m in entries if m["device"] == device), entries[0])
+    dtype = result["systems"]["device"].split(":")[0]
+    matching = [m for m in entries if m["device"].split(":")[0] == dtype] or entries[:1]
+    return max(matching, key=lambda m: m["peak_bytes"]) if len(matching) > 1 else matching[0]
 
 
 def device_label(result: dict[str, Any]) -> tuple[str, str]:
-    """(device name, device type) of the run's training device."""
+    """(device name, device type) of the run's training device; "× N" for N training processes."""
     mem = primary_memory(result)
     dtype = mem["device"].split(":")[0]
     name = mem.get("name")
     if not name:
         devices = result["environment"]["devices"]
         name = next((d["name"] for d in devices if d["type"] == dtype), mem["device"])
-    return name, dtype
+    ranks = result["spec"]["training"].get("nproc", 1)
+    return (f"{name} ×{ranks}" if ranks > 1 else name), dtype
 
 
 def target_epsilon(result: dict[str, Any]) -> float | None:

@@ -7,10 +7,11 @@ and which parameter groups are trainable.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,8 @@ from dpbench.errors import DpbenchError
 from dpbench.examples import Example
 from dpbench.models.architectures import architecture
 from dpbench.models.qwen2_vl import mrope_positions
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}  # spec.training.precision -> autocast dtype
 
 
 @lru_cache(maxsize=8192)
@@ -65,6 +68,7 @@ class VisionLanguageModel:
         self._prompt_ids_cache: dict[Example, tuple[int, ...]] = {}
         self._pixel_cache: dict[Path, dict[str, torch.Tensor]] = {}
         self._pixel_cache_bytes = 0
+        self.autocast: torch.dtype | None = None  # set by `training_precision`: forwards under autocast
 
     # -- encoding -------------------------------------------------------------------------
     def prompt_text(self, example: Example) -> str:
@@ -170,8 +174,20 @@ class VisionLanguageModel:
         if n_target == 0:
             raise ValueError("batch has no target tokens")
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        out = (model or self.model)(**inputs, logits_to_keep=n_target + 1)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            out = (model or self.model)(**inputs, logits_to_keep=n_target + 1)
         return out.logits[:, :-1].float(), labels[:, -n_target:]
+
+    @contextmanager
+    def training_precision(self, precision: str) -> Iterator[None]:
+        """Forwards under bf16 autocast within (`precision` "bf16"): the parameters, their
+        gradients and the optimiser state stay fp32 (Opacus casts per-sample gradients up to
+        the parameters' dtype before clipping); the loss is taken on fp32 logits."""
+        self.autocast = AUTOCAST[precision]
+        try:
+            yield
+        finally:
+            self.autocast = None
 
     def per_example_loss(self, batch: dict, model=None) -> torch.Tensor:
         """Mean negative log-likelihood over each example's own target tokens, shape (B,)."""
