@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dpbench.leaderboard.aggregate import Stat, aggregate, options
+from dpbench.leaderboard.aggregate import MIB, Stat, aggregate, options
 from dpbench.leaderboard.cli import leaderboard_command
 from dpbench.leaderboard.render import build, render_markdown
 from dpbench.results import validation_errors, write_json_atomic
@@ -360,3 +360,18 @@ def test_a_whitebox_violation_is_shown_prominently_on_both_pages():
     assert '<p class="violation" role="alert">AUDIT VIOLATION' in page and '<tr class="violation">' in page
     calm = render_markdown(aggregate([sound]), 1)
     assert "AUDIT VIOLATION" not in calm and "VIOLATION (" not in calm and "| ok |" in calm
+
+
+def test_a_multi_process_run_is_its_own_row_with_the_highest_ranks_memory():
+    one = make_result(seed=0)
+    two = make_result(seed=0, **{"training.nproc": 2})
+    record = one["systems"]["peak_memory"][0]
+    two["systems"]["peak_memory"] = [
+        {**record, "rank": 0, "peak_bytes": 100 * MIB},
+        {**record, "rank": 1, "peak_bytes": 300 * MIB},
+    ]
+    assert validation_errors(two) == []
+    rows = {r.device: r for r in aggregate([one, two])}
+    (multi,) = [d for d in rows if "×2" in d]
+    assert rows[multi].peak_memory_mib.mean == 300 and rows[multi].n_seeds == 1
+    assert "training.nproc" in rows[multi].method_options and len(rows) == 2

@@ -83,7 +83,7 @@ def test_default_sweep_file():
     assert {s.privacy.epsilon for s in specs if s.method != "nonprivate"} == {1.0, 8.0}
     assert {s.training.seed for s in specs} == {0, 1, 2}
     assert {(s.audit.gradient_canaries, s.audit.canaries, s.audit.canary_kind) for s in specs} == {
-        (1000, 100, "memorable")
+        (1000, 200, "memorable")
     }
 
 
