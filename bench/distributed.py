@@ -159,5 +159,7 @@ def torchrun_command(nproc: int, run_args: list[str]) -> list[str]:
 
 def launch(nproc: int, run_args: list[str], cwd: Path | None = None) -> int:
     """Run the ranks and wait: their exit status (0 when every rank finished)."""
-    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # the machine's cores shared out between the ranks (torchrun's own default is one thread each)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": threads}
     return subprocess.run(torchrun_command(nproc, run_args), env=env, cwd=cwd, check=False).returncode
