@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+import ray  # the test extra installs ray and submitit: these tests may not skip
 import yaml
 
 from dpbench.errors import DpbenchError
@@ -20,8 +21,6 @@ from dpbench.results import validation_errors
 from dpbench.sweep import engine_options, expand, run_sweep
 from dpbench.sweep_engines import EngineOptions, Resources, run_jobs, slurm_parameters
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("submitit")
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
