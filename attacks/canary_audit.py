@@ -1,13 +1,16 @@
 """The one-run canary audit around a training run (Steinke, Nasr & Jagielski 2023).
 
-`m` canaries, mislabelled copies of training examples, are each added to the training set
-independently with probability ½ (seeded). After training, each canary is scored and the
-most and least member-like are guessed "in" / "out"; `canary.one_run_epsilon_lower_bound`
-turns the right guesses into an ε lower bound. This changes what the method trains on, so
-it is opt-in (`audit.canaries`) and the result says utility came from a canary-trained run.
+`m` canaries are each added to the training set independently with probability ½ (seeded).
+After training, each canary is scored and the most and least member-like are guessed "in" /
+"out"; `canary.one_run_epsilon_lower_bound` turns the right guesses into an ε lower bound.
+This changes what the method trains on, so it is opt-in (`audit.canaries`) and the result
+says utility came from a canary-trained run.
 
-Why mislabelled: a wrong answer is something only training on the canary can teach, so
-the canary's loss moves far more when it is included than a typical example's would.
+Two kinds. `memorable` (default): an image of random noise whose target is a token no training
+target uses, each canary its own (Panda et al. 2025's new-token canaries, inside the
+vocabulary): only training on that canary raises that token's likelihood. `mislabelled`: a
+training example with a wrong answer (ML Privacy Meter's); on the embedded default even a
+non-private model gave it nothing to see (README, "Audits").
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ def guess_pairs(m: int, fraction_in: float = 0.5) -> list[tuple[int, int]]:
 SCORE = "base-model loss minus target-model loss on the canary's target"
 
 UTILITY_NOTE = (
-    "utility was measured on a model trained with canaries (mislabelled copies of training "
-    "examples) inserted for the one-run audit"
+    "utility was measured on a model trained with the black-box one-run audit's canaries in its training "
+    "set (each with probability 1/2; audit.canary_kind says which kind)"
 )
 
 

@@ -88,8 +88,8 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--canary-kind",
     type=click.Choice(CANARY_KINDS),
-    help="memorable: a random-noise image with a random text target; mislabelled: a training example "
-    "with a wrong answer. [default: memorable]",
+    help="memorable: a random-noise image whose target is a token no training target uses; mislabelled: a "
+    "training example with a wrong answer. [default: memorable]",
 )
 @click.option(
     "--gradient-canaries",

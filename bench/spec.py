@@ -26,8 +26,8 @@ from dpbench.registries import METHODS
 from dpbench.results import spec_errors
 
 ACCOUNTANTS = ("rdp", "prv")
-# the black-box one-run audit's canaries (dpbench.attacks.canary_audit): a random-noise image with a
-# random text target, or a training example with a wrong answer
+# the black-box one-run audit's canaries (dpbench.attacks.canary_audit): a random-noise image whose
+# target is a token no training target uses, or a training example with a wrong answer
 CANARY_KINDS = ("memorable", "mislabelled")
 # "validation": the task's held-out validation examples (never trained on; also the audit's
 # non-members), for choosing hyperparameters without looking at the test split
