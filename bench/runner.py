@@ -59,6 +59,7 @@ def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_don
 
         phase("train")
         trained = phases.train(prepared)
+        distributed.shutdown()  # the other ranks are done: what follows (references included) is rank 0's alone
         phase("evaluate")
         evaluation = phases.evaluate(prepared.task, prepared.model, prepared.scored)
         if save_checkpoint:

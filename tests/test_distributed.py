@@ -73,17 +73,24 @@ def test_every_rank_applies_the_same_update(checkpoint, digit_examples, tmp_path
 
 def cli_run(tmp_path, checkpoint, *flags):
     args = ["run", "--model", str(checkpoint), "--steps", "3", "--batch-size", "16", "--n-train", "48"]
-    args += ["--eval-limit", "8", "--no-audit", "--runs-dir", str(tmp_path / "runs"), *flags]
+    args += ["--eval-limit", "8", "--runs-dir", str(tmp_path / "runs"), *flags]
     done = subprocess.run([sys.executable, "-m", "dpbench.cli", *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
-@pytest.mark.parametrize("method", ["dpsgd", "dpzo"])
-def test_a_two_process_run_writes_one_result_with_a_memory_record_per_rank(checkpoint, tmp_path, method):
-    two = cli_run(tmp_path, checkpoint, "--method", method, "--nproc", "2")
+@pytest.mark.parametrize(
+    "method, audit",
+    [
+        ("dpsgd", ["--attacks", "loss,lira", "--audit-references", "1", "--gradient-canaries", "20"]),
+        ("dpzo", ["--no-audit"]),
+    ],
+)
+def test_a_two_process_run_writes_one_result_with_a_memory_record_per_rank(checkpoint, tmp_path, method, audit):
+    """With the audit: rank 0 trains its reference model alone, after the other rank has left."""
+    two = cli_run(tmp_path, checkpoint, "--method", method, "--nproc", "2", *audit)
     assert two.stdout.count("Notice: no ScienceQA") == 1 and two.stdout.count("dpbench run ") == 1
-    cli_run(tmp_path, checkpoint, "--method", method)
+    cli_run(tmp_path, checkpoint, "--method", method, *audit)
     results = {}
     for folder in (tmp_path / "runs").iterdir():
         result = json.loads((folder / "result.json").read_text())
@@ -96,6 +103,8 @@ def test_a_two_process_run_writes_one_result_with_a_memory_record_per_rank(check
     assert results[2]["privacy"]["epsilon"] == results[1]["privacy"]["epsilon"]
     assert results[2]["privacy"]["sample_rate"] == results[1]["privacy"]["sample_rate"]
     assert results[2]["training"]["steps"] == 3
+    if method == "dpsgd":  # the audit ran on rank 0, reference model and white-box canaries included
+        assert set(results[2]["audit"]["attacks"]) == {"loss", "lira"} and results[2]["audit"]["whitebox"]["m"] == 20
 
 
 def test_a_spec_launched_with_another_world_size_is_refused(monkeypatch):
