@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -129,6 +130,8 @@ def run_ray(jobs: list[tuple[str, list[str]]], options: EngineOptions, started: 
         raise DpbenchError("--engine ray needs ray: pip install 'dpbench[cluster]'") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     fresh = not ray.is_initialized()
+    if fresh and options.address:
+        check_reachable(options.address)
     if fresh:
         init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
         if options.address:
@@ -157,6 +160,22 @@ def run_ray(jobs: list[tuple[str, list[str]]], options: EngineOptions, started: 
     finally:
         if fresh:
             ray.shutdown()
+
+
+def check_reachable(address: str) -> None:
+    """A host:port (or ray://host:port) that nothing answers on is one line, not minutes of Ray's retries."""
+    if address == "auto":
+        return  # Ray reads the local cluster's address file, and says at once when there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise DpbenchError(f"--address must be auto, host:port or ray://host:port, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise DpbenchError(
+            f"no Ray cluster answers at {address} ({e}); start one (`ray start --head`) or leave --address "
+            "out for a local instance"
+        ) from None
 
 
 def run_slurm(jobs: list[tuple[str, list[str]]], options: EngineOptions, started: Launched) -> list[Outcome]:

@@ -122,3 +122,11 @@ def test_a_killed_ray_sweep_resumes_without_losing_or_repeating_a_run(checkpoint
 def test_bad_engine_settings_are_refused_before_anything_runs(resources, slurm, message):
     with pytest.raises(DpbenchError, match=message):
         slurm_parameters(slurm, Resources.from_value(resources))
+
+
+@pytest.mark.parametrize("address, message", [("127.0.0.1:1", "no Ray cluster answers"), ("nonsense", "host:port")])
+def test_an_unreachable_ray_address_is_one_line_at_once(address, message):
+    from dpbench.sweep_engines import check_reachable
+
+    with pytest.raises(DpbenchError, match=message):
+        check_reachable(address)
