@@ -11,11 +11,11 @@ and writes the one result; every rank's peak memory is gathered into it.
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,7 @@ import torch
 import torch.distributed as dist
 
 from dpbench.errors import DpbenchError
-
-# Set by `dpbench run --nproc` for the ranks it launches: it holds the run's lock itself
-LAUNCHED_ENV = "DPBENCH_LAUNCHED_BY_DPBENCH"
+from dpbench.output import LAUNCHED_ENV, verbose
 
 
 @dataclass(frozen=True)
@@ -142,24 +140,30 @@ def check_launch(device: str, nproc: int) -> None:
         raise DpbenchError("this torch build has no torch.distributed: --nproc needs it")
 
 
-def torchrun_command(nproc: int, run_args: list[str]) -> list[str]:
-    """`dpbench run` under torch's launcher on this machine, one process per rank."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",  # a local rendezvous on a free port
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "dpbench.cli",
-        "run",
-        *run_args,
-    ]
+def launch(nproc: int, run_args: list[str]) -> int:
+    """`dpbench run` on `nproc` ranks of this machine through torch's elastic launcher (what
+    `torchrun --standalone` runs), in this process; 0 when every rank finished. A rank's failure
+    is its own lines on stderr (rank 0's failure record says more); the launcher's report of it is
+    kept out of the output."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-
-def launch(nproc: int, run_args: list[str], cwd: Path | None = None) -> int:
-    """Run the ranks and wait: their exit status (0 when every rank finished)."""
     # the machine's cores shared out between the ranks (torchrun's own default is one thread each)
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
-    env = {**os.environ, LAUNCHED_ENV: "1", "OMP_NUM_THREADS": threads}
-    return subprocess.run(torchrun_command(nproc, run_args), env=env, cwd=cwd, check=False).returncode
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ[LAUNCHED_ENV] = "1"  # the ranks inherit it: this process holds the run's lock
+    if not verbose():
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # dpbench says it in one line
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free local port, as torchrun --standalone
+        max_restarts=0,  # a DP run restarted mid-way would spend its budget twice
+    )
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "dpbench.cli", "run", *run_args)
+    except ChildFailedError as e:
+        return max((f.exitcode for f in e.failures.values()), default=1) or 1
+    return 0

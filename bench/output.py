@@ -51,6 +51,15 @@ def quiet_third_party() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+# set by `dpbench run --nproc` for the ranks it launches (it checked the inputs and holds the lock)
+LAUNCHED_ENV = "DPBENCH_LAUNCHED_BY_DPBENCH"
+
+
+def launched_rank() -> bool:
+    """A training process `dpbench run --nproc` started: its launcher already said the data notice."""
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
 def secondary_rank() -> bool:
     """A training process other than rank 0 (torchrun sets RANK): it prints nothing of its own."""
     return os.environ.get("RANK", "0") != "0"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from dpbench import distributed, phases
 from dpbench.attacks.report import write_report
 from dpbench.errors import DpbenchError, RunBusy
 from dpbench.models.registry import load_model
+from dpbench.output import launched_rank
 from dpbench.results import write_json_atomic, write_result
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import RunResult
@@ -49,8 +49,7 @@ def run(
 def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_done, log) -> RunResult:
     spec = prepared.spec
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
-    locked_by_launcher = os.environ.get(distributed.LAUNCHED_ENV) == "1"
-    with holding(folder, spec, if_not_done, locked_by_launcher), failure_recorded(folder) as phase:
+    with holding(folder, spec, if_not_done, launched_rank()), failure_recorded(folder) as phase:
         write_json_atomic(folder.spec, spec.to_dict())
         log(
             f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(prepared.fit)} training examples, "
@@ -88,9 +87,11 @@ def launch(
     spec: RunSpec, runs_dir: Path, *, audit: bool = True, save_checkpoint: bool = False, if_not_done: bool = False
 ) -> None:
     """`dpbench run --nproc N`: the run under torch's launcher, N processes on this machine. This
-    process holds the run's lock while they train; rank 0 writes the result and prints it."""
-    phases.resolve_names(spec)
+    process checks every input first, as one process would (so a bad one is one line, before any
+    rank starts or anything is written), then holds the run's lock while the ranks train; rank 0
+    writes the result and prints it."""
     distributed.check_launch(spec.device, spec.training.nproc)
+    phases.prepare(spec)
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
     with holding(folder, spec, if_not_done), tempfile.TemporaryDirectory(prefix="dpbench-ranks-") as tmp:
         config = Path(tmp) / "spec.json"

@@ -10,7 +10,7 @@ from typing import Callable, Sequence, TypeVar
 
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
-from dpbench.output import secondary_rank
+from dpbench.output import launched_rank, secondary_rank
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ def read_dataset(
     if data_dir:
         return read(Path(data_dir)), "local", str(Path(data_dir).resolve())
     root = embedded()
-    if not secondary_rank():  # once per run, not once per training process
+    if not (secondary_rank() or launched_rank()):  # once per run, not once per training process
         print(
             f"Notice: no {dataset} data given (--data-dir or ${env_var}); using the embedded digit-image sample "
             f"in {dataset}'s format. It is NOT {dataset}; results say so."

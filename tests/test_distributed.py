@@ -107,6 +107,15 @@ def test_a_two_process_run_writes_one_result_with_a_memory_record_per_rank(check
         assert set(results[2]["audit"]["attacks"]) == {"loss", "lira"} and results[2]["audit"]["whitebox"]["m"] == 20
 
 
+def test_a_bad_input_to_a_two_process_run_is_one_line_before_any_rank_starts(tmp_path):
+    args = ["run", "--nproc", "2", "--data-dir", str(tmp_path / "missing"), "--runs-dir", str(tmp_path / "runs")]
+    done = subprocess.run([sys.executable, "-m", "dpbench.cli", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: ScienceQA data dir {tmp_path / 'missing'} does not exist"
+    ]
+    assert "Traceback" not in done.stdout + done.stderr and not (tmp_path / "runs").exists()
+
+
 def test_a_spec_launched_with_another_world_size_is_refused(monkeypatch):
     from dpbench.errors import DpbenchError
 
