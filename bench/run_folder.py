@@ -64,6 +64,14 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
+    def failure_line(self) -> str | None:
+        """What the failure record says ("failed in PHASE: MESSAGE"), None without a readable one."""
+        try:
+            failure = json.loads(self.failure.read_text())
+            return f"failed in {failure['phase']}: {failure['message']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def finished(self, spec: RunSpec | None = None) -> bool:
         """A valid result exists (for exactly `spec`, when given): the run is done and a sweep skips it."""
         try:

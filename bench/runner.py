@@ -101,16 +101,8 @@ def launch(
         args += ["--save-checkpoint"] if save_checkpoint else []
         status = distributed.launch(spec.training.nproc, args)
     if status != 0:
-        raise DpbenchError(f"run {spec.run_id()}: {failure_line(folder, status)}")
-
-
-def failure_line(folder: RunFolder, status: int) -> str:
-    """What the run's failure record says, else the launcher's exit status."""
-    try:
-        failure = json.loads(folder.failure.read_text())
-        return f"failed in {failure['phase']}: {failure['message']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"a training process failed (exit status {status}); its output above says why"
+        why = folder.failure_line() or f"a training process failed (exit status {status}); its output above says why"
+        raise DpbenchError(f"run {spec.run_id()}: {why}")
 
 
 @contextmanager

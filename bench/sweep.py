@@ -21,7 +21,6 @@ ids, results, locks and the resume rule do not depend on the engine.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -125,18 +124,13 @@ def is_done(runs_dir: str | Path, spec: RunSpec) -> bool:
 
 
 def run_command(config: Path, runs_dir: str | Path) -> list[str]:
-    run = ["run", "--config", str(config), "--runs-dir", str(runs_dir), "--if-not-done"]
-    return [sys.executable, "-m", "dpbench.cli", *run]
+    return [sys.executable, "-m", "dpbench.cli", *run_args(config, runs_dir)]
 
 
 def failure_reason(runs_dir: str | Path, run_id: str, status: int) -> str:
     """What the run's failure record says, else its exit status."""
-    record = RunFolder.of(runs_dir, run_id).failure
-    try:
-        failure = json.loads(record.read_text())
-        return f"failed in {failure['phase']}: {failure['message']} (exit status {status})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"exit status {status}"
+    line = RunFolder.of(runs_dir, run_id).failure_line()
+    return f"{line} (exit status {status})" if line else f"exit status {status}"
 
 
 @dataclass

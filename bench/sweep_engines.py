@@ -185,15 +185,18 @@ def run_slurm(jobs: list[tuple[str, list[str]]], options: EngineOptions, started
         raise DpbenchError("--engine slurm needs submitit: pip install 'dpbench[cluster]'") from None
     if options.cluster not in CLUSTERS:
         raise DpbenchError(f"--cluster must be one of {', '.join(CLUSTERS)}, got {options.cluster!r}")
-    executor = submitit.AutoExecutor(folder=options.folder, cluster=options.cluster)
     params = options.slurm
     if options.cluster == "local":  # the local executor takes a few generic parameters only
         params = {k: v for k, v in params.items() if k in LOCAL_KEYS}
-    executor.update_parameters(name="dpbench-sweep", **params)
-    try:
+    try:  # submitit's own errors (no srun here, sbatch refused, a bad parameter): one line
+        executor = submitit.AutoExecutor(folder=options.folder, cluster=options.cluster)
+        executor.update_parameters(name="dpbench-sweep", **params)
         submitted = executor.map_array(run_process, [args for _, args in jobs])  # one job array
-    except Exception as e:  # submitit's own (sbatch missing or refused): one line
-        raise DpbenchError(f"submitit could not submit the job array: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise DpbenchError(
+            f"submitit could not submit the job array: {str(e).strip().splitlines()[0]}"
+            + (" (--cluster local runs it on this machine)" if options.cluster == "slurm" else "")
+        ) from None
     for run_id, _ in jobs:
         started(run_id)
     out = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,3 +131,9 @@ def test_an_unreachable_ray_address_is_one_line_at_once(address, message):
 
     with pytest.raises(DpbenchError, match=message):
         check_reachable(address)
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="a Slurm cluster is here: it would submit")
+def test_slurm_without_a_cluster_is_one_line_before_anything_runs(tmp_path):
+    with pytest.raises(DpbenchError, match="could not submit the job array.*--cluster local"):
+        run_jobs("slurm", [("a", ["--version"])], EngineOptions(folder=tmp_path), lambda _: None)
