@@ -1,12 +1,13 @@
 """Training across processes: the world a run trains in, and `--nproc N` launching it.
 
-A run with `training.nproc` = N trains in N processes started by torch's own launcher
-(`torch.distributed.run`, i.e. torchrun): gloo on the CPU, nccl on CUDA with one GPU per
-process. Every rank prepares the same data and model; DP-SGD goes through Opacus' distributed
-path (DPDDP and DistributedDPOptimizer: per-rank Poisson sampling of its shard, noise added
-once, on rank 0, then summed), dpzo all-reduces the clipped scalars with the noise added once,
-and non-private training is torch's DistributedDataParallel. Rank 0 alone evaluates, audits
-and writes the one result; every rank's peak memory is gathered into it.
+A run with `training.nproc` = N trains in N processes started by torch's elastic launcher
+(what `torchrun --standalone` runs; plain torchrun works too): gloo on the CPU, nccl on CUDA
+with one GPU per process. Every rank prepares the same data and model; DP-SGD goes through
+Opacus' distributed path (DPDDP and DistributedDPOptimizer: per-rank Poisson sampling of its
+shard, noise added once, on rank 0, then summed), dpzo all-reduces the clipped scalars with the
+noise added once, and non-private training sums the ranks' gradients as DDP's all-reduce does.
+Rank 0 alone evaluates, audits and writes the one result; every rank's peak memory is gathered
+into it.
 """
 
 from __future__ import annotations
