@@ -84,7 +84,7 @@ def run_args(config: Path, runs_dir: str | Path) -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """A run dies with the worker that started it (Linux): a killed sweep leaves no orphan run."""
+    """A run dies when the worker that started it dies (Linux), so a killed sweep leaves no run going on for long."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

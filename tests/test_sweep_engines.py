@@ -5,6 +5,7 @@ duplicates nothing."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -100,6 +101,11 @@ def test_a_killed_ray_sweep_resumes_without_losing_or_repeating_a_run(checkpoint
         time.sleep(0.5)
     os.killpg(sweep.pid, signal.SIGKILL)  # the driver, its Ray instance and the runs in flight
     sweep.wait()
+    # a run in flight dies when its Ray worker does, which can take a moment after the kill (one may even finish):
+    # the state to resume from is the one once no process holds a run's lock
+    deadline = time.time() + 120
+    while any(held(lock) for lock in runs.glob("*/.lock")) and time.time() < deadline:
+        time.sleep(0.5)
     finished = {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in runs.glob("*/result.json")}
     assert 1 <= len(finished) < 4
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -107,6 +113,16 @@ def test_a_killed_ray_sweep_resumes_without_losing_or_repeating_a_run(checkpoint
     assert f"{4 - len(finished)} ran, {len(finished)} skipped" in resumed.stdout
     assert len(results(runs)) == 4  # nothing lost
     assert {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in finished} == finished  # nothing run twice
+
+
+def held(lock) -> bool:
+    with open(lock) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 @pytest.mark.parametrize(
