@@ -43,6 +43,8 @@ HASH_OMITTED_AT_DEFAULT = {
     "audit.canary_kind": "memorable",
     "training.nproc": 1,
     "training.precision": "fp32",
+    "model_layers": None,
+    "model_hidden_size": None,
 }
 
 
@@ -84,6 +86,9 @@ class RunSpec:
     task: str = "scienceqa"
     method: str = "dpsgd"
     model: str = "tiny-llava"
+    # a random-init systems model's truncation (dpbench.models.random_init.ModelShape); None: published
+    model_layers: int | None = None
+    model_hidden_size: int | None = None
     data_dir: str | None = None
     device: str = "cpu"
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
@@ -104,6 +109,8 @@ class RunSpec:
             object.__setattr__(self, "training", dataclasses.replace(self.training, lr=method.default_lr))
         if self.token_pruning is None:
             object.__setattr__(self, "token_pruning", default_token_pruning(self.method))
+        if method is not None and method.spec_records_options and isinstance(self.method_options, dict):
+            object.__setattr__(self, "method_options", {**method.options, **self.method_options})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -169,6 +176,9 @@ class RunSpec:
             raise DpbenchError(f"lr must be positive, got {t.lr}")
         if t.n_train is not None and t.n_train < 2:
             raise DpbenchError(f"n_train must be at least 2, got {t.n_train}")
+        for name in ("model_layers", "model_hidden_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise DpbenchError(f"{name} must be at least 1, got {getattr(self, name)}")
         a = self.audit
         if a.references < 0:
             raise DpbenchError(f"audit.references must be >= 0, got {a.references}")

@@ -146,7 +146,10 @@ def options(spec: dict[str, Any]) -> str:
     """Canonical JSON of the method options plus every other spec field off its default."""
     defaults = _default_spec(spec["method"])
     changed = {k: v for k, v in _flat(spec).items() if k not in NAMED_FIELDS and k in defaults and v != defaults[k]}
-    merged = {**spec["method_options"], **changed}
+    # a method whose spec records every option (`Method.spec_records_options`) names only those off default
+    default_options = defaults.get("method_options", {})
+    given = {k: v for k, v in spec["method_options"].items() if k not in default_options or v != default_options[k]}
+    merged = {**given, **changed}
     return json.dumps(merged, sort_keys=True) if merged else ""
 
 

@@ -42,6 +42,10 @@ class Method(ABC):
     # the visual-token pruning a spec without `token_pruning` runs under (a model transform)
     default_token_pruning: TokenPruning = TokenPruning("none")
     per_example_gradients = False  # trains on per-example gradients (Opacus): checked in `prepare`
+    # the run spec names every option's value, defaults filled in, so a changed default gives new
+    # run ids (never a finished run of the old default taken for one of the new); off for methods
+    # whose committed results predate it, so their run ids stay
+    spec_records_options = False
 
     def __init__(self, **options: Any):
         unknown = set(options) - set(self.options)

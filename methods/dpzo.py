@@ -209,9 +209,11 @@ def learning_rate(lr: float, schedule: str, step: int, steps: int) -> float:
 class DPZO(Method):
     """DP zeroth-order optimisation: two forward passes per example and direction, no autograd."""
 
-    # lr: SGD step along z (spec.training.lr is Adam's and is not used); tuned on the embedded default
+    # lr: SGD step along z (spec.training.lr is Adam's and is not used); lr and mu chosen on the
+    # embedded default's validation split (README, "Learning rates and dualpriv's defaults")
     default_lr = None
-    options = {"directions": 1, "mu": 1e-3, "lr": 1e-2, "lr_schedule": "constant", "secure_rng": False}
+    options = {"directions": 1, "mu": 1e-3, "lr": 3e-3, "lr_schedule": "constant", "secure_rng": False}
+    spec_records_options = True  # lr's default moved from 1e-2
 
     def __init__(self, **options):
         super().__init__(**options)

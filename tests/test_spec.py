@@ -77,3 +77,18 @@ def test_a_spec_without_lr_takes_its_methods_default_and_records_it():
     # the stored spec reproduces its hash, so run ids stay stable
     spec = RunSpec(method="nonprivate")
     assert RunSpec.from_dict(spec.to_dict()).run_id() == spec.run_id()
+
+
+def test_a_method_recording_its_options_gets_new_run_ids_when_a_default_moves(monkeypatch):
+    from dpbench.methods.dpzo import DPZO
+    from dpbench.leaderboard.aggregate import options
+
+    spec = RunSpec(method="dpzo")
+    assert spec.method_options["lr"] == DPZO.options["lr"]  # the value that ran is in the spec
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    assert options(spec.to_dict()) == ""  # at its defaults, the leaderboard names no option
+    assert options(RunSpec(method="dpzo", method_options={"mu": 0.01}).to_dict()) == '{"mu": 0.01}'
+    monkeypatch.setitem(DPZO.options, "lr", DPZO.options["lr"] * 2)
+    assert RunSpec(method="dpzo").run_id() != spec.run_id()
+    # methods whose committed results predate the field keep their run ids: options as given
+    assert RunSpec(method="dpsgd").method_options == {}
