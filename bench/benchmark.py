@@ -28,8 +28,9 @@ import click
 
 from dpbench.benchmark_report import write_outputs
 from dpbench.errors import DpbenchError
+from dpbench.models.lora import LoraSpec
 from dpbench.options import parse_pairs
-from dpbench.spec import RunSpec, merge, method_override
+from dpbench.spec import PRECISIONS, RunSpec, merge, method_override
 
 DEFAULT_METHODS = "nonprivate,dpsgd,dpsgd:clipping=ghost,dpzo,dualpriv"
 KEEP_OPTIONS = ("keep_ratio", "keep_count")  # an entry that sets one is not swept over --keep-ratios
@@ -87,6 +88,7 @@ class Case:
     entry: MethodEntry
     batch_size: int
     keep_ratio: float | None = None  # set only when swept by --keep-ratios
+    layers: int | None = None  # a random-init model's language-model layers (--layers); None: its own
 
     @property
     def options(self) -> dict[str, Any]:
@@ -96,6 +98,10 @@ class Case:
     @property
     def label(self) -> str:
         return self.entry.label + ("" if self.keep_ratio is None else f":keep_ratio={self.keep_ratio:g}")
+
+    @property
+    def baseline(self) -> Case:
+        return Case(BASELINE, self.batch_size, layers=self.layers)
 
 
 def prunes_tokens(entry: MethodEntry) -> bool:
@@ -112,12 +118,14 @@ def plan_cases(
     batch_sizes: list[int],
     keep_ratios: list[float] | None,
     prunes: Callable[[MethodEntry], bool] = prunes_tokens,
+    layers: list[int | None] | None = None,
 ) -> list[Case]:
     cases = []
-    for b in batch_sizes:
-        for e in entries:
-            swept = prunes(e) and keep_ratios is not None and not set(KEEP_OPTIONS) & set(dict(e.options))
-            cases += [Case(e, b, r) for r in keep_ratios] if swept else [Case(e, b)]
+    for depth in layers or [None]:
+        for b in batch_sizes:
+            for e in entries:
+                swept = prunes(e) and keep_ratios is not None and not set(KEEP_OPTIONS) & set(dict(e.options))
+                cases += [Case(e, b, r, depth) for r in keep_ratios] if swept else [Case(e, b, layers=depth)]
     return cases
 
 
@@ -127,9 +135,8 @@ def case_spec(base: dict[str, Any], case: Case) -> RunSpec:
         "batch_size": case.batch_size,
         "physical_batch_size": base["training"].get("physical_batch_size") or case.batch_size,
     }
-    return RunSpec.from_dict(
-        merge(base, {**method_override(case.entry.name, case.options), "training": training, "attacks": []})
-    )
+    override = {**method_override(case.entry.name, case.options), "training": training, "attacks": []}
+    return RunSpec.from_dict(merge(base, {**override, "model_layers": case.layers}))
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -167,7 +174,8 @@ def run_rounds(
     for r in range(rounds):
         shift = r % len(cases)
         for i in list(range(len(cases)))[shift:] + list(range(len(cases)))[:shift]:
-            prefix = f"[{len(measurements) + 1}/{total}] round {r + 1}: {cases[i].label} B={cases[i].batch_size}"
+            depth = "" if cases[i].layers is None else f" layers={cases[i].layers}"
+            prefix = f"[{len(measurements) + 1}/{total}] round {r + 1}: {cases[i].label} B={cases[i].batch_size}{depth}"
             try:
                 systems = worker(specs[i])
                 measurements.append({"case": i, "round": r, "systems": systems, "error": None})
@@ -211,8 +219,7 @@ def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
     ]
     rows = []
     for i, case in enumerate(cases):
-        base_i = cases.index(Case(BASELINE, case.batch_size))
-        med, base = medians[i], medians[base_i]
+        med, base = medians[i], medians[cases.index(case.baseline)]
         rows.append(
             {
                 "label": case.label,
@@ -220,6 +227,7 @@ def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
                 "options": case.options,
                 "batch_size": case.batch_size,
                 "keep_ratio": case.keep_ratio,
+                "layers": case.layers,
                 "runs": sum(1 for m in measurements if m["case"] == i and m["systems"]),
                 "failed": sum(1 for m in measurements if m["case"] == i and m["error"]),
                 "visual_tokens": med["visual_tokens"],
@@ -232,6 +240,48 @@ def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+def extrapolate(rows: list[dict], full_depth: int) -> list[dict]:
+    """Peak memory at `full_depth` layers, per case and device, from a least-squares line through
+    the case's figures at fewer layers (at least two depths): an extrapolation, never a measurement.
+    The figure measured at full depth, where one was, stands beside it."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for row in rows:
+        if row["layers"] is not None:
+            groups.setdefault((row["label"], row["batch_size"]), {})[row["layers"]] = row
+    out = []
+    for (label, batch), by_depth in groups.items():
+        below = sorted(d for d in by_depth if d < full_depth)
+        devices = [dev for dev in by_depth[below[0]]["memory"]] if below else []
+        for dev in devices:
+            points = [(d, by_depth[d]["memory"].get(dev, {}).get("peak_bytes")) for d in below]
+            points = [(d, m) for d, m in points if m is not None]
+            if len(points) < 2:
+                continue
+            slope, intercept = statistics.linear_regression(*zip(*points))
+            measured = by_depth.get(full_depth, {}).get("memory", {}).get(dev, {}).get("peak_bytes")
+            out.append(
+                {
+                    "label": label,
+                    "batch_size": batch,
+                    "device": dev,
+                    "from_layers": [d for d, _ in points],
+                    "per_layer_bytes": slope,
+                    "full_layers": full_depth,
+                    "extrapolated_peak_bytes": intercept + slope * full_depth,
+                    "measured_peak_bytes": measured,
+                }
+            )
+    return out
+
+
+def full_depth(model: str) -> int | None:
+    """A random-init systems model's published language-model depth; None for any other model."""
+    from dpbench.models.registry import is_systems_only
+    from dpbench.registries import MODELS
+
+    return MODELS.get(model).public.text["num_hidden_layers"] if is_systems_only(model) else None
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -248,6 +298,15 @@ def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
     help="Comma-separated method entries; nonprivate (the baseline) is added when missing.",
 )
 @click.option("--batch-sizes", default="64", show_default=True, help="Comma-separated expected batch sizes.")
+@click.option(
+    "--layers",
+    help="Comma-separated language-model depths of a random-init systems model (its vision tower keeps the same "
+    "fraction of its layers); peak memory is then extrapolated to full depth. [default: full depth]",
+)
+@click.option("--hidden-size", type=int, help="A random-init systems model's language-model width. [default: its own]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--trainable", help="Comma-separated parameter groups, as `dpbench run --trainable`.")
+@click.option("--lora", help="LoRA adapters on the language model, as `dpbench run --lora`.")
 @click.option("--keep-ratios", help="Comma-separated visual keep ratios, for methods that prune visual tokens.")
 @click.option("--physical-batch-size", type=int, help="Largest physical batch. [default: the batch size]")
 @click.option("--steps", default=10, show_default=True, type=int, help="Training steps per measurement.")
@@ -268,33 +327,47 @@ def bench_command(**kw) -> None:
         if kw["keep_ratios"]
         else None
     )
+    layers = (
+        sorted(parse_numbers(kw["layers"], "--layers", int, lambda k: k >= 1, "positive integers"))
+        if kw["layers"]
+        else None
+    )
     base = {
         "model": kw["model"],
         "task": kw["task"],
         "data_dir": kw["data_dir"],
         "device": kw["device"],
+        "model_hidden_size": kw["hidden_size"],
         "privacy": {"epsilon": kw["epsilon"]},
         "training": {
             "steps": kw["steps"],
             "seed": kw["seed"],
             "n_train": kw["n_train"],
             "physical_batch_size": kw["physical_batch_size"],
+            "precision": kw["precision"],
+            **({"trainable": kw["trainable"]} if kw["trainable"] else {}),
         },
+        **({"lora": lora.to_dict()} if (lora := LoraSpec.from_value(kw["lora"])) is not None else {}),
     }
-    cases = plan_cases(entries, batch_sizes, keep_ratios)
+    cases = plan_cases(entries, batch_sizes, keep_ratios, layers=layers)
     specs = [case_spec(base, c) for c in cases]  # every spec validated before anything runs
     from dpbench.phases import resolve_names  # torch loads only when a bench is planned
     from dpbench.systems import environment
 
     resolve_names(specs[0])
+    depth = full_depth(kw["model"])
+    if layers and max(layers) > depth:
+        raise DpbenchError(f"--layers {max(layers)}: {kw['model']} has {depth} language-model layers")
     measurements = run_rounds(cases, specs, kw["rounds"], echo=click.echo)
+    rows = summarise(cases, measurements)
     result = {
         "kind": "dpbench-bench",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "base": base,
         "rounds": kw["rounds"],
         "environment": environment(kw["device"]),
-        "cases": summarise(cases, measurements),
+        "cases": rows,
+        "extrapolations": extrapolate(rows, depth) if layers else [],
         "measurements": measurements,
     }
     model = Path(kw["model"]).name or kw["model"]

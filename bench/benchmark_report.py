@@ -33,14 +33,16 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The results table as plain-text cells (header, rows): renderers escape and decorate them."""
     cases = result["cases"]
     devs = devices(cases)
-    head = ["Method", "Batch", "Visual tokens"]
+    depths = any(c.get("layers") is not None for c in cases)
+    head = ["Method", "Batch", *(["Layers"] if depths else []), "Visual tokens"]
     for dev in devs:
         head += [f"Peak memory {dev} (MiB)", "× nonprivate"]
     head += ["Train samples/s", "× nonprivate", "Runs"]
     rows = []
     for c in cases:
         tokens = c["visual_tokens"]
-        row = [c["label"], str(c["batch_size"]), f"{tokens['after']}/{tokens['before']}" if tokens else "—"]
+        row = [c["label"], str(c["batch_size"]), *([str(c.get("layers") or "all")] if depths else [])]
+        row.append(f"{tokens['after']}/{tokens['before']}" if tokens else "—")
         for dev in devs:
             m = c["memory"].get(dev, {})
             row += [
@@ -56,6 +58,33 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def extrapolation_lines(result: dict[str, Any]) -> list[str]:
+    """The full-depth memory table: extrapolated figures, labelled so, beside measured ones."""
+    rows = result.get("extrapolations") or []
+    if not rows:
+        return []
+    full = rows[0]["full_layers"]
+    lines = [
+        "",
+        f"## Peak memory at full depth ({full} language-model layers): EXTRAPOLATED",
+        "",
+        "A least-squares line through each case's peak memory at the depths measured above, read at full depth. "
+        "It is an extrapolation, not a measurement; the last column is the measurement at full depth where one "
+        "was made.",
+        "",
+        "| Method | Batch | Device | From layers | Per layer (MiB) | Extrapolated (MiB) | Measured (MiB) |",
+        "|---|---:|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        measured = r["measured_peak_bytes"]
+        lines.append(
+            f"| `{r['label']}` | {r['batch_size']} | {r['device']} | {', '.join(map(str, r['from_layers']))} | "
+            f"{r['per_layer_bytes'] / MIB:.1f} | {r['extrapolated_peak_bytes'] / MIB:.1f} | "
+            f"{fmt(measured / MIB if measured is not None else None, '.1f')} |"
+        )
+    return lines
+
+
 def device_notes(result: dict[str, Any]) -> list[str]:
     return [
         f"{dev}: {d['name']}; {MEMORY_KINDS.get(d['kind'], d['kind'])}." for dev, d in devices(result["cases"]).items()
@@ -68,18 +97,20 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     lines += ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in rows]
     t = base["training"]
+    width = f", language-model width {base['model_hidden_size']}" if base.get("model_hidden_size") else ""
     notes = [
-        f"# dpbench bench: {base['task']} on {base['model']} ({base['device']})",
+        f"# dpbench bench: {base['task']} on {base['model']} ({base['device']}{width})",
         "",
         f"{t['steps']} training steps per measurement, each in a fresh process; {result['rounds']} interleaved "
         f"round(s); medians over rounds. Ratios: a case's median over `nonprivate`'s median at the same batch "
-        f"size, both measured in this invocation ({result['created']}). Private methods target ε = "
+        f"size (and depth), both measured in this invocation ({result['created']}). Private methods target ε = "
         f"{base['privacy']['epsilon']:g}. Throughput counts examples processed per second of training, set-up "
         f"included.",
         "",
         *lines,
         "",
         *(f"- {note}" for note in device_notes(result)),
+        *extrapolation_lines(result),
     ]
     return "\n".join(notes) + "\n"
 
@@ -90,7 +121,13 @@ def plot_png(result: dict[str, Any]) -> bytes:
 
     cases = result["cases"]
     several_batches = len({c["batch_size"] for c in cases}) > 1
-    labels = [c["label"].replace("$", r"\$") + (f" B={c['batch_size']}" if several_batches else "") for c in cases]
+    depths = any(c.get("layers") is not None for c in cases)
+    labels = [
+        c["label"].replace("$", r"\$")
+        + (f" B={c['batch_size']}" if several_batches else "")
+        + (f" L={c.get('layers') or 'all'}" if depths else "")
+        for c in cases
+    ]
     panels = [
         (f"peak memory {dev} ÷ nonprivate", [c["memory"].get(dev, {}).get("ratio") for c in cases])
         for dev in devices(cases)

@@ -22,7 +22,8 @@ from dpbench.examples import Example
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.models.base import VisionLanguageModel
 from dpbench.models.lora import merge_lora, setup_parameters
-from dpbench.models.registry import check_model_name, load_hf, load_model
+from dpbench.models.random_init import ModelShape
+from dpbench.models.registry import check_model_name, check_shape, is_systems_only, load_hf, load_model
 from dpbench.models.token_pruning import install_token_pruning
 from dpbench.privacy import check_delta, default_delta
 from dpbench.run_folder import RunFolder
@@ -83,9 +84,23 @@ def resolve_names(spec: RunSpec) -> None:
     TASKS.get(spec.task)
     METHODS.get(spec.method)
     check_model_name(spec.model)
+    check_shape(spec.model, model_shape(spec))
     for name in spec.attacks:
         ATTACKS.get(name)
     check_device(spec.device)
+
+
+def check_utility_run(spec: RunSpec) -> None:
+    """`dpbench run` and sweeps measure utility and privacy: a random-init systems model has neither."""
+    if is_systems_only(spec.model):
+        raise DpbenchError(
+            f"{spec.model} has random weights, for systems figures only: measure its memory and speed with "
+            f"`dpbench bench --model {spec.model}`; `dpbench run` needs trained weights"
+        )
+
+
+def model_shape(spec: RunSpec) -> ModelShape:
+    return ModelShape(spec.model_layers, spec.model_hidden_size)
 
 
 def make_method(spec: RunSpec) -> Method:
@@ -130,7 +145,7 @@ def adapt(model: VisionLanguageModel, spec: RunSpec, method: Method) -> VisionLa
 
 def load_target(spec: RunSpec, method: Method) -> VisionLanguageModel:
     """The base model with the spec's LoRA adapters, trainable groups and transforms."""
-    model = load_model(spec.model, spec.device)
+    model = load_model(spec.model, spec.device, model_shape(spec))
     setup_parameters(model, spec)
     return adapt(model, spec, method)
 

@@ -35,6 +35,7 @@ def run(
 ) -> RunResult | None:
     """The run's result; None on a training process other than rank 0 (it only trains)."""
     started = time.perf_counter()
+    phases.check_utility_run(spec)
     w = distributed.init(spec.device, spec.training.nproc)
     try:
         prepared = phases.prepare(spec)  # every input checked, nothing written yet
@@ -90,6 +91,7 @@ def launch(
     process checks every input first, as one process would (so a bad one is one line, before any
     rank starts or anything is written), then holds the run's lock while the ranks train; rank 0
     writes the result and prints it."""
+    phases.check_utility_run(spec)
     distributed.check_launch(spec.device, spec.training.nproc)
     phases.prepare(spec)
     folder = RunFolder.of(runs_dir, spec.run_id()).create()

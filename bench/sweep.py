@@ -111,6 +111,10 @@ def expand(grid: dict[str, Any]) -> list[RunSpec]:
                     }
                     spec = RunSpec.from_dict(merge(base, override))
                     specs.setdefault(spec.run_id(), spec)
+    from dpbench.phases import check_utility_run  # torch loads once the grid itself is sound
+
+    for spec in specs.values():
+        check_utility_run(spec)
     return list(specs.values())
 
 

@@ -12,6 +12,7 @@ from dpbench.benchmark import (
     MeasurementFailed,
     MethodEntry,
     case_spec,
+    extrapolate,
     parse_method_entry,
     parse_methods,
     parse_numbers,
@@ -190,6 +191,41 @@ def test_markdown_has_a_row_per_case_and_columns_per_device():
     assert "| `nonprivate` | 8 | 64/64 | 2.0 | 1.00× | 4.0 | 1.00× | 10.00 | 1.00× | 1 |" in lines
     assert "| `dpsgd:clipping=ghost` | 8 | 16/64 | 3.0 | 1.50× | — | — | 4.00 | 0.40× | 1 (1 failed) |" in lines
     assert any(line.startswith("- cuda:0: GPU; torch's max allocated") for line in lines)
+
+
+def test_depths_are_compared_with_nonprivate_at_the_same_depth_and_extrapolated_to_full_depth():
+    entries = [BASELINE, MethodEntry("dpsgd")]
+    cases = plan_cases(entries, [4], None, prunes=lambda e: False, layers=[1, 2, 3, 4])
+    assert [(c.entry.name, c.layers) for c in cases[:4]] == [
+        ("nonprivate", 1),
+        ("dpsgd", 1),
+        ("nonprivate", 2),
+        ("dpsgd", 2),
+    ]
+    assert case_spec({"model": "smolvlm-256m-random", "training": {}}, cases[3]).model_layers == 2
+    # memory = 100 + 50 per layer (nonprivate), 300 + 80 per layer (dpsgd); full depth 4 measured off the line
+    mib = 2**20
+    measured = {("nonprivate", d): (100 + 50 * d) * mib for d in (1, 2, 3)} | {
+        ("dpsgd", d): (300 + 80 * d) * mib for d in (1, 2, 3)
+    }
+    measured |= {("nonprivate", 4): 310 * mib, ("dpsgd", 4): 600 * mib}
+    measurements = [
+        {"case": i, "round": 0, "systems": systems(measured[(c.entry.name, c.layers)], 1.0), "error": None}
+        for i, c in enumerate(cases)
+    ]
+    rows = summarise(cases, measurements)
+    assert rows[3]["memory"]["cpu"]["ratio"] == pytest.approx(460 / 200)  # dpsgd at 2 over nonprivate at 2
+    by_label = {e["label"]: e for e in extrapolate(rows, full_depth=4)}
+    assert by_label["dpsgd"]["from_layers"] == [1, 2, 3]  # the full-depth figure is not fitted
+    assert by_label["dpsgd"]["per_layer_bytes"] == pytest.approx(80 * mib)
+    assert by_label["dpsgd"]["extrapolated_peak_bytes"] == pytest.approx(620 * mib)
+    assert by_label["dpsgd"]["measured_peak_bytes"] == 600 * mib
+    assert extrapolate(rows, full_depth=30)[0]["measured_peak_bytes"] is None
+    assert extrapolate([r for r in rows if r["layers"] == 1], full_depth=4) == []  # one depth: no line
+    result = {**result_of(rows), "extrapolations": list(by_label.values())}
+    text = markdown(result)
+    assert "EXTRAPOLATED" in text and "| `dpsgd` | 4 | cpu | 1, 2, 3 | 80.0 | 620.0 | 600.0 |" in text
+    assert "| `dpsgd` | 4 | 2 | 64/64 |" in text  # the depth column
 
 
 def test_plot_is_a_png():

@@ -80,8 +80,8 @@ def test_a_spec_without_lr_takes_its_methods_default_and_records_it():
 
 
 def test_a_method_recording_its_options_gets_new_run_ids_when_a_default_moves(monkeypatch):
-    from dpbench.methods.dpzo import DPZO
     from dpbench.leaderboard.aggregate import options
+    from dpbench.methods.dpzo import DPZO
 
     spec = RunSpec(method="dpzo")
     assert spec.method_options["lr"] == DPZO.options["lr"]  # the value that ran is in the spec

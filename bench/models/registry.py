@@ -17,12 +17,23 @@ from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.models.architectures import architecture
 from dpbench.models.base import ModelInfo, VisionLanguageModel
+from dpbench.models.random_init import (
+    FULL_SHAPE,
+    LLAVA_1_5_7B,
+    QWEN2_VL_2B,
+    SMOLVLM_256M,
+    SOURCE,
+    ModelShape,
+    PublicShape,
+    build_hf_model,
+)
 from dpbench.output import quiet_third_party
 from dpbench.registries import MODELS
 
 
 class ModelLoader:
     name: str  # set by the registry decorator
+    systems_only = False  # random weights: `dpbench bench` measures it, `dpbench run` refuses it
 
     def load(self, device: str) -> VisionLanguageModel:
         raise NotImplementedError
@@ -176,6 +187,45 @@ class TinyLlava(ModelLoader):
         return load_hf(path, device, info)
 
 
+class RandomInit(ModelLoader):
+    """A published architecture's shape with random weights (`dpbench.models.random_init`)."""
+
+    systems_only = True
+    public: PublicShape
+
+    def load(self, device: str, shape: ModelShape = FULL_SHAPE) -> VisionLanguageModel:
+        from dpbench.models.random_init_processors import systems_processor, systems_tokenizer
+
+        quiet_third_party()
+        arch = self.public.architecture
+        tokenizer = systems_tokenizer(arch)
+        model = build_hf_model(self.public, shape, tokenizer, device)
+        vision = model.config.vision_config.to_dict()
+        processor = systems_processor(arch, vision, tokenizer, self.public.top.get("scale_factor"))
+        return VisionLanguageModel(model, processor, ModelInfo(self.name, SOURCE, None, arch), device=device)
+
+
+@MODELS.register("llava-1.5-7b-random")
+class Llava15Random(RandomInit):
+    """LLaVA-1.5-7B's shape, random weights (systems only): CLIP-L/14-336, 576 tokens, 32 x 4096 Llama."""
+
+    public = LLAVA_1_5_7B
+
+
+@MODELS.register("qwen2-vl-2b-random")
+class Qwen2VL2BRandom(RandomInit):
+    """Qwen2-VL-2B's shape, random weights (systems only): 32-block ViT, 256 tokens, 28 x 1536 Qwen2."""
+
+    public = QWEN2_VL_2B
+
+
+@MODELS.register("smolvlm-256m-random")
+class SmolVLM256MRandom(RandomInit):
+    """SmolVLM-256M's shape, random weights (systems only): SigLIP-B/16-512, 64 tokens, 30 x 576 Llama."""
+
+    public = SMOLVLM_256M
+
+
 def check_model_name(name_or_path: str) -> None:
     """A registered name, a local folder, or a hub id (loaded from the local cache only);
     anything else is the unknown-name error with close matches."""
@@ -183,9 +233,25 @@ def check_model_name(name_or_path: str) -> None:
         MODELS.get(name_or_path)
 
 
-def load_model(name_or_path: str, device: str) -> VisionLanguageModel:
-    """A registered model name, or a local checkpoint folder / hub-cache id (offline)."""
+def is_systems_only(name_or_path: str) -> bool:
+    return name_or_path in MODELS and MODELS.get(name_or_path).systems_only
+
+
+def check_shape(name_or_path: str, shape: ModelShape) -> None:
+    if shape != FULL_SHAPE and not is_systems_only(name_or_path):
+        raise DpbenchError(
+            f"--layers and --hidden-size shape the random-init systems models only "
+            f"({', '.join(n for n in MODELS if MODELS.get(n).systems_only)}), not {name_or_path}"
+        )
+
+
+def load_model(name_or_path: str, device: str, shape: ModelShape = FULL_SHAPE) -> VisionLanguageModel:
+    """A registered model name, or a local checkpoint folder / hub-cache id (offline); `shape`
+    truncates a random-init systems model."""
     check_model_name(name_or_path)
+    check_shape(name_or_path, shape)
+    if is_systems_only(name_or_path):
+        return MODELS.get(name_or_path)().load(device, shape)
     if name_or_path in MODELS:
         return MODELS.get(name_or_path)().load(device)
     path = Path(name_or_path)  # a hub id has no local folder: its path and weights stay unrecorded
