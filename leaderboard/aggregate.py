@@ -75,6 +75,8 @@ class Row:
     peak_memory_mib: Stat | None
     memory_kind: str | None
     train_samples_per_s: Stat | None
+    train_wall_s: Stat | None
+    train_compute: Stat | None  # forward-pass equivalents over examples (`train_compute`)
     seeds: tuple[int, ...]
     run_ids: tuple[str, ...]
 
@@ -221,6 +223,22 @@ def violations(results: list[dict[str, Any]]) -> int | None:
     return None if all(f is None for f in flags) else sum(bool(f) for f in flags)
 
 
+BACKWARD_IN_FORWARDS = 2  # a backward pass costs about two forwards (the usual FLOP count)
+
+
+def train_compute(result: dict[str, Any]) -> float | None:
+    """Training compute in forward passes over one example: examples processed x (forward +
+    2 x backward passes per example, as the method declares them). None for a method not installed."""
+    from dpbench.registries import METHODS
+
+    spec = result["spec"]
+    if spec["method"] not in METHODS:
+        return None
+    forward, backward = METHODS.get(spec["method"])(**spec["method_options"]).passes_per_example()
+    train = result["systems"]["train"]
+    return train["samples_per_s"] * train["wall_s"] * (forward + BACKWARD_IN_FORWARDS * backward)
+
+
 def make_row(results: list[dict[str, Any]]) -> Row:
     first = results[0]
     spec = first["spec"]
@@ -261,6 +279,8 @@ def make_row(results: list[dict[str, Any]]) -> Row:
         peak_memory_mib=Stat.of(m["peak_bytes"] / MIB for m in mems),
         memory_kind=", ".join(sorted({m["kind"] for m in mems})),
         train_samples_per_s=Stat.of(r["systems"]["train"]["samples_per_s"] for r in results),
+        train_wall_s=Stat.of(r["systems"]["train"]["wall_s"] for r in results),
+        train_compute=Stat.of(train_compute(r) for r in results),
         seeds=tuple(sorted(r["spec"]["training"]["seed"] for r in results)),
         run_ids=tuple(sorted(r["run_id"] for r in results)),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from dpbench.leaderboard import plots
+from dpbench.leaderboard import compute, plots
 from dpbench.leaderboard.aggregate import Row
 from dpbench.leaderboard.benchmarks import Benchmark, device_types
 from dpbench.leaderboard.columns import COLUMNS, Column
@@ -153,6 +153,13 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
             image(plots.frontier_data(rows, task)),
             image(plots.audit_data(rows, task)),
         ]
+        matched = compute.table(task_rows)
+        if matched:
+            parts += [
+                f"<h3>{escape(task)}: compute-matched</h3>",
+                f'<p class="note">{escape(compute.NOTE)}</p>',
+                plain_table(*matched),
+            ]
     device_types = sorted({r.device_type for r in rows})
     if device_types:
         parts.append("<h2>Memory and throughput per device type</h2>")

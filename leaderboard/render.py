@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from dpbench.errors import DpbenchError
+from dpbench.leaderboard import compute
 from dpbench.leaderboard.aggregate import Row, aggregate
 from dpbench.leaderboard.benchmarks import Benchmark, collect_benchmarks, device_types
 from dpbench.leaderboard.collect import Collection, collect, display_path
@@ -140,6 +141,16 @@ def render_markdown(rows: list[Row], n_results: int, benchmarks: list[Benchmark]
         for row in task_rows:
             out.append("| " + " | ".join(escape_md(c.text(row)) for c in columns) + " |")
         out.append("")
+        matched = compute.table(task_rows)
+        if matched:
+            out += [
+                f"### {escape_md(task)}: compute-matched",
+                "",
+                escape_md(compute.NOTE),
+                "",
+                *markdown_table(*matched),
+                "",
+            ]
     out += render_systems_markdown(list(benchmarks))
     out += ["## Columns", ""]
     out += [f"- **{escape_md(c.header)}**: {escape_md(c.description)}" for c in COLUMNS if c.description]

@@ -60,6 +60,11 @@ class Method(ABC):
             raise DpbenchError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; known: {known}")
         self.opts = {**self.options, **options}
 
+    def passes_per_example(self) -> tuple[int, int]:
+        """(forward, backward) passes over one sampled example in a step: the unit of the
+        leaderboard's compute-matched view (`dpbench.leaderboard.compute`)."""
+        return 1, 1
+
     def prepare(self, model: VisionLanguageModel) -> None:
         """Change the model before training and evaluation, after the spec's transforms (LoRA,
         trainable groups, token pruning). Subclasses that override this call `super().prepare(model)`."""

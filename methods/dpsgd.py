@@ -72,6 +72,11 @@ def check_clipping(mode: str) -> str:
     return mode
 
 
+def clipping_passes(mode: str) -> tuple[int, int]:
+    """(forward, backward) passes per example: ghost clipping's second backward is the weighted loss's."""
+    return (1, 2) if mode == "ghost" else (1, 1)
+
+
 class IndexDataset(Dataset):
     """Indices into the example list: Opacus samples these, the method encodes examples."""
 
@@ -338,6 +343,9 @@ class DPSGD(Method):
     def __init__(self, **options):
         super().__init__(**options)
         check_clipping(self.opts["clipping"])
+
+    def passes_per_example(self) -> tuple[int, int]:
+        return clipping_passes(self.opts["clipping"])
 
     def train(self, model, data, spec, delta) -> TrainReport:
         return train_dp_sgd(

@@ -226,6 +226,9 @@ class DPZO(Method):
         if o["lr_schedule"] not in LR_SCHEDULES:
             raise DpbenchError(f"dpzo: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {o['lr_schedule']!r}")
 
+    def passes_per_example(self) -> tuple[int, int]:
+        return 2 * self.opts["directions"], 0  # θ + μz and θ − μz per direction, no autograd
+
     def train(self, model, data, spec, delta) -> TrainReport:
         t, p, o = spec.training, spec.privacy, self.opts
         k, n = o["directions"], len(data)

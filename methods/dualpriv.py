@@ -23,7 +23,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.dpsgd import check_clipping, dp_sgd_noise_multiplier, train_dp_sgd
+from dpbench.methods.dpsgd import check_clipping, clipping_passes, dp_sgd_noise_multiplier, train_dp_sgd
 from dpbench.methods.update_pruning import UpdatePruner
 from dpbench.models.pruning_spec import TokenPruning
 
@@ -48,6 +48,9 @@ class DualPriv(Method):
         super().__init__(**options)
         check_clipping(self.opts["clipping"])  # bad values fail here, before anything slow
         self.update_pruner()
+
+    def passes_per_example(self) -> tuple[int, int]:
+        return clipping_passes(self.opts["clipping"])
 
     def update_pruner(self) -> UpdatePruner | None:
         o = self.opts
