@@ -286,3 +286,25 @@ def test_bench_smoke_in_subprocesses(checkpoint, tmp_path):
     assert measured["systems"]["details"]["clipping"] == "ghost" and measured["systems"]["steps"] == 1
     assert "`dpsgd:clipping=ghost`" in (out / "b.md").read_text()
     assert (out / "b.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_the_cuda_script_runs_its_methods_through_dpbench_bench(tmp_path):
+    """The GPU script's own flags parse and run; here on the CPU at one narrow layer, which says
+    nothing about a GPU's figures (none is measured here)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "cuda_llava7b.sh"
+    env = {**os.environ, "DPBENCH": str(Path(sys.executable).with_name("dpbench"))}
+    tiny = ["--device", "cpu", "--layers", "1", "--hidden-size", "128", "--batch-sizes", "2", "--steps", "1"]
+    args = [*tiny, "--methods", "dpsgd:clipping=ghost", "--n-train", "16", "--out-dir", str(tmp_path), "--name", "s"]
+    proc = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["base"]["model"] == "llava-1.5-7b-random" and result["base"]["training"]["precision"] == "bf16"
+    assert result["base"]["lora"]["targets"] == ["q_proj", "v_proj"]
+    assert [c["label"] for c in result["cases"]] == ["nonprivate", "dpsgd:clipping=ghost"]
+    assert all(c["visual_tokens"]["before"] == 576 and c["layers"] == 1 for c in result["cases"])
