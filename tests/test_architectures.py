@@ -16,6 +16,7 @@ from dpbench.errors import DpbenchError
 from dpbench.methods.dpsgd import train_dp_sgd
 from dpbench.models.architectures import architecture
 from dpbench.models.qwen2_vl import image_only_qwen2_vl_processor
+from dpbench.models.random_init_processors import IDEFICS_TEMPLATE, QWEN_TEMPLATE
 from dpbench.models.registry import load_model
 from dpbench.models.token_pruning import STRATEGIES, TokenPruning, install_token_pruning
 from dpbench.spec import RunSpec
@@ -23,16 +24,6 @@ from dpbench.spec import RunSpec
 SIDE = 32  # px: 8 x 8 patches of 4 px, merged 2 x 2 into 16 visual tokens, in every model here
 TOKENS = 16
 CORPUS = ["Which digit is shown in the image? A. 3 B. 7 Answer with the option's letter directly. Think."] * 5
-QWEN_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-IDEFICS_TEMPLATE = (
-    "<s>{% for m in messages %}{{ m['role'] | capitalize }}:{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
-)
 
 
 def build_tokenizer(specials: list[str], image_token: str) -> PreTrainedTokenizerFast:
