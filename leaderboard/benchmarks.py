@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from dpbench.benchmark_report import device_notes, table
+from dpbench.benchmark_report import MIB, device_notes, table
 from dpbench.errors import DpbenchError
 from dpbench.leaderboard.collect import display_path
 from dpbench.results import validation_errors
@@ -33,8 +33,9 @@ class Benchmark:
     @property
     def title(self) -> str:
         b, t = self.data["base"], self.data["base"]["training"]
+        width = f" at language-model width {b['model_hidden_size']}" if b.get("model_hidden_size") else ""
         return (
-            f"{b['task']} on {b['model']}: {t['steps']} training steps per measurement, "
+            f"{b['task']} on {b['model']}{width}: {t['steps']} training steps per measurement, "
             f"{self.data['rounds']} interleaved round(s), medians; {self.data['created'][:10]}"
         )
 
@@ -42,7 +43,17 @@ class Benchmark:
         return table(self.data)
 
     def notes(self) -> list[str]:
-        return device_notes(self.data)
+        return device_notes(self.data) + [
+            f"EXTRAPOLATED, not measured: {e['label']} at batch {e['batch_size']}, {e['full_layers']} layers, "
+            f"{e['device']}: {e['extrapolated_peak_bytes'] / MIB:.0f} MiB (a line through layers "
+            f"{', '.join(map(str, e['from_layers']))})"
+            + (
+                f"; measured at full depth: {e['measured_peak_bytes'] / MIB:.0f} MiB"
+                if e["measured_peak_bytes"]
+                else ""
+            )
+            for e in self.data.get("extrapolations", [])
+        ]
 
 
 def collect_benchmarks(folders: Iterable[str | Path]) -> tuple[list[Benchmark], list[str]]:

@@ -376,3 +376,25 @@ def test_a_multi_process_run_is_its_own_row_with_the_highest_ranks_memory():
     (multi,) = [d for d in rows if "×2" in d]
     assert rows[multi].peak_memory_mib.mean == 300 and rows[multi].n_seeds == 1
     assert "training.nproc" in rows[multi].method_options and len(rows) == 2
+
+
+def test_a_benchmarks_extrapolations_are_listed_as_such():
+    from dpbench.leaderboard.benchmarks import Benchmark
+
+    extrapolated = {
+        "label": "dpsgd",
+        "batch_size": 2,
+        "device": "cpu",
+        "from_layers": [1, 2],
+        "per_layer_bytes": 2**20,
+        "full_layers": 32,
+        "extrapolated_peak_bytes": 40 * 2**20,
+        "measured_peak_bytes": None,
+    }
+    data = {"base": {"model": "m", "task": "t", "device": "cpu", "training": {"steps": 1}}, "cases": [], "rounds": 1}
+    notes = Benchmark("b.json", {**data, "extrapolations": [extrapolated]}).notes()
+    assert notes == [
+        "EXTRAPOLATED, not measured: dpsgd at batch 2, 32 layers, cpu: 40 MiB (a line through layers 1, 2)"
+    ]
+    measured = {**extrapolated, "measured_peak_bytes": 38 * 2**20}
+    assert Benchmark("b.json", {**data, "extrapolations": [measured]}).notes()[0].endswith("full depth: 38 MiB")
