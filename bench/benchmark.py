@@ -304,7 +304,13 @@ def full_depth(model: str) -> int | None:
     "fraction of its layers); peak memory is then extrapolated to full depth. [default: full depth]",
 )
 @click.option("--hidden-size", type=int, help="A random-init systems model's language-model width. [default: its own]")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Training forwards: fp32, or bf16 autocast (fp32 master weights and optimiser state).",
+)
 @click.option("--trainable", help="Comma-separated parameter groups, as `dpbench run --trainable`.")
 @click.option("--lora", help="LoRA adapters on the language model, as `dpbench run --lora`.")
 @click.option("--keep-ratios", help="Comma-separated visual keep ratios, for methods that prune visual tokens.")
@@ -354,10 +360,9 @@ def bench_command(**kw) -> None:
     from dpbench.phases import resolve_names  # torch loads only when a bench is planned
     from dpbench.systems import environment
 
-    resolve_names(specs[0])
+    for spec in {s.model_layers: s for s in specs}.values():  # every depth asked for, before anything runs
+        resolve_names(spec)
     depth = full_depth(kw["model"])
-    if layers and max(layers) > depth:
-        raise DpbenchError(f"--layers {max(layers)}: {kw['model']} has {depth} language-model layers")
     measurements = run_rounds(cases, specs, kw["rounds"], echo=click.echo)
     rows = summarise(cases, measurements)
     result = {

@@ -243,7 +243,17 @@ def run_cli(*args):
 
 @pytest.mark.parametrize(
     "args",
-    [("--methods", "dpsgd:clipping=flat"), ("--keep-ratios", "0.5,2"), ("--rounds", "0"), ("--methods", "dpsdg")],
+    [
+        ("--methods", "dpsgd:clipping=flat"),
+        ("--keep-ratios", "0.5,2"),
+        ("--rounds", "0"),
+        ("--methods", "dpsdg"),
+        ("--model", "llava-1.5-7b-random", "--layers", "40"),
+        ("--model", "llava-1.5-7b-random", "--layers", "0,1"),
+        ("--model", "llava-1.5-7b-random", "--hidden-size", "1000"),
+        ("--model", "qwen2-vl-2b-random", "--hidden-size", "0"),
+        ("--layers", "1,2"),  # the embedded model is not a random-init shape
+    ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
     assert run_cli("bench", "--out-dir", str(tmp_path), *args) == 2

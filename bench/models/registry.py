@@ -26,6 +26,7 @@ from dpbench.models.random_init import (
     ModelShape,
     PublicShape,
     build_hf_model,
+    shaped_configs,
 )
 from dpbench.output import quiet_third_party
 from dpbench.registries import MODELS
@@ -238,11 +239,15 @@ def is_systems_only(name_or_path: str) -> bool:
 
 
 def check_shape(name_or_path: str, shape: ModelShape) -> None:
-    if shape != FULL_SHAPE and not is_systems_only(name_or_path):
+    """A shape only for a random-init systems model, and one its architecture can take."""
+    if shape == FULL_SHAPE:
+        return
+    if not is_systems_only(name_or_path):
         raise DpbenchError(
             f"--layers and --hidden-size shape the random-init systems models only "
             f"({', '.join(n for n in MODELS if MODELS.get(n).systems_only)}), not {name_or_path}"
         )
+    shaped_configs(MODELS.get(name_or_path).public, shape)  # raises on a depth or width it cannot take
 
 
 def load_model(name_or_path: str, device: str, shape: ModelShape = FULL_SHAPE) -> VisionLanguageModel:
