@@ -24,6 +24,11 @@ def train_systems(spec: RunSpec) -> dict:
     """Train as `dpbench run` does; return peak memory per device, throughput and tokens kept."""
     trained = phases.train(phases.prepare(spec))
     report = trained.report
+    if report.samples == 0:  # Poisson sampling drew no example: nothing was measured
+        raise DpbenchError(
+            f"no example was sampled in {report.steps} step(s) of expected batch {spec.training.batch_size}: "
+            "raise --steps or --batch-sizes"
+        )
     return {
         "steps": report.steps,
         "peak_memory": trained.peak_memory,

@@ -318,3 +318,16 @@ def test_the_cuda_script_runs_its_methods_through_dpbench_bench(tmp_path):
     assert result["base"]["lora"]["targets"] == ["q_proj", "v_proj"]
     assert [c["label"] for c in result["cases"]] == ["nonprivate", "dpsgd:clipping=ghost"]
     assert all(c["visual_tokens"]["before"] == 576 and c["layers"] == 1 for c in result["cases"])
+
+
+def test_a_measurement_that_sampled_no_example_fails_instead_of_reporting_zero(monkeypatch):
+    from types import SimpleNamespace
+
+    from dpbench import benchmark_worker, phases
+    from dpbench.spec import RunSpec
+
+    empty = SimpleNamespace(report=SimpleNamespace(samples=0, steps=1, tokens=0, details={}))
+    monkeypatch.setattr(phases, "prepare", lambda spec: None)
+    monkeypatch.setattr(phases, "train", lambda prepared: empty)
+    with pytest.raises(DpbenchError, match="no example was sampled in 1 step"):
+        benchmark_worker.train_systems(RunSpec(method="dpzo"))
