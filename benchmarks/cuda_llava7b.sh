@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # LLaVA-1.5-7B's full shape (random weights: systems only) on one large GPU, bf16 autocast, every
-# method side by side; about 5 minutes on one 80+ GB GPU. Writes benchmarks/bench-...-cuda-bf16.{json,md,png}.
+# method side by side; sized to finish within 8 minutes on one 80+ GB GPU (never timed: no GPU has
+# been lent yet). Writes benchmarks/bench-...-cuda-bf16.{json,md,png}.
 #   bash benchmarks/cuda_llava7b.sh                # from the repository root, dpbench on PATH
 # The language model trains through LoRA adapters (r = 16 on q_proj and v_proj) and the projector
 # trains whole, as DP fine-tuning of a 7 B model is done in practice: full fine-tuning needs fp32
