@@ -75,7 +75,6 @@ class Row:
     peak_memory_mib: Stat | None
     memory_kind: str | None
     train_samples_per_s: Stat | None
-    train_wall_s: Stat | None
     train_compute: Stat | None  # forward-pass equivalents over examples (`train_compute`)
     seeds: tuple[int, ...]
     run_ids: tuple[str, ...]
@@ -279,7 +278,6 @@ def make_row(results: list[dict[str, Any]]) -> Row:
         peak_memory_mib=Stat.of(m["peak_bytes"] / MIB for m in mems),
         memory_kind=", ".join(sorted({m["kind"] for m in mems})),
         train_samples_per_s=Stat.of(r["systems"]["train"]["samples_per_s"] for r in results),
-        train_wall_s=Stat.of(r["systems"]["train"]["wall_s"] for r in results),
         train_compute=Stat.of(train_compute(r) for r in results),
         seeds=tuple(sorted(r["spec"]["training"]["seed"] for r in results)),
         run_ids=tuple(sorted(r["run_id"] for r in results)),

@@ -149,7 +149,14 @@ COLUMNS: tuple[Column, ...] = (
         "pre-training baseline; CUDA: torch max allocated)",
     ),
     Column("device", "Device", "text"),
-    Column("train_samples_per_s", "Train samples/s", "stat1", HIGHER, "training throughput"),
+    Column(
+        "train_samples_per_s",
+        "Train samples/s",
+        "stat1",
+        HIGHER,
+        "training throughput as the run recorded it; runs of different sessions were not timed on equal "
+        "machines, so compare speed in the systems benchmark (one invocation)",
+    ),
     Column("dataset_source", "Dataset", "source"),
     Column("model_source", "Model source", "source"),
     Column("n_seeds", "Seeds", "int", description="number of seeds averaged (mean ± sample std)"),

@@ -3,10 +3,15 @@
 Methods differ in what a step costs: DP-SGD makes a forward and a backward pass per example
 (ghost clipping a second backward), DP-ZO two forwards per direction and no backward. Per
 configuration the leaderboard records training compute (`aggregate.train_compute`, forward-pass
-equivalents) and training wall time. Here a method's configurations that differ only in their
-number of steps form a line, and the line is read at the budget of the default DP-SGD
-configuration of the same setting (task, model, ε, data, device, audit): linearly between the two
-nearest configurations, never beyond the budgets measured ("—" then).
+equivalents). Here a method's configurations that differ only in their number of steps form a
+line, and the line is read at the compute of the default DP-SGD configuration of the same setting
+(task, model, ε, data, device, audit): linearly between the two nearest configurations, never
+beyond the budgets measured ("—" then).
+
+Wall time is not matched: results recorded in different sessions were not timed on equal machines
+(README "Equal footing" has a measured case), so a ratio of two runs' wall times can say more about
+the machine than the method. Relative speed belongs to `dpbench bench`, which measures every
+method in one invocation.
 """
 
 from __future__ import annotations
@@ -73,9 +78,7 @@ def read_at(points: list[tuple[float, float]], x: float) -> float | None:
 class Matched:
     row: Row
     compute_ratio: float | None  # the row's training compute over the reference's
-    wall_ratio: float | None
     at_compute: float | None  # the family's utility read at the reference's compute
-    at_wall: float | None
 
 
 def matched(rows: list[Row]) -> list[Matched]:
@@ -91,19 +94,9 @@ def matched(rows: list[Row]) -> list[Matched]:
             continue
         members = [m for m in families[family(r)] if m.utility is not None]
 
-        def read(budget, ref_budget):
-            points = [(budget(m).mean, m.utility.mean) for m in members if budget(m) is not None]
-            return read_at(points, ref_budget.mean) if ref_budget is not None else None
-
-        out.append(
-            Matched(
-                row=r,
-                compute_ratio=_ratio(r.train_compute, ref.train_compute),
-                wall_ratio=_ratio(r.train_wall_s, ref.train_wall_s),
-                at_compute=read(lambda m: m.train_compute, ref.train_compute),
-                at_wall=read(lambda m: m.train_wall_s, ref.train_wall_s),
-            )
-        )
+        points = [(m.train_compute.mean, m.utility.mean) for m in members if m.train_compute is not None]
+        at = read_at(points, ref.train_compute.mean) if ref.train_compute is not None else None
+        out.append(Matched(row=r, compute_ratio=_ratio(r.train_compute, ref.train_compute), at_compute=at))
     return out
 
 
@@ -115,23 +108,14 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
     return "—" if x is None else f"{x:{spec}}{suffix}"
 
 
-HEAD = [
-    "Method",
-    "Options",
-    "Target ε",
-    "Data",
-    "Utility",
-    "Train compute × dpsgd",
-    "Train wall × dpsgd",
-    "Utility at dpsgd's compute",
-    "Utility at dpsgd's wall time",
-]
+HEAD = ["Method", "Options", "Target ε", "Data", "Utility", "Train compute × dpsgd", "Utility at dpsgd's compute"]
 NOTE = (
     "Utility at equal training budgets. Compute counts forward passes over examples, a backward as two "
     "forwards (DP-SGD: 1 forward + 1 backward per example, ghost clipping 1 + 2, DP-ZO 2 forwards per "
-    "direction); wall time is the training phase's. A method's configurations that differ only in steps "
-    "are read, linearly between the two nearest, at the budget of the default dpsgd configuration of the "
-    "same setting (ε, data, audit); — where that budget lies outside those measured."
+    "direction). A method's configurations that differ only in steps are read, linearly between the two "
+    "nearest, at the compute of the default dpsgd configuration of the same setting (ε, data, audit); — "
+    "where that budget lies outside those measured. Wall time is not compared across results, which were "
+    "not all timed on equal machines: the systems benchmark compares speed within one invocation."
 )
 
 
@@ -148,9 +132,7 @@ def table(rows: list[Row]) -> tuple[list[str], list[list[str]]] | None:
             fmt_source(m.row.dataset_source),
             _fmt(m.row.utility.mean, ".3f"),
             _fmt(m.compute_ratio, ".2f", "×"),
-            _fmt(m.wall_ratio, ".2f", "×"),
             _fmt(m.at_compute, ".3f"),
-            _fmt(m.at_wall, ".3f"),
         ]
         for m in found
     ]
