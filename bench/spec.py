@@ -33,6 +33,7 @@ CANARY_KINDS = ("memorable", "mislabelled")
 # non-members), for choosing hyperparameters without looking at the test split
 EVAL_SPLITS = ("test", "validation")
 PRECISIONS = ("fp32", "bf16")
+TRAINABLE_GROUPS = ("vision_tower", "projector", "language_model")  # every architecture's parameter groups
 # fields added after results were committed, with their defaults: a spec at the default leaves
 # the field out of its hash, so older specs keep their hash (and their run ids); token_pruning
 # likewise at its method's default
@@ -194,10 +195,15 @@ class RunSpec:
             raise DpbenchError(f"precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
         if self.eval_split not in EVAL_SPLITS:
             raise DpbenchError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {self.eval_split!r}")
-        if not [g for g in t.trainable.split(",") if g.strip()]:
+        groups = [g.strip() for g in t.trainable.split(",") if g.strip()]
+        if not groups:
             raise DpbenchError(
-                "training.trainable names no parameter group: give one or more of vision_tower, projector, "
-                "language_model (comma-separated)"
+                f"training.trainable names no parameter group: give one or more of {', '.join(TRAINABLE_GROUPS)} "
+                "(comma-separated)"
+            )
+        if unknown := [g for g in groups if g not in TRAINABLE_GROUPS]:
+            raise DpbenchError(
+                f"unknown trainable group(s) {', '.join(unknown)}; choose from {', '.join(TRAINABLE_GROUPS)}"
             )
         if not DEVICE.fullmatch(self.device):
             raise DpbenchError(f"device must be cpu, cuda, cuda:N or mps, got {self.device!r}")

@@ -253,6 +253,8 @@ def run_cli(*args):
         ("--model", "llava-1.5-7b-random", "--hidden-size", "1000"),
         ("--model", "qwen2-vl-2b-random", "--hidden-size", "0"),
         ("--layers", "1,2"),  # the embedded model is not a random-init shape
+        ("--trainable", "projector,bogus"),  # refused before any worker starts, not once per worker
+        ("--lora", "r=x"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):

@@ -92,3 +92,14 @@ def test_a_method_recording_its_options_gets_new_run_ids_when_a_default_moves(mo
     assert RunSpec(method="dpzo").run_id() != spec.run_id()
     # methods whose committed results predate the field keep their run ids: options as given
     assert RunSpec(method="dpsgd").method_options == {}
+
+
+def test_trainable_names_only_parameter_groups_every_architecture_has():
+    from dpbench.models.architectures import ARCHITECTURES
+    from dpbench.spec import TRAINABLE_GROUPS
+
+    with pytest.raises(DpbenchError, match="unknown trainable group.*bogus"):
+        RunSpec.from_dict({"training": {"trainable": "projector,bogus"}})
+    assert RunSpec.from_dict({"training": {"trainable": " vision_tower , projector"}}).training.trainable
+    for name in ARCHITECTURES:
+        assert tuple(ARCHITECTURES.get(name).parameter_groups) == TRAINABLE_GROUPS
