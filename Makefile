@@ -1,32 +1,38 @@
-# The two commands a newcomer runs on a fresh machine (Python >= 3.10, no GPU needed):
-#   make run    set up .venv and run DP-SGD on the embedded ScienceQA-format sample
-#   make test   set up .venv and run the test suite
+# The two commands a newcomer runs on a fresh machine (Python >= 3.11, no GPU needed):
+#   make run    set up .venv with what the main job imports, and run it on the embedded default
+#   make test   set up .venv with the test tools too, and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint leaderboard
+.PHONY: setup setup-test run test lint leaderboard
 
-$(BIN)/dpbench: pyproject.toml
+# the runtime alone: `make run` needs nothing the tests, the linter or the cluster engines bring
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# the CPU build from local disk first: plain `torch` would pull a multi-GB CUDA build
+	# the CPU build first: plain `torch` would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime
 	$(BIN)/pip install -q -e '.[test]'
 	# the f-DP audit bound's reference implementation for a test: its auditing module needs no jax
 	$(BIN)/pip install -q --no-deps jax-privacy==2.0.0
 	touch $@
 
-setup: $(BIN)/dpbench
+setup: $(VENV)/.runtime
+setup-test: $(VENV)/.test
 
 run: setup
 	$(BIN)/dpbench run --method dpsgd --task scienceqa
 
-test: setup
+test: setup-test
 	$(BIN)/python -P -m pytest -q
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
-leaderboard: setup
+leaderboard: setup-test
 	$(BIN)/dpbench leaderboard --check

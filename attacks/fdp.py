@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 from scipy import optimize, stats
 
 
@@ -69,3 +70,67 @@ def fdp_epsilon_lower_bound(m: int, guesses: int, correct: int, delta: float, co
     while _rejects(hi, m, guesses, correct, significance, delta) > 0:
         lo, hi = hi, 2 * hi
     return float(optimize.brentq(lambda e: _rejects(e, m, guesses, correct, significance, delta), lo, hi, xtol=1e-6))
+
+
+def _rejects_curve(blow_up_inverse, m: int, guesses: int, correct: int, significance: float) -> float:
+    """> 0 when `correct` of `guesses` right "in" guesses on m canaries reject a mechanism whose
+    blow-up inverse is `blow_up_inverse` (Mahloujifar et al.'s "audit_rh_with_cap", one-sided)."""
+    right, wrong = significance * correct / m, significance * (guesses - correct) / m
+    for i in range(correct - 1, -1, -1):
+        wrong_new = max(wrong, blow_up_inverse(right))
+        if wrong_new == wrong:
+            break
+        right = min(right + i / (guesses - i) * (wrong_new - wrong), 1.0)
+        wrong = wrong_new
+    return right + wrong - guesses / m
+
+
+def rejects_composed(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    m: int,
+    guesses: int,
+    correct: int,
+    confidence: float = 0.95,
+) -> bool:
+    """Do the guesses reject "each canary is protected as by `steps` subsampled Gaussian releases
+    at this σ and rate"?"""
+    from dpbench.attacks.tradeoff import blow_up_inverse
+
+    inverse = blow_up_inverse(noise_multiplier, sample_rate, steps, delta)
+    return guesses > 0 and _rejects_curve(inverse, m, guesses, correct, 1 - confidence) > 0
+
+
+# σ on a fixed log grid (1.5 % apart): the blow-up curves are cached by σ, so the guess-count
+# simulation and the real scores share most of them
+SIGMA_GRID = tuple(float(x) for x in np.geomspace(0.2, 200.0, 466))
+
+
+def fdp_composed_bound(
+    sample_rate: float, steps: int, delta: float, m: int, guesses: int, correct: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """(σ̂, ε̂): the smallest noise multiplier on `SIGMA_GRID` whose composed subsampled-Gaussian
+    claim (the run's own rate and steps) the guesses reject, and the ε that σ̂ spends at δ by the
+    PRV accountant (σ̂ = inf and ε̂ = 0 when none is rejected). Rejection is monotone in σ (more
+    noise, a stronger claim, easier to reject), so bisection finds it. Below σ = 0.2 the PRV's
+    grid outgrows memory: a rejection there reads as ε̂ = ε(0.2)."""
+    from dpbench.privacy import spent_epsilon
+
+    def rejected(i: int) -> bool:
+        return rejects_composed(SIGMA_GRID[i], sample_rate, steps, delta, m, guesses, correct, confidence)
+
+    lo, hi = 0, len(SIGMA_GRID) - 1
+    if guesses == 0 or not rejected(hi):
+        return math.inf, 0.0
+    if not rejected(lo):
+        while hi - lo > 1:  # invariant: the claim at hi is rejected, at lo it is not
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if rejected(mid) else (mid, hi)
+    else:
+        hi = lo
+    sigma = SIGMA_GRID[hi]
+    return sigma, spent_epsilon(
+        noise_multiplier=sigma, delta=delta, sample_rate=sample_rate, steps=steps, accountant="prv"
+    )

@@ -23,6 +23,7 @@ into ε lower bounds, each beside its ceiling (all guesses right).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,20 +31,43 @@ import torch
 
 from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 from dpbench.attacks.canary_audit import CONFIDENCE, GUESS_FRACTIONS, guess_pairs
-from dpbench.attacks.fdp import fdp_epsilon_lower_bound
+from dpbench.attacks.fdp import fdp_composed_bound, fdp_epsilon_lower_bound
+from dpbench.attacks.parametric_audit import parametric_section
 from dpbench.errors import DpbenchError
 
 RAW_SCALE = 10.0  # a canary's unclipped gradient norm, in units of C: clipping must act on it
-SCORE = "log-likelihood ratio of the subsampled Gaussian on each released coordinate, real examples' sum removed"
+SCORE = (
+    "log-likelihood ratio of the subsampled Gaussian on each released coordinate, real examples' sum removed, "
+    "its noise scale, step and rate fitted to the releases (inclusion unread)"
+)
+SCALAR_SCORE = "sum over releases of the canary's sign code times the release, in units of C"
+AUDIT_BLOCK_NOTE = "the canaries sat on an audit-only parameter block no forward reads: training was not changed"
 UTILITY_NOTE = (
     "utility was measured on the run trained with the white-box gradient canaries (one coordinate "
     "each, sampled like an example)"
 )
 
 
+AUDIT_BLOCK = 4096  # coordinates per tensor of the audit-only block (one canary each)
+PLACEMENTS = ("audit-block", "model")
+STEINKE_M = 1000  # canaries Steinke et al.'s bound reads: its 2mδ term caps it at larger m
+
+
+def audit_block(m: int, device="cpu") -> list[torch.nn.Parameter]:
+    """Trainable tensors, m coordinates in all, that no forward reads: the gradient canaries'
+    own coordinates. Opacus clips, noises and steps them like any parameter, and the update
+    pruning prunes them, but real examples' gradients there are zero, so training is the same."""
+    sizes = [AUDIT_BLOCK] * (m // AUDIT_BLOCK) + ([m % AUDIT_BLOCK] if m % AUDIT_BLOCK else [])
+    return [torch.nn.Parameter(torch.zeros(n, device=device)) for n in sizes]
+
+
 @dataclass
 class GradientCanaries:
-    """The canaries of one training run and the auditor's running scores."""
+    """The canaries of one training run and every release the auditor saw at their coordinates.
+
+    `placement` "audit-block": `params` is the audit block (`audit_block(m)`), canary j on its
+    j-th coordinate. "model": each canary on a random trainable coordinate of the model (they
+    then change training slightly, but also see faults in real layers' per-example gradients)."""
 
     m: int
     seed: int
@@ -51,6 +75,7 @@ class GradientCanaries:
     clip: float  # C
     noise_multiplier: float  # σ (0: non-private)
     params: list[torch.nn.Parameter]
+    placement: str = "audit-block"
     included: np.ndarray = field(init=False)
     scores: np.ndarray = field(init=False)
     steps: int = field(default=0, init=False)
@@ -64,9 +89,13 @@ class GradientCanaries:
             )
         rng = np.random.default_rng([self.seed, 0x67C])
         self.included = rng.random(self.m) < 0.5
-        flat = rng.choice(sum(sizes), size=self.m, replace=False)  # distinct coordinates
+        if self.placement == "audit-block":
+            flat = np.arange(self.m)
+        else:
+            flat = rng.choice(sum(sizes), size=self.m, replace=False)  # distinct coordinates
         offsets = np.cumsum([0, *sizes])
         owner = np.searchsorted(offsets, flat, side="right") - 1
+        self.owner, self.coordinate = owner, flat - offsets[owner]
         # per parameter: its canaries and their flat indices in it
         self.groups = [
             (i, torch.from_numpy(np.flatnonzero(owner == i)), torch.from_numpy(flat[owner == i] - offsets[i]))
@@ -76,6 +105,8 @@ class GradientCanaries:
         self.sampling = np.random.default_rng([self.seed, 0x5A3])
         self.scores = np.zeros(self.m)
         self.known = np.zeros(self.m)
+        self.released: list[np.ndarray] = []  # per step: y at every canary (0 where pruned)
+        self.thresholds: list[np.ndarray] = []  # per step: the pruning threshold at every canary
 
     # -- the mechanism's side --------------------------------------------------------------
     def draw(self) -> np.ndarray:
@@ -84,16 +115,23 @@ class GradientCanaries:
         self.sampled += active.size
         return active
 
-    def rows(self, active: np.ndarray, scale: float) -> list[torch.Tensor]:
-        """Per parameter, the per-example gradients of `active` canaries: row k holds `scale`
-        on canary active[k]'s coordinate, zeros elsewhere."""
-        position = {int(c): k for k, c in enumerate(active)}
-        out = [torch.zeros((len(active), p.numel()), dtype=p.dtype, device=p.device) for p in self.params]
-        for i, ids, coords in self.groups:
-            for c, j in zip(ids.tolist(), coords.tolist()):
-                if c in position:
-                    out[i][position[c], j] = scale
-        return [r.view(len(active), *p.shape) for r, p in zip(out, self.params)]
+    def rows(self, active: np.ndarray, scale: float, only: int | None = None) -> list[torch.Tensor]:
+        """Per parameter (or parameter `only`), the per-example gradients of `active` canaries:
+        row k holds `scale` on canary active[k]'s coordinate, zeros elsewhere."""
+        chosen = range(len(self.params)) if only is None else [only]
+        out = []
+        for i in chosen:
+            p = self.params[i]
+            rows = torch.zeros((len(active), p.numel()), dtype=p.dtype)
+            mine = np.flatnonzero(self.owner[active] == i)
+            rows[torch.from_numpy(mine), torch.from_numpy(self.coordinate[active[mine]])] = scale
+            out.append(rows.view(len(active), *p.shape).to(p.device))
+        return out
+
+    def by_tensor(self, active: np.ndarray) -> dict[int, np.ndarray]:
+        """The active canaries grouped by the tensor that holds their coordinate."""
+        owners = self.owner[active]
+        return {int(i): active[owners == i] for i in np.unique(owners)}
 
     def add_to(self, tensors: list[torch.Tensor | None], active: np.ndarray, value: float) -> None:
         """Add `value` at each active canary's coordinate (a clipped canary entering a sum)."""
@@ -111,31 +149,85 @@ class GradientCanaries:
                 out[ids.numpy()] = tensors[i].detach().reshape(-1)[coords].double().cpu().numpy() * scale
         return out
 
-    # -- the auditor's side ----------------------------------------------------------------
-    def fraction_called_in(self) -> float:
-        """The share of canaries the scores alone call "in": likelihood ratio above 1 (the
-        test at inclusion's prior ½); without noise, more than half a canary's step. Guesses
-        split this way are right at every count when the scores separate, whatever the
-        binomial number of included canaries (a half/half split must then err at the full
-        count); it reads no inclusion, so the bound stays sound."""
-        return float(np.mean(self.scores > (0.0 if self.noise_multiplier > 0 else 0.5)))
+    def pruning_thresholds(self, tensors: list[torch.Tensor | None], scale: float) -> np.ndarray:
+        """Per canary, the smallest magnitude its tensor kept this step (0 when nothing was pruned)."""
+        out = np.zeros(self.m)
+        for i, ids, _ in self.groups:
+            g = tensors[i]
+            if g is None:
+                continue
+            kept = g.detach().reshape(-1).abs()
+            kept = kept[kept != 0]
+            if 0 < kept.numel() < g.numel():
+                out[ids.numpy()] = float(kept.min()) * scale
+        return out
 
+    # -- the auditor's side ----------------------------------------------------------------
     def remember_known(self, known: np.ndarray) -> None:
         """The real examples' clipped sum at the canary coordinates this step."""
         self.known = known
 
-    def observe(self, released: np.ndarray) -> None:
-        """One step's released noisy sum at the canary coordinates (before averaging)."""
-        y = released - self.known
-        kept = released != 0  # update pruning zeroed the rest: no evidence there this step
-        c, sigma, q = self.clip, self.noise_multiplier, self.rate
-        if sigma > 0:
-            z = (y - c / 2) * c / (sigma * c) ** 2
-            llr = np.logaddexp(np.log1p(-q), np.log(q) + z)  # q = 1: log(0) = -inf is exact here
-        else:
-            llr = y / c
-        self.scores += np.where(kept, llr, 0.0)
+    def observe(self, released: np.ndarray, thresholds: np.ndarray | None = None) -> None:
+        """One step's released noisy sum at the canary coordinates (before averaging); a zero
+        is a coordinate the update pruning removed (censored: its magnitude was below the
+        threshold)."""
+        kept = released != 0
+        self.released.append(np.where(kept, released - self.known, 0.0).astype(np.float32))
+        self.thresholds.append((thresholds if thresholds is not None else np.zeros(self.m)).astype(np.float32))
         self.steps += 1
+
+    def observations(self) -> tuple[np.ndarray, np.ndarray]:
+        """(releases, thresholds), steps × canaries."""
+        if not self.released:
+            return np.zeros((0, self.m), np.float32), np.zeros((0, self.m), np.float32)
+        return np.stack(self.released), np.stack(self.thresholds)
+
+    def finish(self) -> None:
+        """The canaries' scores, from the releases alone: the subsampled Gaussian's log-likelihood
+        ratio with its noise scale, step and rate fitted to all releases without reading which
+        canaries were included (so less noise than claimed reads as more evidence, and the
+        guesses stay a function of the releases: the bounds stay sound)."""
+        y, _ = self.observations()
+        self.scores = likelihood_ratio_scores(y, self.noise_multiplier > 0)
+
+    def fraction_called_in(self) -> float:
+        """The share of canaries the scores alone call "in": likelihood ratio above 1 (the
+        test at inclusion's prior ½). Guesses split this way are right at every count when the
+        scores separate, whatever the binomial number of included canaries; it reads no
+        inclusion, so the bound stays sound."""
+        return float(np.mean(self.scores > 0.0))
+
+
+def fit_mixture(y: np.ndarray, iterations: int = 30) -> tuple[float, float, float]:
+    """(s, Δ, w): y ~ (1 − w)·N(0, s²) + w·N(Δ, s²) fitted by EM to the non-zero releases,
+    labels unseen."""
+    x = y[y != 0].astype(float)
+    if x.size == 0:
+        return 0.0, 0.0, 0.0
+    s = max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1e-12)
+    d, w = max(float(np.quantile(x, 0.999)), s), 0.01
+    for _ in range(iterations):
+        z = np.clip((x - d / 2) * d / s**2, -700, 700)
+        r = w / (w + (1 - w) * np.exp(-z))  # responsibility of the canary component
+        w = float(np.clip(r.mean(), 1e-6, 1 - 1e-6))
+        d = float((r * x).sum() / max(r.sum(), 1e-12))
+        s = max(float(np.sqrt(((1 - r) * x**2 + r * (x - d) ** 2).sum() / x.size)), 1e-12)
+    return s, d, w
+
+
+def likelihood_ratio_scores(y: np.ndarray, noisy: bool = True) -> np.ndarray:
+    """Per canary Σₜ log(1 − q + q·exp((yₜ − Δ/2)·Δ/s²)) with s, Δ and q = 2w fitted (inclusion
+    is ½); without noise, the summed releases in units of the fitted step."""
+    if y.size == 0:
+        return np.zeros(y.shape[1])
+    if not noisy:
+        step = float(np.max(np.abs(y))) or 1.0
+        return (y / step).sum(axis=0) - 0.5  # above 0: at least half a step seen
+    s, d, w = fit_mixture(y)
+    q = float(np.clip(2 * w, 1e-6, 1 - 1e-6))
+    z = np.clip((y.astype(float) - d / 2) * d / s**2, -700, 700)
+    llr = np.logaddexp(np.log1p(-q), np.log(q) + z)
+    return np.where(y != 0, llr, 0.0).sum(axis=0)
 
 
 @dataclass
@@ -179,14 +271,122 @@ class ScalarCanaries:
         return 0.5
 
 
+def _steinke(scores: np.ndarray, included: np.ndarray, fraction_in: float, delta: float) -> dict:
+    """Steinke et al.'s bound, best over GUESS_FRACTIONS (Bonferroni over them), with its ceiling."""
+    m = scores.size
+    pairs = guess_pairs(m, fraction_in)
+    level = 1.0 - (1.0 - CONFIDENCE) / len(pairs)
+    best, ceiling = (0.0, 0, 0), 0.0
+    for k_in, k_out in pairs:
+        r, v = count_correct(guess_from_scores(scores, k_in, k_out), included)
+        eps = one_run_epsilon_lower_bound(m, r, v, delta, level)
+        if eps > best[0] or best[1] == 0:
+            best = (eps, r, v)
+        ceiling = max(ceiling, one_run_epsilon_lower_bound(m, r, r, delta, level))
+    return {"epsilon": best[0], "guesses": best[1], "correct": best[2], "ceiling": ceiling, "m": m}
+
+
+def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, seed: int) -> int:
+    """The number of top-scored canaries guessed "in" by the f-DP bound, fixed before the real
+    scores are read: the best of a few counts on a simulation of the claimed mechanism (each
+    canary's T releases drawn as the claim says, scored by the exact likelihood ratio)."""
+    fractions = (0.005, 0.01, 0.02, 0.05)
+    counts = sorted({max(1, int(f * m)) for f in fractions})
+    if sigma <= 0:
+        return max(1, m // 10)
+    rng = np.random.default_rng([seed, 0x51])
+    included = rng.random(m) < 0.5
+    scores = np.zeros(m)
+    for _ in range(steps):
+        y = (included & (rng.random(m) < rate)) + sigma * rng.standard_normal(m)
+        with np.errstate(divide="ignore"):  # rate 1: log(0) = -inf is exact here
+            scores += np.logaddexp(np.log1p(-rate), np.log(rate) + (y - 0.5) / sigma**2)
+    order = np.argsort(-scores)
+    best = max(
+        counts,
+        key=lambda k: fdp_composed_bound(rate, steps, delta, m, k, int(included[order[:k]].sum()), CONFIDENCE)[1],
+    )
+    return best
+
+
 def whitebox_section(
     canaries: GradientCanaries | ScalarCanaries,
     delta: float,
     accounted_epsilon: float | None,
     how: str,
     note: str | None = None,
+    accounted_steps: int | None = None,
 ) -> dict:
-    """The result's `audit.whitebox`: both bounds with their ceilings and a violation flag."""
+    """The result's `audit.whitebox`: the one-run bounds (Steinke et al.; f-DP), each with its
+    ceiling, the per-step parametric audit, and a violation flag from each."""
+    if isinstance(canaries, ScalarCanaries):
+        return _scalar_section(canaries, delta, accounted_epsilon, how, note)
+    if canaries.released:
+        canaries.finish()
+    m, scores, included = canaries.m, canaries.scores, canaries.included
+    fraction_in = canaries.fraction_called_in()
+    sub = slice(0, min(m, STEINKE_M))  # a subset fixed in advance, inclusion unread
+    steinke = _steinke(scores[sub], included[sub], float(np.mean(scores[sub] > 0.0)), delta)
+    rate, steps, sigma = canaries.rate, canaries.steps, canaries.noise_multiplier
+    k = planned_guesses(m, sigma, rate, steps, delta, canaries.seed) if steps else 0
+    top = np.argsort(-scores, kind="stable")[:k]
+    correct = int(included[top].sum())
+    sigma_hat, fdp = fdp_composed_bound(rate, steps, delta, m, k, correct, CONFIDENCE) if k else (math.inf, 0.0)
+    fdp_ceiling = fdp_composed_bound(rate, steps, delta, m, k, k, CONFIDENCE)[1] if k else 0.0
+    parametric = None
+    if sigma > 0 and canaries.placement == "audit-block" and steps:
+        y, tau = canaries.observations()
+        claimed = {
+            "noise_std": sigma * canaries.clip,
+            "clip_norm": canaries.clip,
+            "sample_rate": rate,
+            "steps": accounted_steps if accounted_steps is not None else steps,
+        }
+        parametric = parametric_section(
+            y, tau, included, delta=delta, claimed=claimed, accounted_epsilon=accounted_epsilon, confidence=CONFIDENCE
+        )
+    flags = {
+        "steinke": accounted_epsilon is not None and steinke["epsilon"] > accounted_epsilon,
+        # rejecting the claimed mechanism's own curve: the run is less private than it accounts
+        "fdp": sigma > 0 and accounted_epsilon is not None and sigma_hat <= sigma,
+        "parametric": bool(parametric and parametric["violation"]),
+    }
+    return {
+        "m": int(m),
+        "included": int(included.sum()),
+        "seed": canaries.seed,
+        "placement": canaries.placement,
+        "epsilon_lower_bound": steinke["epsilon"],
+        "steinke_m": steinke["m"],
+        "guesses": steinke["guesses"],
+        "correct": steinke["correct"],
+        "ceiling": steinke["ceiling"],
+        "epsilon_lower_bound_fdp": fdp,
+        "fdp_null": "the run's own mechanism: T Poisson-subsampled Gaussian releases at its rate, sigma searched",
+        "fdp_sigma": None if math.isinf(sigma_hat) else sigma_hat,
+        "guesses_fdp": k,
+        "correct_fdp": correct,
+        "ceiling_fdp": fdp_ceiling,
+        "epsilon_one_run": max(steinke["epsilon"], fdp),
+        "parametric": parametric,
+        "confidence": CONFIDENCE,
+        "guess_fractions": list(GUESS_FRACTIONS),
+        "fraction_called_in": fraction_in,
+        "steps_observed": canaries.steps,
+        "canary_steps": canaries.sampled,
+        "raw_norm": RAW_SCALE * canaries.clip,
+        "score": SCORE,
+        "inserted": how,
+        "accounted_epsilon": accounted_epsilon,
+        "flags": flags,
+        "violation": any(flags.values()),
+        "fdp_exceeds_accounted": flags["fdp"],
+        "note": note or (UTILITY_NOTE if canaries.placement == "model" else AUDIT_BLOCK_NOTE),
+    }
+
+
+def _scalar_section(canaries: ScalarCanaries, delta: float, accounted_epsilon, how: str, note: str | None) -> dict:
+    """dpzo's: both bounds against (ε, δ) and its Gaussian, best over guess counts."""
     m, scores, included = canaries.m, canaries.scores, canaries.included
     fraction_in = canaries.fraction_called_in()
     pairs = guess_pairs(m, fraction_in)
@@ -218,12 +418,14 @@ def whitebox_section(
         "correct_fdp": best["fdp"][2],
         "ceiling_fdp": ceiling["fdp"],
         "confidence": CONFIDENCE,
+        "epsilon_one_run": max(epsilon, best["fdp"][0]),
+        "fdp_null": "the Gaussian mechanism that is exactly (epsilon, delta)-DP",
         "guess_fractions": list(GUESS_FRACTIONS),
         "fraction_called_in": fraction_in,
         "steps_observed": canaries.steps,
         "canary_steps": canaries.sampled,
         "raw_norm": RAW_SCALE * canaries.clip,
-        "score": SCORE,
+        "score": SCALAR_SCORE,
         "inserted": how,
         "accounted_epsilon": accounted_epsilon,
         "violation": bool(violation),

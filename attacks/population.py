@@ -20,8 +20,10 @@ import numpy as np
 from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.rmia import estimate_offline_a
 from dpbench.attacks.signals import ReferenceLosses, per_example_losses
+from dpbench.checks import SEED_LIMIT
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.registries import METHODS
 from dpbench.run_folder import RunFolder
 
 SEED_OFFSET = 7919  # reference k trains with seed + SEED_OFFSET + k: never the target's own seed
@@ -105,7 +107,7 @@ def reference_losses(
     losses, population_losses, pool_losses, pool_in, sizes = [], [], [], [], []
     steps = reference_steps(spec, target_epochs, max(1, len(pool) // 2))
     for i in range(k):
-        seed = spec.training.seed + SEED_OFFSET + i
+        seed = (spec.training.seed + SEED_OFFSET + i) % SEED_LIMIT  # a seed, as the target's is
         data, _ = halves(pool, seed)  # each a random half: references differ as datasets do
         log(f"audit: training reference model {i + 1}/{k} ({steps} steps on {len(data)} test-split examples)")
         model = train_reference(spec, data, seed, steps)
@@ -120,6 +122,9 @@ def reference_losses(
     info = {
         "models": k,
         "steps": steps,
+        # the one recipe (`dpbench.phases.reference_spec`), whatever the target's method
+        "method": "nonprivate",
+        "lr": METHODS.get("nonprivate").default_lr,
         "examples_per_model": round(sum(sizes) / k),
         "population_samples": len(population),
         "rmia_offline_a": a,

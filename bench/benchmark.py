@@ -30,6 +30,7 @@ from dpbench.benchmark_report import write_outputs
 from dpbench.errors import DpbenchError
 from dpbench.models.lora import LoraSpec
 from dpbench.options import parse_pairs
+from dpbench.run_folder import check_runs_dir
 from dpbench.spec import PRECISIONS, RunSpec, merge, method_override
 
 DEFAULT_METHODS = "nonprivate,dpsgd,dpsgd:clipping=ghost,dpzo,dualpriv"
@@ -357,6 +358,7 @@ def bench_command(**kw) -> None:
     }
     cases = plan_cases(entries, batch_sizes, keep_ratios, layers=layers)
     specs = [case_spec(base, c) for c in cases]  # every spec validated before anything runs
+    check_runs_dir(kw["out_dir"], "output folder")
     from dpbench.phases import resolve_names  # torch loads only when a bench is planned
     from dpbench.systems import environment
 

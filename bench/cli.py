@@ -15,8 +15,8 @@ from dpbench.options import parse_pairs
 from dpbench.output import set_verbose
 from dpbench.registries import ATTACKS, METHODS, MODELS, TASKS
 from dpbench.results import load_result
-from dpbench.run_folder import RunFolder
-from dpbench.spec import CANARY_KINDS, EVAL_SPLITS, PRECISIONS, RunSpec, load_spec_file, merge
+from dpbench.run_folder import RunFolder, check_runs_dir
+from dpbench.spec import CANARY_KINDS, CANARY_PLACEMENTS, EVAL_SPLITS, PRECISIONS, RunSpec, load_spec_file, merge
 from dpbench.summary import print_summary
 from dpbench.sweep import sweep_command
 
@@ -40,7 +40,11 @@ def cli(verbose: bool) -> None:
 @click.option("--data-dir", help="Local copy of the task's dataset; without it, the embedded sample is used.")
 @click.option("--epsilon", type=float, help="Target ε for the planned steps. [default: 8]")
 @click.option("--delta", type=float, help="δ. [default: 1/(10·n_train)]")
-@click.option("--accountant", type=click.Choice(["rdp", "prv"]), help="Privacy accountant. [default: rdp]")
+@click.option(
+    "--accountant",
+    type=click.Choice(["rdp", "prv"]),
+    help="Privacy accountant for σ's calibration and the headline ε (RDP is reported beside PRV). [default: prv]",
+)
 @click.option("--max-grad-norm", type=float, help="Per-example clipping bound C. [default: 1.0]")
 @click.option("--steps", type=int, help="Optimisation steps (logical batches). [default: 150]")
 @click.option("--batch-size", type=int, help="Expected logical batch size (Poisson sampling). [default: 64]")
@@ -94,8 +98,15 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--gradient-canaries",
     type=int,
-    help="White-box one-run audit: this many gradient canaries inside the training steps, every "
-    "released gradient observed (changes training slightly). [default: 0]",
+    help="White-box audit: this many gradient canaries inside the training steps, every released gradient "
+    "observed; on an audit-only parameter block, so training is unchanged (0: off). [default: 50000 for the "
+    "gradient methods, 0 for dpzo]",
+)
+@click.option(
+    "--canary-placement",
+    type=click.Choice(CANARY_PLACEMENTS),
+    help="Where the gradient canaries sit: audit-block (no forward reads it) or model (trained coordinates: "
+    "they change training, and see faults in real layers' per-example gradients). [default: audit-block]",
 )
 @click.option("--eval-limit", type=int, help="Evaluate on the first N examples of the evaluation split only.")
 @click.option(
@@ -137,6 +148,7 @@ def run(**kw) -> None:
         ("canaries", "canaries"),
         ("canary_kind", "canary_kind"),
         ("gradient_canaries", "gradient_canaries"),
+        ("canary_placement", "canary_placement"),
     )
     audit = {k: kw[f] for k, f in audit_flags if kw[f] is not None}
     flags = {**top, "privacy": privacy, "training": training, "audit": audit}
@@ -150,6 +162,7 @@ def run(**kw) -> None:
     if kw["attacks"] is not None:
         flags["attacks"] = [a.strip() for a in kw["attacks"].split(",") if a.strip()]
     spec = RunSpec.from_dict(merge(spec_dict, flags))
+    check_runs_dir(kw["runs_dir"])  # before anything slow: a runs folder that cannot be made is one line
     # torch and the models load only for a command that needs them
     from dpbench.distributed import launched_size
     from dpbench.runner import launch
@@ -173,6 +186,7 @@ def run(**kw) -> None:
 def audit(run_dir: str, attacks: str | None) -> None:
     """Audit a finished run again; rewrite its audit section and report."""
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
+    check_runs_dir(run_dir, "run folder")  # the audit rewrites its result and report there
     from dpbench.reaudit import reaudit  # torch and the models load only for a command that needs them
 
     result = reaudit(Path(run_dir), names)

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import yaml
 
 from dpbench.errors import DpbenchError
+from dpbench.files import find_problem
 
 
 def parse_pairs(pairs: Iterable[str], where: str) -> dict[str, Any]:
@@ -21,6 +22,9 @@ def parse_pairs(pairs: Iterable[str], where: str) -> dict[str, Any]:
             raise DpbenchError(f"{where} sets {key!r} twice")
         try:
             out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):  # RecursionError: nested thousands deep
             raise DpbenchError(f"{where}: cannot read the value of {key!r}") from None
+        problem = find_problem(out[key], max_values=len(value) + 1)  # NaN, or nested past any use
+        if problem is not None:
+            raise DpbenchError(f"{where}: the value of {key!r}: {problem[1]}")
     return out

@@ -59,7 +59,8 @@ class Prepared:
     @property
     def utility_notes(self) -> list[str]:
         notes = [UTILITY_NOTE] if self.canaries is not None else []
-        return notes + ([WHITEBOX_NOTE] if self.spec.audit.gradient_canaries else [])
+        a = self.spec.audit
+        return notes + ([WHITEBOX_NOTE] if a.gradient_canaries and a.canary_placement == "model" else [])
 
 
 @dataclass
@@ -163,7 +164,7 @@ def prepare(spec: RunSpec) -> Prepared:
     train = training_examples(spec, data)
     model = load_target(spec, method)
     trainable = model.parameter_counts()[1]
-    if spec.audit.gradient_canaries > trainable:  # each needs a coordinate of its own
+    if spec.audit.canary_placement == "model" and spec.audit.gradient_canaries > trainable:  # one coordinate each
         raise DpbenchError(
             f"audit.gradient_canaries = {spec.audit.gradient_canaries} exceeds the model's {trainable} trainable "
             "coordinates; ask for fewer"
@@ -243,13 +244,15 @@ def with_whitebox(audit_record: AuditRecord | None, trained: Trained) -> AuditRe
     return audit_record
 
 
-def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -> VisionLanguageModel:
-    """A reference model of the offline attacks: non-private, from the same base, LoRA adapters and
-    trainable groups as the target, without its token pruning (it stands for a model trained elsewhere)."""
-    ref_spec = spec.replace(
+def reference_spec(spec: RunSpec, seed: int, steps: int) -> RunSpec:
+    """The reference models' one recipe, whatever the target's method: non-private, at the
+    non-private method's own learning rate, from the same base, LoRA adapters and trainable groups
+    as the target, without its token pruning (it stands for a model trained elsewhere)."""
+    return spec.replace(
         **{
             "method": "nonprivate",
             "method_options": {},
+            "training.lr": None,  # resolved to nonprivate's default, not the target's
             "training.seed": seed,
             "training.steps": steps,
             "training.n_train": None,
@@ -257,6 +260,11 @@ def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -
             "audit.gradient_canaries": 0,
         }
     )
+
+
+def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -> VisionLanguageModel:
+    """A reference model of the offline attacks (`reference_spec`'s recipe)."""
+    ref_spec = reference_spec(spec, seed, steps)
     method = make_method(ref_spec)
     model = load_target(ref_spec, method)
     method.train(model, data, ref_spec, None)  # δ: unused without privacy

@@ -34,6 +34,7 @@ class PrivacyReport:
     accountant: str | None = None
     max_grad_norm: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    epsilon_rdp: float | None = None  # the same releases by RDP, beside the headline (looser)
 
     @classmethod
     def released(
@@ -47,6 +48,7 @@ class PrivacyReport:
         steps: int,
         notes: tuple[str, ...],
         releases_per_step: int = 1,
+        epsilon_rdp: float | None = None,
     ) -> PrivacyReport:
         """A private run's record; the target ε, accountant and clipping bound come from the spec."""
         p = spec.privacy
@@ -62,6 +64,7 @@ class PrivacyReport:
             p.accountant,
             p.max_grad_norm,
             tuple(notes),
+            epsilon_rdp,
         )
 
     @classmethod
@@ -117,6 +120,15 @@ def accountant_epsilon(acc, delta: float) -> float:
     if best == RDP_ORDERS[-1]:
         note(f"RDP's best order is the grid's largest ({best}): ε = {epsilon:.4g} is looser than needed")
     return float(epsilon)
+
+
+def rdp_beside(acc, delta: float) -> float | None:
+    """ε of a PRV accountant's history by RDP too: the looser figure other tools report."""
+    if acc.mechanism() == "rdp":
+        return None  # already the headline
+    rdp = create_accountant("rdp")
+    rdp.history = list(acc.history)
+    return accountant_epsilon(rdp, delta)
 
 
 CALIBRATION_CACHE = "noise-calibration.json"

@@ -14,7 +14,7 @@ import jsonschema
 from referencing import Registry, Resource
 
 from dpbench.errors import DpbenchError
-from dpbench.files import read_json
+from dpbench.files import find_problem, read_json
 
 
 @lru_cache(maxsize=None)
@@ -68,8 +68,12 @@ def load_result(path: str | Path) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write via a temp file in the same folder and rename: readers never see half a file."""
+    """Write via a temp file in the same folder and rename: readers never see half a file. What
+    dpbench would refuse to read (NaN, ±Infinity) is refused here, naming where it is."""
     path = Path(path)
+    problem = find_problem(data)
+    if problem is not None:
+        raise DpbenchError(f"refusing to write {path}: {problem[0]}: {problem[1]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -9,6 +9,8 @@ and a sweep re-runs.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,7 +63,12 @@ class RunFolder:
         return self.checkpoint
 
     def create(self) -> RunFolder:
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DpbenchError(f"cannot create run folder {self.path}: {e.strerror}") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise DpbenchError(f"cannot write in run folder {self.path}: permission denied")
         return self
 
     def failure_line(self) -> str | None:
@@ -86,3 +93,23 @@ class RunFolder:
             return False
         # through JSON, so tuples and lists (attacks) compare as the file stores them
         return json.loads(json.dumps(recorded)) == json.loads(json.dumps(spec.to_dict()))
+
+
+def check_runs_dir(path: str | Path, what: str = "runs folder") -> Path:
+    """A folder dpbench can create (or has) and write in, checked before anything slow; nothing
+    is created here, so input refused later still leaves nothing behind."""
+    path = Path(path)
+    for existing in (path, *path.parents):  # the nearest part of it that exists
+        try:
+            mode = os.stat(existing).st_mode
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a file further up
+            continue
+        except OSError as e:
+            raise DpbenchError(f"cannot use {existing} for the {what} {path}: {e.strerror}") from None
+        if not stat.S_ISDIR(mode):
+            raise DpbenchError(f"cannot create the {what} {path}: {existing} exists and is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            verb = "write in" if existing == path else "create"
+            raise DpbenchError(f"cannot {verb} the {what} {path}: {existing} is not writable (permission denied)")
+        return path
+    return path

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-import yaml
-
+from dpbench.checks import COUNT_LIMIT, check_seed, finite, shown
 from dpbench.errors import DpbenchError
-from dpbench.files import read_text
+from dpbench.files import find_problem, read_config
 from dpbench.models.lora import LoraSpec
 from dpbench.models.pruning_spec import ENTRY_KEYS, TokenPruning
 from dpbench.registries import METHODS
@@ -29,6 +27,9 @@ ACCOUNTANTS = ("rdp", "prv")
 # the black-box one-run audit's canaries (dpbench.attacks.canary_audit): a random-noise image whose
 # target is a token no training target uses, or a training example with a wrong answer
 CANARY_KINDS = ("memorable", "mislabelled")
+MAX_GRADIENT_CANARIES = 200_000
+# where the white-box gradient canaries sit (dpbench.attacks.gradient_canaries)
+CANARY_PLACEMENTS = ("audit-block", "model")
 # "validation": the task's held-out validation examples (never trained on; also the audit's
 # non-members), for choosing hyperparameters without looking at the test split
 EVAL_SPLITS = ("test", "validation")
@@ -40,8 +41,8 @@ TRAINABLE_GROUPS = ("vision_tower", "projector", "language_model")  # every arch
 HASH_OMITTED_AT_DEFAULT = {
     "lora": None,
     "eval_split": "test",
-    "audit.gradient_canaries": 0,
     "audit.canary_kind": "memorable",
+    "audit.canary_placement": "audit-block",
     "training.nproc": 1,
     "training.precision": "fp32",
     "model_layers": None,
@@ -53,7 +54,8 @@ HASH_OMITTED_AT_DEFAULT = {
 class PrivacySpec:
     epsilon: float | None = 8.0  # None: no target (the nonprivate method ignores privacy)
     delta: float | None = None  # None: 1 / (n_train * 10), fixed once the data is loaded
-    accountant: str = "rdp"
+    # the headline ε and σ's calibration: PRV (Gopi et al. 2021), tight; RDP is reported beside it
+    accountant: str = "prv"
     max_grad_norm: float = 1.0
 
 
@@ -78,8 +80,10 @@ class AuditSpec:
     reference_steps: int | None = None  # None: as many epochs over their data as the target had
     canaries: int = 0  # one-run canary audit; > 0 CHANGES the training set (each canary in w.p. 1/2)
     canary_kind: str = "memorable"  # or "mislabelled" (attacks/canary_audit.py)
-    # white-box one-run audit: gradient canaries inside the training steps (they change training slightly)
-    gradient_canaries: int = 0
+    # white-box audit: gradient canaries inside the training steps; None: the method's default
+    # (on an audit-only block, so training is unchanged), 0: off
+    gradient_canaries: int | None = None
+    canary_placement: str = "audit-block"  # or "model": on trained coordinates (they change training)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,9 @@ class RunSpec:
             object.__setattr__(self, "training", dataclasses.replace(self.training, lr=method.default_lr))
         if self.token_pruning is None:
             object.__setattr__(self, "token_pruning", default_token_pruning(self.method))
+        if self.audit.gradient_canaries is None and isinstance(self.audit, AuditSpec):
+            m = method.default_gradient_canaries if method is not None else 0
+            object.__setattr__(self, "audit", dataclasses.replace(self.audit, gradient_canaries=m))
         if method is not None and method.spec_records_options and isinstance(self.method_options, dict):
             object.__setattr__(self, "method_options", {**method.options, **self.method_options})
 
@@ -127,7 +134,7 @@ class RunSpec:
         d = dict(d)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise DpbenchError(f"unknown run-spec field(s): {', '.join(sorted(unknown))}")
+            raise DpbenchError(f"unknown run-spec field(s): {', '.join(sorted(map(str, unknown)))}")
         check_sections(d)
         try:
             privacy = PrivacySpec(**d.pop("privacy", {}))
@@ -161,6 +168,7 @@ class RunSpec:
             ("audit.", self.audit),
         ):
             check_scalar_types(part, prefix)
+        check_seed("training.seed", self.training.seed)
         p, t = self.privacy, self.training
         if p.epsilon is not None and not (math.isfinite(p.epsilon) and p.epsilon > 0):
             raise DpbenchError(f"epsilon must be a positive finite number, got {p.epsilon}")
@@ -187,8 +195,17 @@ class RunSpec:
             raise DpbenchError(f"audit.canaries must be 0 (off) or at least 2, got {a.canaries}")
         if a.canary_kind not in CANARY_KINDS:
             raise DpbenchError(f"audit.canary_kind must be one of {', '.join(CANARY_KINDS)}, got {a.canary_kind!r}")
+        if a.canary_placement not in CANARY_PLACEMENTS:
+            raise DpbenchError(
+                f"audit.canary_placement must be one of {', '.join(CANARY_PLACEMENTS)}, got {a.canary_placement!r}"
+            )
         if a.gradient_canaries < 0 or a.gradient_canaries == 1:
             raise DpbenchError(f"audit.gradient_canaries must be 0 (off) or at least 2, got {a.gradient_canaries}")
+        if a.gradient_canaries > MAX_GRADIENT_CANARIES:  # the auditor keeps steps × canaries releases
+            raise DpbenchError(
+                f"audit.gradient_canaries must be at most {MAX_GRADIENT_CANARIES} (the auditor keeps every step's "
+                f"release of each), got {a.gradient_canaries}"
+            )
         if a.reference_steps is not None and a.reference_steps < 1:
             raise DpbenchError(f"audit.reference_steps must be at least 1, got {a.reference_steps}")
         if t.precision not in PRECISIONS:
@@ -219,6 +236,9 @@ class RunSpec:
                 "--lora adapts the language model: keep language_model in --trainable "
                 "(with LoRA it trains the adapters only)"
             )
+        problem = find_problem(self.to_dict())  # method options: a result is JSON, which has no NaN
+        if problem is not None:
+            raise DpbenchError(f"run spec {problem[0]}: {problem[1]}")
         errors = spec_errors(self.to_dict())  # the result schema's own rules: nothing it would reject runs
         if errors:
             raise DpbenchError(f"run spec {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
@@ -281,6 +301,10 @@ def check_scalar_types(part: Any, prefix: str) -> None:
             wanted = " or ".join(SCALAR_TYPES[k][1] for k in kinds)
             hint = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-3)" if _number_text(value) else ""
             raise DpbenchError(f"{prefix}{f.name} must be {wanted}, got {value!r}{hint}")
+        if "float" in kinds and isinstance(value, (int, float)) and not finite(value):
+            raise DpbenchError(f"{prefix}{f.name} must be a finite number, got {shown(value)}")
+        if kinds[0] == "int" and isinstance(value, int) and f.name != "seed" and value >= COUNT_LIMIT:
+            raise DpbenchError(f"{prefix}{f.name} must be below 2**31 = {COUNT_LIMIT}, got {shown(value)}")
 
 
 def _number_text(value: Any) -> bool:
@@ -316,11 +340,7 @@ def default_token_pruning(method: str) -> TokenPruning:
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or TOML run-spec file into a (possibly partial) spec dict."""
     path = Path(path)
-    text = read_text(path)
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise DpbenchError(f"cannot read config {path}: {e}") from None
+    data = read_config(path)  # regular, capped, parsed, no NaN, bounded nesting
     if not isinstance(data, dict):
         raise DpbenchError(f"config {path} must hold a mapping of run-spec fields")
     try:

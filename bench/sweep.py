@@ -32,7 +32,7 @@ import click
 import yaml
 
 from dpbench.errors import DpbenchError, RunBusy
-from dpbench.run_folder import RunFolder
+from dpbench.run_folder import RunFolder, check_runs_dir
 from dpbench.spec import RunSpec, load_spec_file, merge, method_override
 from dpbench.sweep_engines import (
     CLUSTERS,
@@ -93,7 +93,7 @@ def expand(grid: dict[str, Any]) -> list[RunSpec]:
         raise DpbenchError("sweep `base` must be a mapping of run-spec fields")
     try:  # YAML reads `3` as int; one float keeps run ids equal to a `--epsilon 3` run's
         epsilons = [float(e) for e in as_list(grid, "epsilons")]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond any float
         raise DpbenchError(f"sweep `epsilons` must be numbers, got {grid['epsilons']!r}") from None
     seeds = as_list(grid, "seeds")
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -260,6 +260,8 @@ def sweep_command(file: str, runs_dir: str, dry_run: bool, engine: str, address:
     """Run a grid of tasks x methods x epsilons x seeds from FILE; finished runs are skipped."""
     grid = load_spec_file(file)
     specs = expand(grid)
+    if not dry_run:
+        check_runs_dir(runs_dir)
     options = engine_options(grid, address, cluster)  # checked before anything runs
     summary = run_sweep(
         specs, runs_dir, runner=subprocess_runner, dry_run=dry_run, echo=click.echo, engine=engine, options=options

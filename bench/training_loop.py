@@ -4,11 +4,13 @@ throughput is computed from. A method writes only its own step inside it."""
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Iterator
 
 import torch
 
+from dpbench.errors import DpbenchError
 from dpbench.progress import progress
 
 
@@ -43,6 +45,13 @@ class TrainingLoop:
         self.tokens += count_tokens(batch)
 
     def end_step(self, loss: float) -> None:
+        """Record a step's loss; a loss that is NaN or infinite stops training: the run diverged,
+        and everything it would report after this step is NaN too."""
+        if not math.isfinite(loss):
+            raise DpbenchError(
+                f"training diverged at step {self.steps + 1} of {self.label or 'training'}: the loss is {loss}; "
+                "try a smaller learning rate"
+            )
         self.losses.append(loss)
         self._bar.update(self._task, advance=1, description=f"{self.label} loss {loss:.3f}")
 

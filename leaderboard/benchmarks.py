@@ -8,13 +8,13 @@ machine. Files are validated against `schema/bench.schema.json` like results are
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from dpbench.benchmark_report import MIB, device_notes, table
 from dpbench.errors import DpbenchError
+from dpbench.files import FileProblem, read_json
 from dpbench.leaderboard.collect import display_path
 from dpbench.results import validation_errors
 
@@ -65,12 +65,12 @@ def collect_benchmarks(folders: Iterable[str | Path]) -> tuple[list[Benchmark], 
         for path in sorted(folder.glob("*.json"), key=lambda p: p.as_posix()):
             name = display_path(path)
             try:
-                data = json.loads(path.read_text())
-            except OSError as e:
-                errors.append(f"{name}: $: cannot read: {e.strerror}")
+                data = read_json(path)
+            except FileProblem as e:  # not JSON, NaN or ±Infinity, nested too deep: where, and what
+                errors.append(f"{name}: {e.where}: {e.problem}")
                 continue
-            except json.JSONDecodeError as e:
-                errors.append(f"{name}: $: not valid JSON ({e.msg} at line {e.lineno})")
+            except DpbenchError as e:  # unreadable, not a regular file, too large, not UTF-8
+                errors.append(f"{name}: $: {e}")
                 continue
             problems = validation_errors(data, "bench")
             if problems:

@@ -7,13 +7,12 @@ location, together).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from dpbench.errors import DpbenchError
-from dpbench.files import read_text
+from dpbench.files import FileProblem, read_json
 from dpbench.results import validation_errors
 
 
@@ -59,12 +58,12 @@ def collect(folders: Iterable[str | Path]) -> Collection:
             seen_paths.add(path.resolve())
             name = display_path(path)
             try:
-                data = json.loads(read_text(path))
-            except DpbenchError as e:  # unreadable, or not UTF-8
-                out.errors.append(f"{name}: $: {e}")
+                data = read_json(path)
+            except FileProblem as e:  # not JSON, NaN or ±Infinity, nested too deep: where, and what
+                out.errors.append(f"{name}: {e.where}: {e.problem}")
                 continue
-            except json.JSONDecodeError as e:
-                out.errors.append(f"{name}: $: not valid JSON ({e.msg} at line {e.lineno})")
+            except DpbenchError as e:  # unreadable, not a regular file, too large, not UTF-8
+                out.errors.append(f"{name}: $: {e}")
                 continue
             errors = validation_errors(data)
             if errors:

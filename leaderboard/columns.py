@@ -124,10 +124,23 @@ COLUMNS: tuple[Column, ...] = (
         "stat2",
         LOWER,
         "one-run lower bound from gradient canaries inside the training steps, every released gradient "
-        "observed (Steinke et al.'s bound; must not exceed the accounted ε)",
+        "observed: the stronger of Steinke et al.'s and the f-DP bound (must not exceed the accounted ε)",
+    ),
+    Column(
+        "parametric_eps_hat",
+        "ε̂ per-step",
+        "stat2",
+        LOWER,
+        "the per-step parametric audit's lower confidence bound: noise, clipped norm and rate estimated from "
+        "the canaries' releases and composed by the PRV accountant (holds if each step is a subsampled Gaussian)",
     ),
     Column("whitebox_ceiling", "ε̂ ceiling", "mean3", description="the white-box bound if every guess were right"),
-    Column("violations", "Audit", "violation", description="VIOLATION: a seed's white-box ε̂ exceeds its accounted ε"),
+    Column(
+        "violations",
+        "Audit",
+        "violation",
+        description="VIOLATION: a seed's white-box audit (one-run or per-step) shows it less private than accounted",
+    ),
     Column(
         "canary_eps_hat",
         "ε̂ black-box",

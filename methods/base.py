@@ -42,6 +42,9 @@ class Method(ABC):
     # the visual-token pruning a spec without `token_pruning` runs under (a model transform)
     default_token_pruning: TokenPruning = TokenPruning("none")
     per_example_gradients = False  # trains on per-example gradients (Opacus): checked in `prepare`
+    # white-box gradient canaries a run gets unless its spec says otherwise (0: the method has no
+    # audit-only block to put them on, so by default it is not audited at the mechanism level)
+    default_gradient_canaries = 0
     # the run spec names every option's value, defaults filled in, so a changed default gives new
     # run ids (never a finished run of the old default taken for one of the new); off for methods
     # whose committed results predate it, so their run ids stay

@@ -26,7 +26,7 @@ all-reduced before the post-noise hook, so every rank prunes and steps on the sa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -38,18 +38,20 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from dpbench.attacks.gradient_canaries import RAW_SCALE, GradientCanaries, whitebox_section
+from dpbench.attacks.gradient_canaries import RAW_SCALE, GradientCanaries, audit_block, whitebox_section
 from dpbench.distributed import World, world
 from dpbench.errors import DpbenchError
 from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rules)
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.output import note
-from dpbench.privacy import SEEDED_NOISE, PrivacyReport, accountant_epsilon, calibrate_noise
+from dpbench.privacy import SEEDED_NOISE, PrivacyReport, accountant_epsilon, calibrate_noise, rdp_beside
+from dpbench.secure_noise import GENERATOR, OS_RANDOM, poisson_mask, secure_loader, use_secure_noise
 from dpbench.training_loop import TrainingLoop, adam, trainable_parameters
 
 # Called with the trainable parameters once their .grad holds the noisy, scaled DP gradient
 # and before the optimiser consumes it: anything here is post-processing of a DP release.
-PostNoiseHook = Callable[[list[torch.nn.Parameter]], None]
+# Its second argument is the audit-only block (empty without one).
+PostNoiseHook = Callable[[list[torch.nn.Parameter], list[torch.nn.Parameter]], None]
 
 NOT_SECURE = ("noise from torch's generator seeded by the spec's seed: reproducible, not for deployment",)
 # how a white-box gradient canary enters the step, per clipping mode (recorded in the result)
@@ -58,10 +60,23 @@ CANARY_ROUTES = {
     "the post-noise hook",
     "ghost": "added to Opacus' ghost-clipped sum at norm C (no per-example gradient to clip), then noise "
     "and the post-noise hook",
+    "audit-block per-sample": "one more per-example gradient (norm RAW_SCALE*C) on an audit-only parameter block "
+    "no forward reads, through Opacus' clipping, noise (a generator of its own), Adam and the post-noise hook",
+    "audit-block ghost": "added at norm C to the ghost-clipped sum of an audit-only parameter block no forward "
+    "reads, then Opacus' noise (a generator of its own), Adam and the post-noise hook",
 }
+
+
+def canary_route(spec, clipping: str) -> str:
+    return f"audit-block {clipping}" if spec.audit.canary_placement == "audit-block" else clipping
+
+
 # canaries clipped per call of Opacus' clip_and_accumulate: each is a full-size per-example
 # gradient, so a few at a time keep the audit's memory small beside the real examples'
 CANARY_CHUNK = 4
+# on the audit block a canary's per-example gradient is one block tensor (AUDIT_BLOCK floats)
+AUDIT_CANARY_CHUNK = 256
+AUDIT_CANARIES = 50_000  # the white-box audit's default size (benchmarks/audit-power.md: its power and cost)
 # our option value -> Opacus' grad_sample_mode
 CLIPPING_MODES = {"per-sample": "hooks", "ghost": "ghost"}
 
@@ -128,7 +143,7 @@ class ShardSampler(DistributedUniformWithReplacementSampler):
     def __iter__(self):
         shard = torch.arange(self.total_size)[self.rank : self.total_size : self.num_replicas]
         for _ in range(self.num_batches):
-            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            mask = poisson_mask(self.num_samples, self.sample_rate, self.generator)  # generator: or OS_RANDOM
             yield shard[mask.nonzero(as_tuple=False).reshape(-1)]
 
 
@@ -161,6 +176,7 @@ class Private:
     loader: DataLoader
     params: list[torch.nn.Parameter]
     world: World = World()
+    audit: list[torch.nn.Parameter] = field(default_factory=list)  # the canaries' audit-only block
 
     def release_divisor(self) -> float:
         """What the released gradient was divided by: the expected batch (Opacus' per rank, times
@@ -168,14 +184,20 @@ class Private:
         return self.optimizer.expected_batch_size * self.optimizer.accumulated_iterations * self.world.size
 
 
-def make_private(model, n: int, spec, sigma: float, *, clipping: str, secure_rng: bool) -> Private:
+def make_private(
+    model, n: int, spec, sigma: float, *, clipping: str, secure_rng: bool, audit: list | None = None
+) -> Private:
+    """Opacus' private module, optimizer and loader; `audit` (an audit-only block, in parameter
+    groups of its own after the model's) is clipped, noised and stepped with the rest."""
     t, p = spec.training, spec.privacy
     params = trainable_parameters(model.model)
+    audit = audit or []
     model.model.train()  # Opacus validates in training mode, and its hooks skip eval mode
     if not secure_rng:
         note(SEEDED_NOISE)
     w = world()
-    engine = PrivacyEngine(accountant=p.accountant, secure_mode=secure_rng)
+    # Opacus' secure mode needs torchcsprng (no build for current torch): secure_rng is dpbench.secure_noise's
+    engine = PrivacyEngine(accountant=p.accountant, secure_mode=False)
     private = engine.make_private(
         module=DPDDP(model.model) if w.distributed else model.model,  # DPDDP: Opacus' distributed optimizer
         optimizer=adam(params, spec),
@@ -195,8 +217,17 @@ def make_private(model, n: int, spec, sigma: float, *, clipping: str, secure_rng
             f"Opacus samples at {loader.sample_rate}, σ was calibrated at {opacus_sample_rate(n, t.batch_size)}"
         )
     if w.distributed:
-        loader = shard_loader(n, loader.sample_rate, engine.secure_rng if secure_rng else rank_generator(t.seed, w))
-    return Private(engine, module, optimizer, criterion, loader, params, w)
+        loader = shard_loader(n, loader.sample_rate, OS_RANDOM if secure_rng else rank_generator(t.seed, w))
+    elif secure_rng:
+        loader = secure_loader(loader)  # Poisson sampling from os.urandom
+    if secure_rng:
+        use_secure_noise(optimizer)  # the noise from os.urandom
+    if audit:  # after make_private, which takes only the module's own parameters
+        for a in audit:
+            a.summed_grad = None
+            optimizer.original_optimizer.add_param_group({"params": [a]})
+        separate_audit_noise(optimizer, len(audit), t.seed)
+    return Private(engine, module, optimizer, criterion, loader, params, w, audit)
 
 
 def empty_draw(params: list[torch.nn.Parameter]) -> None:
@@ -205,6 +236,78 @@ def empty_draw(params: list[torch.nn.Parameter]) -> None:
     for q in params:
         q.grad_sample = torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)
         q.grad = torch.zeros_like(q)
+
+
+def only_groups(optimizer, groups: slice):
+    """Within this context Opacus' optimizer sees only `groups` of its parameter groups (its
+    `params` are read from them), so a call clips or noises those alone."""
+
+    class Only:
+        def __enter__(self):
+            inner = optimizer.original_optimizer
+            self.saved = inner.param_groups
+            inner.param_groups = self.saved[groups]
+
+        def __exit__(self, *exc):
+            optimizer.original_optimizer.param_groups = self.saved
+
+    return Only()
+
+
+def separate_audit_noise(optimizer, n_audit: int, seed: int) -> None:
+    """The audit block's noise through the optimizer's own `add_noise` (whatever it is: Opacus',
+    the secure one, or a fault wrapped around it), but from a generator of its own after the
+    model's, so the model's noise, and with it training, is the same with or without the audit."""
+    add_noise = optimizer.add_noise
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0xA0D]).generate_state(1)[0]))
+
+    def add_noise_apart() -> None:
+        with only_groups(optimizer, slice(0, -n_audit)):
+            add_noise()
+        own = optimizer.generator
+        if own is None:  # the global stream: the audit draws from its own instead
+            optimizer.generator = generator
+        try:
+            with only_groups(optimizer, slice(-n_audit, None)):
+                add_noise()
+        finally:
+            optimizer.generator = own
+
+    optimizer.add_noise = add_noise_apart
+
+
+def no_audit_gradient(dp: Private, batch: int, clipping: str) -> None:
+    """The audit block's share of a physical batch: real examples never reach it (zero rows)."""
+    for a in dp.audit:
+        if clipping == "per-sample":
+            a.grad_sample = torch.zeros((batch, *a.shape), device=a.device, dtype=a.dtype)
+        elif a.grad is None:
+            a.grad = torch.zeros_like(a)
+
+
+def enter_audit_canaries(dp: Private, canaries: GradientCanaries, clipping: str, chunk: int) -> None:
+    """This step's sampled canaries on the audit block, at a logical batch's last physical batch:
+    per-sample clipping clips each one (norm RAW_SCALE·C) in Opacus' own `clip_and_accumulate`,
+    a call per block tensor that sees that tensor alone (a canary's gradient is zero elsewhere,
+    so its norm is the same), `chunk` canaries at a time; ghost clipping adds them at norm C."""
+    optimizer, active = dp.optimizer, canaries.draw()
+    if not dp.world.main:
+        active = active[:0]
+    if clipping != "per-sample":
+        canaries.remember_known(canaries.gather([a.grad for a in dp.audit]))
+        canaries.add_to([a.grad for a in dp.audit], active, canaries.clip)
+        return
+    optimizer.clip_and_accumulate()  # this physical batch's real examples (zero rows on the block)
+    canaries.remember_known(dp.world.sum_array(canaries.gather([a.summed_grad for a in dp.audit])))
+    n_groups = len(optimizer.original_optimizer.param_groups)
+    for i, ids in canaries.by_tensor(active).items():
+        group = n_groups - len(dp.audit) + i
+        for k in range(0, len(ids), chunk):
+            (dp.audit[i].grad_sample,) = canaries.rows(ids[k : k + chunk], RAW_SCALE * canaries.clip, only=i)
+            with only_groups(optimizer, slice(group, group + 1)):
+                optimizer.clip_and_accumulate()
+    for q in [*dp.params, *dp.audit]:  # all clipped: pre_step's own clipping has nothing left to add
+        q.grad_sample = torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)
 
 
 def enter_canaries(dp: Private, canaries: GradientCanaries, clipping: str, chunk: int) -> None:
@@ -232,10 +335,12 @@ def enter_canaries(dp: Private, canaries: GradientCanaries, clipping: str, chunk
     canaries.add_to([q.grad for q in dp.params], active, canaries.clip)
 
 
-def released_sum(dp: Private, canaries: GradientCanaries) -> np.ndarray:
+def released_sum(dp: Private, canaries: GradientCanaries) -> tuple[np.ndarray, np.ndarray]:
     """The step's released noisy gradient at the canary coordinates, as the optimiser gets it
-    (after the post-noise hook), times the mean's divisor: the noisy sum."""
-    return canaries.gather([q.grad for q in dp.params], scale=dp.release_divisor())
+    (after the post-noise hook), times the mean's divisor: the noisy sum; and where the hook
+    pruned, the smallest magnitude it kept in each canary's tensor."""
+    grads, scale = [q.grad for q in canaries.params], dp.release_divisor()
+    return canaries.gather(grads, scale=scale), canaries.pruning_thresholds(grads, scale)
 
 
 def dp_steps(
@@ -264,18 +369,22 @@ def dp_steps(
                     loop.count(batch)
                 else:
                     empty_draw(dp.params)
+                no_audit_gradient(dp, len(idx), clipping)
                 # Opacus' own flag (BatchMemoryManager sets it): is this the logical batch's last part?
                 if canaries is not None and not dp.optimizer._check_skip_next_step(pop_next=False):
-                    enter_canaries(dp, canaries, clipping, CANARY_CHUNK)
+                    if dp.audit:
+                        enter_audit_canaries(dp, canaries, clipping, AUDIT_CANARY_CHUNK)
+                    else:
+                        enter_canaries(dp, canaries, clipping, CANARY_CHUNK)
                 if not dp.optimizer.pre_step():  # clip + accumulate; at a logical batch's end, noise
                     dp.optimizer.zero_grad(set_to_none=True)  # keeps summed_grad across physical batches
                     continue
                 if dp.world.distributed:
                     dp.optimizer.reduce_gradients()  # Opacus': the ranks' noisy sums, summed, as a mean
                 if post_noise_hook is not None:
-                    post_noise_hook(dp.params)
+                    post_noise_hook(dp.params, dp.audit)
                 if canaries is not None:
-                    canaries.observe(released_sum(dp, canaries))
+                    canaries.observe(*released_sum(dp, canaries))
                 dp.optimizer.original_optimizer.step()
                 dp.optimizer.zero_grad(set_to_none=True)
                 loop.end_step(dp.world.sum_floats(running)[0] / max(1.0, t.batch_size))
@@ -300,20 +409,27 @@ def train_dp_sgd(
     model.check_per_example_gradients()  # before anything is spent: some towers mix examples
     loop = TrainingLoop(t.seed)
     sigma = dp_sgd_noise_multiplier(spec, delta, len(data))
-    dp = make_private(model, len(data), spec, sigma, clipping=clipping, secure_rng=secure_rng)
+    a = spec.audit
+    on_block = a.gradient_canaries and a.canary_placement == "audit-block"
+    audit = audit_block(a.gradient_canaries, model.device) if on_block else []
+    dp = make_private(model, len(data), spec, sigma, clipping=clipping, secure_rng=secure_rng, audit=audit)
     canaries = None
-    if spec.audit.gradient_canaries:
+    if a.gradient_canaries:
         rate, clip = dp.loader.sample_rate, spec.privacy.max_grad_norm
-        canaries = GradientCanaries(spec.audit.gradient_canaries, t.seed, rate, clip, sigma, dp.params)
+        canaries = GradientCanaries(
+            a.gradient_canaries, t.seed, rate, clip, sigma, dp.audit or dp.params, a.canary_placement
+        )
     dp.module.train()
     with loop.running(f"training ({label}, σ={sigma:.3f})", t.steps):
         dp_steps(model, data, spec, dp, loop, post_noise_hook, canaries, clipping)
     dp.module.remove_hooks()
     dp.module.eval()
-    notes = ("noise from a cryptographically secure generator",) if secure_rng else NOT_SECURE
+    notes = (f"noise and Poisson sampling from {GENERATOR}",) if secure_rng else NOT_SECURE
+    accounted_steps = sum(steps for _, _, steps in dp.engine.accountant.history)
     privacy = PrivacyReport.released(
         spec,
         epsilon=accountant_epsilon(dp.engine.accountant, delta),
+        epsilon_rdp=rdp_beside(dp.engine.accountant, delta),
         delta=delta,
         noise_multiplier=sigma,
         sample_rate=dp.loader.sample_rate,
@@ -328,7 +444,15 @@ def train_dp_sgd(
         samples=loop.samples,
         tokens=loop.tokens,
         details={"clipping": clipping},
-        whitebox=whitebox_section(canaries, delta, privacy.epsilon, CANARY_ROUTES[clipping]) if canaries else None,
+        whitebox=whitebox_section(
+            canaries,
+            delta,
+            privacy.epsilon,
+            CANARY_ROUTES[canary_route(spec, clipping)],
+            accounted_steps=accounted_steps,
+        )
+        if canaries
+        else None,
         whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
     )
 
@@ -339,6 +463,7 @@ class DPSGD(Method):
 
     options = {"secure_rng": False, "clipping": "per-sample"}  # or "ghost"
     per_example_gradients = True
+    default_gradient_canaries = AUDIT_CANARIES
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from dpbench.attacks.gradient_canaries import ScalarCanaries, whitebox_section
+from dpbench.checks import check_count, finite
 from dpbench.distributed import World, world
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS, Method, TrainReport
@@ -218,11 +219,10 @@ class DPZO(Method):
     def __init__(self, **options):
         super().__init__(**options)
         o = self.opts
-        if isinstance(o["directions"], bool) or not (isinstance(o["directions"], int) and o["directions"] >= 1):
-            raise DpbenchError(f"dpzo: directions must be a positive integer, got {o['directions']!r}")
+        check_count("dpzo: directions", o["directions"])
         for name in ("mu", "lr"):
-            if not (isinstance(o[name], (int, float)) and o[name] > 0):
-                raise DpbenchError(f"dpzo: {name} must be a positive number, got {o[name]!r}")
+            if not (finite(o[name]) and o[name] > 0):
+                raise DpbenchError(f"dpzo: {name} must be a positive finite number, got {o[name]!r}")
         if o["lr_schedule"] not in LR_SCHEDULES:
             raise DpbenchError(f"dpzo: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {o['lr_schedule']!r}")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from dpbench.attacks.gradient_canaries import GradientCanaries, whitebox_section
+from dpbench.attacks.gradient_canaries import GradientCanaries, audit_block, whitebox_section
 from dpbench.distributed import World, world
 from dpbench.methods.base import METHODS, Method, TrainReport
+from dpbench.methods.dpsgd import AUDIT_CANARIES
 from dpbench.privacy import PrivacyReport
 from dpbench.training_loop import TrainingLoop, adam, chunks, shuffled_batches, trainable_parameters
 
@@ -18,17 +19,22 @@ class NonPrivate(Method):
     private = False
     # without clipping and noise Adam's best step is smaller (README, "Learning rates and dualpriv's defaults")
     default_lr = 1.25e-4
+    default_gradient_canaries = AUDIT_CANARIES
 
     def train(self, model, data, spec, delta) -> TrainReport:
         t = spec.training
         loop = TrainingLoop(t.seed)
         params = trainable_parameters(model.model)
-        optimizer = adam(params, spec)
+        a = spec.audit
+        audit = audit_block(a.gradient_canaries, model.device) if a.canary_placement == "audit-block" else []
+        optimizer = adam([{"params": params}, *({"params": [p]} for p in audit)], spec)
         batch_size = min(t.batch_size, len(data))
         canaries = None
-        if spec.audit.gradient_canaries:  # the no-noise control of the white-box audit
+        if a.gradient_canaries:  # the no-noise control of the white-box audit
             rate, clip = batch_size / len(data), spec.privacy.max_grad_norm
-            canaries = GradientCanaries(spec.audit.gradient_canaries, t.seed, rate, clip, 0.0, params)
+            canaries = GradientCanaries(
+                a.gradient_canaries, t.seed, rate, clip, 0.0, audit or params, a.canary_placement
+            )
         batches = shuffled_batches(len(data), batch_size, t.seed)  # the same batches on every rank
         w = world()
         model.model.train()
@@ -46,7 +52,7 @@ class NonPrivate(Method):
                 if w.distributed:
                     total = sum_gradients(params, w, total)
                 if canaries is not None:
-                    enter_canaries(canaries, params, len(idx))
+                    enter_canaries(canaries, canaries.params, len(idx))
                 optimizer.step()
                 loop.end_step(total)
         model.model.eval()

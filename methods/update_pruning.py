@@ -63,14 +63,22 @@ class UpdatePruner:
         self.masks: dict[torch.nn.Parameter, torch.Tensor] = {}  # this step's kept coordinates
         self.saved: dict[torch.nn.Parameter, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self.steps, self.kept, self.applied, self.total = 0, 0, 0, 0
+        self.audit: set = set()
         self.handles: list = []
 
-    def __call__(self, params: list[torch.nn.Parameter]) -> None:
+    def __call__(self, params: list[torch.nn.Parameter], audit: list[torch.nn.Parameter] = ()) -> None:
+        """Prune `params`; an audit block's tensors by the same rule on their own, so they never
+        shift which of the model's coordinates are kept."""
         params = [p for p in params if p.grad is not None]
         masks = keep_masks([p.grad for p in params], self.keep, self.scope)
         for p, m in zip(params, masks):
             p.grad.mul_(m)
-        self.masks = dict(zip(params, masks))
+        audit = [p for p in audit if p.grad is not None]
+        audit_masks = keep_masks([p.grad for p in audit], self.keep, self.scope) if audit else []
+        for p, m in zip(audit, audit_masks):
+            p.grad.mul_(m)
+        self.masks = dict(zip([*params, *audit], [*masks, *audit_masks]))
+        self.audit = set(audit)
         self.steps += 1
         self.kept += sum(int(m.sum()) for m in masks)
         self.total += sum(m.numel() for m in masks)
@@ -115,7 +123,8 @@ class UpdatePruner:
                             s.copy_(torch.where(mask, s, moments[name] if name in moments else 0))
             moment = state.get("exp_avg")  # Adam moves a coordinate iff its first moment is non-zero
             moving = (moment if moment is not None else p.grad) != 0
-            self.applied += int((moving & mask).sum() if self.adam == "freeze" else moving.sum())
+            if p not in self.audit:  # the densities describe the model's update
+                self.applied += int((moving & mask).sum() if self.adam == "freeze" else moving.sum())
 
     def details(self) -> dict[str, Any]:
         return {

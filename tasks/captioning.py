@@ -24,7 +24,7 @@ from pathlib import Path
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
-from dpbench.files import read_json
+from dpbench.files import DATA_MAX_BYTES, read_json
 from dpbench.tasks import captioning_embedded
 from dpbench.tasks.base import TASKS, Task, TaskData
 from dpbench.tasks.caption_metrics import UNAVAILABLE, caption_scores, check_environment
@@ -49,7 +49,7 @@ def _annotation_file(root: Path, split: str) -> Path:
 
 def read_captions_split(root: Path, split: str) -> list[Example]:
     path = _annotation_file(root, split)
-    data = read_json(path)
+    data = read_json(path, limit=DATA_MAX_BYTES)
     try:
         images = {int(im["id"]): str(im["file_name"]) for im in data["images"]}
         captions: dict[int, list[tuple[int, str]]] = {}

@@ -10,6 +10,7 @@ from typing import Callable, Sequence, TypeVar
 
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.files import check_file
 from dpbench.output import launched_rank, secondary_rank
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ def check_image(path: Path) -> None:
     """Fail at load time, not mid-training, on an image that cannot be decoded."""
     from PIL import Image, UnidentifiedImageError
 
+    check_file(path)  # not a FIFO or a device, which PIL would wait on or read without end
     try:
         with Image.open(path) as im:
             im.verify()

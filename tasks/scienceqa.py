@@ -20,7 +20,7 @@ import numpy as np
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
-from dpbench.files import read_json
+from dpbench.files import DATA_MAX_BYTES, check_file, read_json
 from dpbench.tasks import scienceqa_embedded
 from dpbench.tasks.base import TASKS, Task, TaskData
 from dpbench.tasks.loading import check_image, read_dataset, require_examples
@@ -78,8 +78,8 @@ def _file_digest(path: Path) -> str:
 
 
 def read_layout_a(root: Path) -> dict[str, list[Example]]:
-    problems = read_json(root / "problems.json")
-    pid_splits = read_json(root / "pid_splits.json")
+    problems = read_json(root / "problems.json", limit=DATA_MAX_BYTES)
+    pid_splits = read_json(root / "pid_splits.json", limit=DATA_MAX_BYTES)
     if not isinstance(problems, dict):
         raise DpbenchError(
             f"{root / 'problems.json'} must map problem ids to problems, got a {type(problems).__name__}"
@@ -125,6 +125,7 @@ def read_layout_b(root: Path) -> dict[str, list[Example]]:
             raise DpbenchError(f"{root}: no parquet file for the {split!r} split (names must contain one of {aliases})")
         examples = []
         for f in chosen:
+            check_file(f)  # a regular file, under the size cap
             try:
                 rows = pq.read_table(f).to_pylist()
             except Exception as e:  # pyarrow raises several types for a corrupt file

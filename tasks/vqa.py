@@ -27,7 +27,7 @@ from statistics import mean
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
-from dpbench.files import read_json
+from dpbench.files import DATA_MAX_BYTES, read_json
 from dpbench.tasks import vqa_embedded
 from dpbench.tasks.base import TASKS, Task, TaskData
 from dpbench.tasks.coco import coco_file_name, coco_image, find_file, split_val
@@ -49,7 +49,7 @@ def build_prompt(question: str) -> str:
 def read_vqav2_split(root: Path, split: str) -> list[Example]:
     q_path = find_file(root, f"v2_OpenEnded_mscoco_{split}2014_questions.json")
     a_path = find_file(root, f"v2_mscoco_{split}2014_annotations.json")
-    questions, annotations = read_json(q_path), read_json(a_path)
+    questions, annotations = read_json(q_path, limit=DATA_MAX_BYTES), read_json(a_path, limit=DATA_MAX_BYTES)
     try:
         by_qid = {a["question_id"]: a for a in annotations["annotations"]}
     except (KeyError, TypeError) as e:

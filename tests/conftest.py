@@ -24,8 +24,7 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_model() -> VisionLanguageModel:
+def build_tiny_model() -> VisionLanguageModel:
     quiet_third_party()
     from dpbench.models import tiny_llava
 
@@ -33,6 +32,17 @@ def tiny_model() -> VisionLanguageModel:
     model = tiny_llava.build_model(tok, seed=0)
     model.eval()
     return VisionLanguageModel(model, tiny_llava.build_processor(tok), ModelInfo("tiny-random", "local", None, "llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> VisionLanguageModel:
+    return build_tiny_model()
+
+
+@pytest.fixture
+def fresh_tiny_model():
+    """A factory of new tiny random LLaVAs, the same weights each time (the session's one is trained in place)."""
+    return build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -196,6 +206,22 @@ def dp_accounting_epsilon():
     def epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
         accountant = rdp.RdpAccountant()
         accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+        return accountant.get_epsilon(delta)
+
+    return epsilon
+
+
+@pytest.fixture(scope="session")
+def dp_accounting_pld_epsilon():
+    """ε of Poisson-subsampled Gaussian releases by dp-accounting's PLD accountant: the tight
+    oracle the PRV headline is checked against."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    def epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+        event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+        accountant = pld_privacy_accountant.PLDAccountant()
+        accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
         return accountant.get_epsilon(delta)
 
     return epsilon

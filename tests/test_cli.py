@@ -1,13 +1,18 @@
 """Bad input: one clear line on stderr, exit code 2, no traceback and no result file."""
 
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from dpbench.cli import main
+from dpbench.files import LIMIT_ENV
 from dpbench.methods.base import METHODS
+from dpbench.methods.nonprivate import NonPrivate
+from dpbench.training_loop import TrainingLoop
 
 
 @dataclass
@@ -63,6 +68,15 @@ def assert_one_line_error(proc, fragment):
         (["--method", "dualpriv", "--option", "update_keep=abc"], "update_keep must be a number in (0, 1], got 'abc'"),
         (["--attacks", "loss,lirra"], "unknown attack"),
         (["--data-dir", "/nonexistent/sqa"], "does not exist"),
+        # numbers the libraries cannot take: torch seeds below 2**64, numpy's at least 0
+        (["--seed", "18446744073709551616"], "training.seed must lie in 0 .. 2**63 - 1"),
+        (["--seed", "-1"], "training.seed must lie in 0 .. 2**63 - 1"),
+        (["--steps", "9223372036854775808"], "training.steps must be below 2**31"),
+        (["--lr", "inf"], "training.lr must be a finite number"),
+        (["--option", "secure_rng=.nan"], "NaN is not a number JSON can hold"),
+        (["--option", "clipping=" + "[" * 5000], "cannot read the value of 'clipping'"),
+        (["--config", "/dev/zero"], "/dev/zero is not a regular file"),
+        (["--config", "/dev/urandom"], "/dev/urandom is not a regular file"),
     ],
 )
 def test_bad_run_input(tmp_path, args, fragment, dpbench):
@@ -127,3 +141,89 @@ def test_list_shows_registered_names(tmp_path, dpbench):
     for name in ("nonprivate", "dpsgd"):  # each method's own default learning rate
         assert f"lr {METHODS.get(name).default_lr:g} " in lines[name]
     assert "lr: option" in lines["dpzo"]
+
+
+# -- files that are not ordinary files, or pathological ------------------------------------------
+def test_specs_that_are_not_regular_files_are_one_line(tmp_path, dpbench):
+    os.mkfifo(tmp_path / "fifo.yaml")  # read, it would wait for a writer for ever
+    assert_one_line_error(dpbench("run", "--config", "fifo.yaml", cwd=tmp_path), "fifo.yaml is not a regular file")
+    assert_one_line_error(dpbench("sweep", "fifo.yaml", cwd=tmp_path), "fifo.yaml is not a regular file")
+    assert_one_line_error(dpbench("sweep", "/dev/zero", cwd=tmp_path), "/dev/zero is not a regular file")
+    proc = dpbench("validate", ".", cwd=tmp_path)  # a folder (run and sweep: click refuses it)
+    assert proc.returncode == 1 and proc.stderr.strip() == ". is not a regular file"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_spec_over_the_size_cap_names_the_variable(tmp_path, dpbench, monkeypatch):
+    (tmp_path / "spec.yaml").write_text("method: dpsgd\n" + "#" * 200)
+    monkeypatch.setenv(LIMIT_ENV, "100")
+    assert_one_line_error(dpbench("run", "--config", "spec.yaml", cwd=tmp_path), LIMIT_ENV)
+
+
+def test_deeply_nested_or_nan_results_are_one_line_in_validate(tmp_path, dpbench):
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "deep.yaml").write_text("[" * 100_000 + "]" * 100_000)
+    result = json.loads(next((Path(__file__).parent / "fixtures" / "results").glob("*.json")).read_text())
+    result["utility"]["metrics"]["accuracy"] = math.nan
+    (tmp_path / "nan.json").write_text(json.dumps(result))  # Python writes the NaN literal JSON has not
+    for name, fragment in (
+        ("deep.json", "deep.json: $: nested deeper than 64 levels"),
+        ("nan.json", "nan.json: $.utility.metrics.accuracy: NaN is not a number JSON can hold"),
+    ):
+        proc = dpbench("validate", name, cwd=tmp_path)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and fragment in proc.stderr
+    assert_one_line_error(dpbench("run", "--config", "deep.yaml", cwd=tmp_path), "nested deeper than 64 levels")
+
+
+def test_the_leaderboard_refuses_a_nan_result_and_renders_nothing(tmp_path, dpbench):
+    fixture = next((Path(__file__).parent / "fixtures" / "results").glob("*.json"))
+    result = json.loads(fixture.read_text())
+    result["utility"]["metrics"]["accuracy"] = math.nan
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / fixture.name).write_text(json.dumps(result))
+    proc = dpbench("leaderboard", "--results", "results", "--out", "board", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    problems = [line.strip() for line in proc.stderr.splitlines()[1:]]
+    assert problems == [f"results/{fixture.name}: $.utility.metrics.accuracy: NaN is not a number JSON can hold: "
+                        "dpbench refuses NaN and ±Infinity"]  # fmt: skip
+    assert not (tmp_path / "board").exists()
+
+
+# -- runs folders that cannot be made or written -------------------------------------------------
+def test_a_runs_folder_under_a_file_is_one_line_before_anything_slow(tmp_path, dpbench):
+    (tmp_path / "afile").write_text("")
+    proc = dpbench("run", "--runs-dir", "afile/runs", cwd=tmp_path)
+    assert_one_line_error(proc, "cannot create the runs folder afile/runs: afile exists and is not a folder")
+    assert "Notice" not in proc.stdout  # refused before the data loaded
+    sweep = Path(__file__).parents[1] / "sweeps" / "default.yaml"
+    assert_one_line_error(dpbench("sweep", str(sweep), "--runs-dir", "afile/runs", cwd=tmp_path), "afile exists")
+
+
+def test_a_read_only_runs_folder_is_one_line(tmp_path, dpbench, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: what an unprivileged user would be told
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == Path("locked") else real(p, mode))
+    proc = dpbench("run", "--runs-dir", "locked/runs", cwd=tmp_path)
+    assert_one_line_error(proc, "cannot create the runs folder locked/runs: locked is not writable")
+    assert not (locked / "runs").exists()
+
+
+# -- a run that diverges -------------------------------------------------------------------------
+def test_a_diverged_run_stops_with_a_failure_record_naming_the_step(tmp_path, dpbench, monkeypatch):
+    def diverging(self, model, data, spec, delta):  # what a run whose loss turns NaN at step 3 does
+        loop = TrainingLoop(spec.training.seed)
+        with loop.running("training (non-private)", spec.training.steps):
+            for loss in (2.0, 1.5, math.nan, 1.0):
+                loop.end_step(loss)
+
+    monkeypatch.setattr(NonPrivate, "train", diverging)
+    proc = dpbench("run", "--method", "nonprivate", "--no-audit", "--runs-dir", "runs", cwd=tmp_path)
+    assert_one_line_error(proc, "training diverged at step 3 of training (non-private): the loss is nan")
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert not (folder / "result.json").exists()
+    failure = json.loads((folder / "failure.json").read_text())
+    assert failure["phase"] == "train" and "step 3" in failure["message"]

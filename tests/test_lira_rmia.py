@@ -163,3 +163,16 @@ def test_offline_a_is_recovered_from_in_and_out_data():
     assert estimate_offline_a(p_out, included) == pytest.approx(1.0, abs=0.1)  # no memorisation: a ≈ 1
     with pytest.raises(ValueError):
         estimate_offline_a(p, np.ones_like(included))
+
+
+@pytest.mark.parametrize("target", ["dpsgd", "dualpriv", "dpzo", "nonprivate"])
+def test_reference_models_have_one_recipe_whatever_the_target(target):
+    """LiRA's and RMIA's references: non-private at the non-private learning rate for every target,
+    so the MIA columns of different methods are read against the same reference models."""
+    from dpbench.methods.nonprivate import NonPrivate
+    from dpbench.phases import reference_spec
+    from dpbench.spec import RunSpec
+
+    ref = reference_spec(RunSpec(method=target), seed=7, steps=30)
+    assert ref.method == "nonprivate" and ref.training.lr == NonPrivate.default_lr
+    assert ref.audit.gradient_canaries == 0 and ref.training.seed == 7 and ref.training.steps == 30

@@ -1,8 +1,7 @@
 """Every folder that is a package is listed in pyproject's explicit `packages`, mapped right."""
 
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,6 +16,31 @@ def test_rdp_epsilon_matches_dp_accounting_within_one_percent(sigma, q, steps, d
     assert ours == pytest.approx(dp_accounting_epsilon(sigma, q, steps, delta), rel=0.01)
 
 
+@pytest.mark.parametrize(
+    "sigma, q, steps", [(0.709, 1 / 23, 150), (0.6656, 1 / 23, 150), (2.0, 0.05, 300), (1.0, 0.01, 1000)]
+)
+def test_prv_epsilon_matches_dp_accountings_pld_within_one_percent(sigma, q, steps, dp_accounting_pld_epsilon):
+    delta = 6.94e-5
+    ours = spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=q, steps=steps, accountant="prv")
+    assert ours == pytest.approx(dp_accounting_pld_epsilon(sigma, q, steps, delta), rel=0.01)
+
+
+def test_the_default_run_is_calibrated_and_accounted_tightly(isolated_cache, dp_accounting_pld_epsilon):
+    """The spec's default accountant is PRV: at the default run's rate and steps, ε = 8 needs less
+    noise than RDP asks for, and what it spends is dp-accounting's PLD figure within 1 %."""
+    from dpbench.spec import RunSpec
+
+    assert RunSpec().privacy.accountant == "prv"
+    kw = dict(delta=6.944e-5, sample_rate=1 / 23, steps=150)
+    tight = calibrate_noise(target_epsilon=8.0, accountant="prv", **kw)
+    loose = calibrate_noise(target_epsilon=8.0, accountant="rdp", **kw)
+    assert tight < 0.95 * loose
+    eps = spent_epsilon(noise_multiplier=tight, accountant="prv", **kw)
+    assert eps <= 8.0 and eps == pytest.approx(
+        dp_accounting_pld_epsilon(tight, kw["sample_rate"], 150, kw["delta"]), rel=0.01
+    )
+
+
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 @pytest.mark.parametrize("target", [1.0, 8.0])
 def test_calibrated_sigma_spends_at_most_the_target(accountant, target):

@@ -18,11 +18,11 @@ spec should not pay for them.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
+from dpbench.checks import COUNT_LIMIT, finite
 from dpbench.errors import DpbenchError
 
 if TYPE_CHECKING:
@@ -59,9 +59,9 @@ class LoraSpec:
         bad = [t for t in targets if not _TARGET.fullmatch(t)]
         if bad:
             raise DpbenchError(f"lora target {bad[0]!r} is not a module name (letters, digits, _ and dots)")
-        if not (isinstance(self.r, int) and not isinstance(self.r, bool) and self.r >= 1):
-            raise DpbenchError(f"lora r must be an integer >= 1, got {self.r!r}")
-        if not (_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
+        if not (isinstance(self.r, int) and not isinstance(self.r, bool) and 1 <= self.r < COUNT_LIMIT):
+            raise DpbenchError(f"lora r must be an integer >= 1 (below 2**31), got {self.r!r}")
+        if not (_number(self.alpha) and finite(self.alpha) and self.alpha > 0):
             raise DpbenchError(f"lora alpha must be a positive number, got {self.alpha!r}")
         if not (_number(self.dropout) and 0 <= self.dropout < 1):
             raise DpbenchError(f"lora dropout must lie in [0, 1), got {self.dropout!r}")

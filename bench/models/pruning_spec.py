@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dpbench.checks import check_fraction
+from dpbench.checks import COUNT_LIMIT, check_fraction, check_seed
 from dpbench.errors import DpbenchError
 from dpbench.options import parse_pairs
 from dpbench.registry import Registry
@@ -39,10 +39,11 @@ class TokenPruning:
             STRATEGIES.get(self.strategy)  # unknown name: an error listing close matches
         object.__setattr__(self, "keep_ratio", check_fraction("keep_ratio", self.keep_ratio))
         count = self.keep_count
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-            raise DpbenchError(f"keep_count must be a positive integer, got {self.keep_count!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise DpbenchError(f"token_pruning seed must be an integer, got {self.seed!r}")
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or not 1 <= count < COUNT_LIMIT
+        ):
+            raise DpbenchError(f"keep_count must be a positive integer below 2**31, got {self.keep_count!r}")
+        check_seed("token_pruning seed", self.seed)
         if not self.enabled and (self.keep_ratio != DEFAULT_KEEP_RATIO or self.keep_count is not None):
             # one spelling of "off", so two specs that run the same have one run id
             raise DpbenchError(

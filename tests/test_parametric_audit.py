@@ -1,0 +1,103 @@
+"""The white-box audit's statistics on simulated releases of a known mechanism: the composed
+trade-off curve, the f-DP one-run bound against it, and the per-step parametric audit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from dpbench.attacks.fdp import fdp_composed_bound, rejects_composed
+from dpbench.attacks.gradient_canaries import fit_mixture, likelihood_ratio_scores
+from dpbench.attacks.parametric_audit import parametric_section
+from dpbench.attacks.tradeoff import blow_up_curve
+from dpbench.privacy import spent_epsilon
+
+RATE, STEPS, DELTA = 0.05, 60, 1e-5
+
+
+def releases(m, sigma, *, rate=RATE, steps=STEPS, noise=1.0, clip=1.0, keep=1.0, seed=0):
+    """steps × m canary releases of the subsampled Gaussian (units of C), optionally pruned to the
+    top `keep` by magnitude per step; the per-entry pruning threshold beside them."""
+    rng = np.random.default_rng(seed)
+    included = rng.random(m) < 0.5
+    y = np.zeros((steps, m), np.float32)
+    tau = np.zeros((steps, m), np.float32)
+    for t in range(steps):
+        row = clip * (included & (rng.random(m) < rate)) + noise * sigma * rng.standard_normal(m)
+        if keep < 1:
+            thr = np.sort(np.abs(row))[-int(keep * m)]
+            row, tau[t] = np.where(np.abs(row) >= thr, row, 0.0), thr
+        y[t] = row
+    return y, tau, included
+
+
+def test_one_gaussian_release_has_the_gaussian_trade_off_curve():
+    """T = 1, q = 1: the curve is the Gaussian mechanism's, TPR = Φ(Φ⁻¹(FPR) + 1/σ)."""
+    sigma = 1.5
+    fpr, tpr = blow_up_curve(sigma, 1.0, 1, DELTA)
+    inside = (fpr > 1e-4) & (fpr < 1 - 1e-4)
+    exact = stats.norm.cdf(stats.norm.ppf(fpr[inside]) + 1 / sigma)
+    assert np.max(np.abs(tpr[inside] - exact)) < 0.01
+
+
+def guesses(y, included, k):
+    top = np.argsort(-likelihood_ratio_scores(y))[:k]
+    return int(included[top].sum())
+
+
+def test_the_composed_f_dp_bound_is_sound_and_sees_less_noise():
+    sigma, m, k = 1.0, 5000, 100
+    claimed = spent_epsilon(noise_multiplier=sigma, delta=DELTA, sample_rate=RATE, steps=STEPS, accountant="prv")
+    y, _, included = releases(m, sigma)
+    correct = guesses(y, included, k)
+    _, eps = fdp_composed_bound(RATE, STEPS, DELTA, m, k, correct)
+    assert 0 < eps <= claimed and not rejects_composed(sigma, RATE, STEPS, DELTA, m, k, correct)
+    y, _, included = releases(m, sigma, noise=0.5)  # the run adds half the noise it claims
+    correct = guesses(y, included, k)
+    assert rejects_composed(sigma, RATE, STEPS, DELTA, m, k, correct)
+    assert fdp_composed_bound(RATE, STEPS, DELTA, m, k, correct)[1] > claimed
+
+
+def test_the_scores_fit_the_noise_scale_without_reading_inclusion():
+    y, _, _ = releases(4000, 0.8, noise=0.5)
+    s, d, w = fit_mixture(y)
+    assert (
+        s == pytest.approx(0.4, rel=0.05) and d == pytest.approx(1.0, rel=0.1) and w == pytest.approx(RATE / 2, rel=0.2)
+    )
+
+
+def audit(y, tau, included, sigma, accounted_steps=STEPS):
+    eps = spent_epsilon(noise_multiplier=sigma, delta=DELTA, sample_rate=RATE, steps=accounted_steps, accountant="prv")
+    claimed = {"noise_std": sigma, "clip_norm": 1.0, "sample_rate": RATE, "steps": accounted_steps}
+    return eps, parametric_section(
+        y, tau, included, delta=DELTA, claimed=claimed, accounted_epsilon=eps, confidence=0.95
+    )
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.6])
+def test_the_parametric_audit_brackets_a_correct_mechanism(keep):
+    sigma = 1.0
+    y, tau, included = releases(20000, sigma, keep=keep)
+    eps, p = audit(y, tau, included, sigma)
+    assert not p["violation"] and p["off"] == []
+    assert 0.85 * eps <= p["epsilon_lower_bound"] <= eps <= p["epsilon_upper"]
+
+
+@pytest.mark.parametrize(
+    "fault, off",
+    [
+        ({"noise": 0.5}, "noise scale"),
+        ({"clip": 2.0}, "clipped norm"),
+        ({"rate": 2 * RATE}, "sampling rate"),
+        ({"accounted_steps": STEPS // 2}, "steps accounted"),
+    ],
+)
+def test_the_parametric_audit_flags_a_fault_and_names_it(fault, off):
+    sigma = 1.0
+    kw = {k: v for k, v in fault.items() if k != "accounted_steps"}
+    y, tau, included = releases(20000, sigma, **kw)
+    eps, p = audit(y, tau, included, sigma, fault.get("accounted_steps", STEPS))
+    assert p["violation"] and off in p["off"]
+    if off != "steps accounted":  # that one is flagged by counting releases, not by the estimate
+        assert p["epsilon_lower_bound"] > eps
