@@ -114,13 +114,22 @@ def estimate(y: np.ndarray, tau: np.ndarray, included: np.ndarray, confidence: f
     }
 
 
+UNBOUNDED = math.inf  # too little noise for the accountant: ε in the tens or more
+
+
 def _epsilon(sigma: float, rate: float, steps: int, delta: float) -> float | None:
-    """The tight accountant's ε, None when the noise is too small for it to compute (unbounded)."""
+    """The tight accountant's ε; UNBOUNDED below σ 0.2 (where the PRV grid outgrows memory), None
+    where Opacus' PRV cannot discretise the mechanism (unknown: never a flag)."""
     from dpbench.privacy import spent_epsilon
 
-    if sigma <= 0.2 or rate <= 0:  # below 0.2 the PRV grid outgrows memory: ε is in the tens
-        return None if rate > 0 else 0.0
-    return spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=steps, accountant="prv")
+    if rate <= 0:
+        return 0.0
+    if sigma <= 0.2:
+        return UNBOUNDED
+    try:
+        return spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=steps, accountant="prv")
+    except (OverflowError, RuntimeError, ValueError, MemoryError):
+        return None
 
 
 def _most_private(est: dict, s_high: float, steps: int, delta: float, confidence: float) -> float | None:
@@ -175,9 +184,12 @@ def parametric_section(
     if claimed.get("steps") is not None and steps > claimed["steps"]:
         off.append("steps accounted")
     # more releases than the accountant counted is a fact, not an estimate: the claim cannot hold
-    flagged = accounted_epsilon is not None and (low is None or low > accounted_epsilon or "steps accounted" in off)
+    flagged = accounted_epsilon is not None and (
+        (low is not None and low > accounted_epsilon) or "steps accounted" in off
+    )
     if not flagged:
         off = []  # at high noise Δ and q trade off against each other: name parameters only for a flagged run
+    finite = lambda e: None if e is None or math.isinf(e) else e  # JSON holds no infinity: null, see the note
     return {
         "assumes": ASSUMPTION,
         "steps_observed": steps,
@@ -185,10 +197,13 @@ def parametric_section(
         "clip_norm": list(d),
         "sample_rate": list(q),
         "claimed": claimed,
-        "epsilon": point,
-        "epsilon_lower_bound": low,
-        "epsilon_upper": high,
+        "epsilon": finite(point),
+        "epsilon_lower_bound": finite(low),
+        "epsilon_upper": finite(high),
         "confidence": confidence,
         "violation": bool(flagged),
         "off": off,
+        "note": "null ε: " + ("unbounded (σ below 0.2)" if low is not None and math.isinf(low) else "not computable")
+        if finite(low) is None
+        else "",
     }

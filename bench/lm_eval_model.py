@@ -59,7 +59,7 @@ def load_run(run_dir: str | Path, device: str) -> VisionLanguageModel:
     if not folder.path.is_dir():
         raise DpbenchError(f"run folder {folder.path} does not exist")
     folder.require_checkpoint()  # before reading anything else
-    spec = RunSpec.from_dict(read_json(folder.spec, fix="rerun the run"))
+    spec = RunSpec.from_record(read_json(folder.spec, fix="rerun the run"))
     method = phases.make_method(spec)  # bad options fail before the slow load
     info = ModelInfo(spec.model, "local", str(folder.checkpoint.resolve()), "llava")
     return phases.load_checkpoint(spec, method, folder, info)

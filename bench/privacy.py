@@ -111,11 +111,22 @@ def accountant_options(accountant: str) -> dict:
     return {"alphas": list(RDP_ORDERS)} if accountant == "rdp" else {}
 
 
+# Opacus' PRV fails to discretise some extreme mechanisms (a small σ at a large rate over few steps)
+PRV_FAILURES = (OverflowError, RuntimeError, ValueError, MemoryError)
+
+
 def accountant_epsilon(acc, delta: float) -> float:
     """ε of an Opacus accountant's history at δ (RDP over `RDP_ORDERS`), saying when even the
-    widest order was the best (ε is then looser than it could be)."""
+    widest order was the best (ε is then looser than it could be). Where PRV cannot discretise
+    the history, RDP's figure (an upper bound), with a note."""
     if acc.mechanism() != "rdp":
-        return float(acc.get_epsilon(delta=delta))
+        try:
+            return float(acc.get_epsilon(delta=delta))
+        except PRV_FAILURES as e:
+            note(f"the PRV accountant cannot account this run ({type(e).__name__}): ε is RDP's upper bound")
+            rdp = create_accountant("rdp")
+            rdp.history = list(acc.history)
+            return accountant_epsilon(rdp, delta)
     epsilon, best = acc.get_privacy_spent(delta=delta, alphas=list(RDP_ORDERS))
     if best == RDP_ORDERS[-1]:
         note(f"RDP's best order is the grid's largest ({best}): ε = {epsilon:.4g} is looser than needed")
@@ -176,6 +187,12 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
         )
     except ValueError as e:
         raise DpbenchError(f"cannot reach ε = {target_epsilon} at δ = {delta:.2g}: {e}") from None
+    except (OverflowError, RuntimeError, MemoryError):  # PRV_FAILURES but ValueError, handled above
+        # PRV cannot discretise this mechanism: calibrate by RDP, which over-states ε (σ errs high)
+        note(f"the PRV accountant cannot calibrate σ for ε = {target_epsilon} here: σ is RDP's (more noise)")
+        return calibrate_noise(
+            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps, accountant="rdp"
+        )
     write_json_atomic(path, {**(known if isinstance(known, dict) else {}), key: sigma})
     return sigma
 

@@ -88,7 +88,7 @@ class RunFolder:
         if spec is None:
             return True
         try:  # read back as a spec, so a field added since (at its default) compares equal
-            recorded = type(spec).from_dict(result["spec"]).to_dict()
+            recorded = type(spec).from_record(result["spec"]).to_dict()
         except DpbenchError:
             return False
         # through JSON, so tuples and lists (attacks) compare as the file stores them

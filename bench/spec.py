@@ -35,10 +35,13 @@ CANARY_PLACEMENTS = ("audit-block", "model")
 EVAL_SPLITS = ("test", "validation")
 PRECISIONS = ("fp32", "bf16")
 TRAINABLE_GROUPS = ("vision_tower", "projector", "language_model")  # every architecture's parameter groups
-# fields added after results were committed, with their defaults: a spec at the default leaves
-# the field out of its hash, so older specs keep their hash (and their run ids); token_pruning
-# likewise at its method's default
+# fields whose default changed after results were recorded: a record without the field means this
+RECORD_DEFAULTS = {"audit.gradient_canaries": 0}
+# fields added after results were committed, with the value those results had (their default
+# then): a spec holding it leaves the field out of its hash, so older specs keep their hash (and
+# their run ids); token_pruning likewise at its method's default
 HASH_OMITTED_AT_DEFAULT = {
+    "audit.gradient_canaries": 0,
     "lora": None,
     "eval_split": "test",
     "audit.canary_kind": "memorable",
@@ -148,6 +151,21 @@ class RunSpec:
             d.get("token_pruning"), default_token_pruning(d.get("method", cls.method))
         )
         return cls(privacy=privacy, training=training, audit=audit, **d).validated()
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> RunSpec:
+        """A spec as a result or a run folder recorded it: a field added since means there what it
+        meant when the record was written (RECORD_DEFAULTS), not today's default."""
+        d = json.loads(json.dumps(d)) if isinstance(d, dict) else d
+        if isinstance(d, dict):
+            for name, then in RECORD_DEFAULTS.items():
+                *parents, leaf = name.split(".")
+                node = d
+                for part in parents:
+                    node = node.setdefault(part, {}) if isinstance(node, dict) else None
+                if isinstance(node, dict):
+                    node.setdefault(leaf, then)
+        return cls.from_dict(d)
 
     def replace(self, **changes: Any) -> RunSpec:
         """A copy with top-level or dotted (`privacy.epsilon`) fields changed."""

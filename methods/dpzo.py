@@ -326,9 +326,15 @@ class DPZO(Method):
             if self.opts["secure_rng"]
             else "noise and sampling from torch generators seeded by the spec's seed: reproducible, not for deployment",
         )
+        rdp = None
+        if p.accountant != "rdp":  # the looser figure beside the headline, as for DP-SGD
+            rdp = spent_epsilon(
+                noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=t.steps * k, accountant="rdp"
+            )
         return PrivacyReport.released(
             spec,
             epsilon=epsilon,
+            epsilon_rdp=rdp,
             delta=delta,
             noise_multiplier=sigma,
             sample_rate=rate,

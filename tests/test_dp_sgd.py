@@ -99,7 +99,7 @@ def test_noise_added_by_training_has_std_sigma_times_c(tiny_model, digit_example
         spec,
         1e-3,
         label="test",
-        post_noise_hook=lambda ps: seen.append(torch.cat([p.grad.flatten() for p in ps])),
+        post_noise_hook=lambda ps, audit: seen.append(torch.cat([p.grad.flatten() for p in ps])),
     )
     assert len(seen) == 2 and report.privacy.epsilon <= 4.0
     sigma = report.privacy.noise_multiplier
@@ -112,7 +112,7 @@ def test_noise_added_by_training_has_std_sigma_times_c(tiny_model, digit_example
 
 
 def test_the_recorded_sample_rate_is_the_one_opacus_sampled_and_accounted_at(
-    tiny_model, digit_examples, dp_accounting_epsilon
+    tiny_model, digit_examples, dp_accounting_epsilon, dp_accounting_pld_epsilon
 ):
     """B = 5 does not divide n = 12: Opacus' Poisson loader samples at 1/⌈12/5⌉ = 1/3, not 5/12,
     and accounts at 1/3; the result must record 1/3, or ε cannot be checked from the record."""
@@ -128,6 +128,12 @@ def test_the_recorded_sample_rate_is_the_one_opacus_sampled_and_accounted_at(
     tiny_model.set_trainable(["projector", "language_model"])
     p = train_dp_sgd(tiny_model, digit_examples, spec, 1e-3, label="test").privacy
     assert len(digit_examples) == 12 and p.sample_rate == pytest.approx(1 / 3)
-    assert p.epsilon == pytest.approx(dp_accounting_epsilon(p.noise_multiplier, p.sample_rate, p.steps, 1e-3), rel=0.01)
+    assert p.accountant == "prv"  # the default: tight, checked against dp-accounting's PLD; RDP's beside it
+    assert p.epsilon == pytest.approx(
+        dp_accounting_pld_epsilon(p.noise_multiplier, p.sample_rate, p.steps, 1e-3), rel=0.01
+    )
+    assert p.epsilon_rdp == pytest.approx(
+        dp_accounting_epsilon(p.noise_multiplier, p.sample_rate, p.steps, 1e-3), rel=0.01
+    )
     assert p.epsilon <= 4.0
     assert p.epsilon == pytest.approx(4.0, rel=0.02)  # σ calibrated at the rate sampled: the target is met

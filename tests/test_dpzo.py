@@ -303,11 +303,11 @@ def test_k_directions_are_k_releases_each_on_its_own_poisson_sample(fast_calibra
     report = DPZO(directions=k).train(model, examples(n), s, 1e-3)
     p = report.privacy
     assert fast_calibration == [
-        dict(target_epsilon=8.0, delta=1e-3, sample_rate=0.5, steps=steps * k, accountant="rdp")
+        dict(target_epsilon=8.0, delta=1e-3, sample_rate=0.5, steps=steps * k, accountant="prv")
     ]
     assert p.releases_per_step == k and p.steps == steps and p.sample_rate == 0.5 and p.noise_multiplier == 1.5
     assert p.epsilon == spent_epsilon(
-        noise_multiplier=1.5, delta=1e-3, sample_rate=0.5, steps=steps * k, accountant="rdp"
+        noise_multiplier=1.5, delta=1e-3, sample_rate=0.5, steps=steps * k, accountant="prv"
     )
     assert report.epochs == pytest.approx(steps * k * 0.5)
     batches = model.seen_idx[::2]  # the + pass of each release (one physical batch each)
@@ -321,7 +321,7 @@ def test_calibrated_noise_for_k_directions_spends_the_target():
     s = spec(**{"training.steps": 5, "training.batch_size": 10, "training.physical_batch_size": 32})
     p = DPZO(directions=2).train(quadratic(n=20), examples(20), s, 1e-3).privacy
     assert p.epsilon <= 8.0 and p.epsilon == pytest.approx(8.0, rel=0.02)
-    alone = spent_epsilon(noise_multiplier=p.noise_multiplier, delta=1e-3, sample_rate=0.5, steps=5, accountant="rdp")
+    alone = spent_epsilon(noise_multiplier=p.noise_multiplier, delta=1e-3, sample_rate=0.5, steps=5, accountant="prv")
     assert alone < 0.9 * p.epsilon  # σ was calibrated for 2·5 releases, not for 5
 
 

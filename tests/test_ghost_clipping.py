@@ -40,7 +40,7 @@ def dp_gradient(model, examples, spec, clipping):
             1e-3,
             label="test",
             clipping=clipping,
-            post_noise_hook=lambda ps: seen.append([p.grad.detach().clone() for p in ps]),
+            post_noise_hook=lambda ps, audit: seen.append([p.grad.detach().clone() for p in ps]),
         )
     finally:
         model.model.load_state_dict(state)
@@ -101,7 +101,7 @@ def test_empty_poisson_draws_still_step(tiny_model, digit_examples, monkeypatch,
     encode = tiny_model.encode
     monkeypatch.setattr(tiny_model, "encode", lambda ex, *a: encoded.append(len(ex)) or encode(ex, *a))
 
-    def hook(params):
+    def hook(params, audit):
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
         per_step.append(sum(encoded))
         encoded.clear()

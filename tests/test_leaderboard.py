@@ -163,7 +163,7 @@ def test_seeds_aggregate_to_mean_and_sample_std():
     assert f"| 0.700 ± 0.200 | {zero} | 3.00 ± 0.10 |" in readme
     baseline_row = next(line for line in readme.splitlines() if line.startswith("| nonprivate"))
     assert (
-        f"| non-private | 0.950 | {zero} | — | — | — | — | — | — | — | — | — | — | 512.0 |" in baseline_row
+        f"| non-private | 0.950 | {zero} | — | — | — | — | — | — | — | — | — | — | — | 512.0 |" in baseline_row
     )  # no accounting, no audit
 
 

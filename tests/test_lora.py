@@ -233,7 +233,7 @@ def test_dp_gradient_of_the_adapters_is_the_clipped_mean_in_both_clipping_modes(
         1e-3,
         label="test",
         clipping=clipping,
-        post_noise_hook=lambda ps: seen.append([p.grad.detach().clone() for p in ps]),
+        post_noise_hook=lambda ps, audit: seen.append([p.grad.detach().clone() for p in ps]),
     )
     (released,) = seen
     factors = (C / norms).clamp(max=1.0)
@@ -301,9 +301,9 @@ def test_spec_round_trip_and_hash_compatibility(committed_results):
     # a spec written before LoRA existed (no "lora" key) keeps its run id, as one recording null does
     for result in committed_results:
         assert result["spec"]["lora"] is None
-        assert RunSpec.from_dict(result["spec"]).run_id() == result["run_id"]
+        assert RunSpec.from_record(result["spec"]).run_id() == result["run_id"]
         older = {k: v for k, v in result["spec"].items() if k != "lora"}
-        assert RunSpec.from_dict(older).run_id() == result["run_id"]
+        assert RunSpec.from_record(older).run_id() == result["run_id"]
 
 
 # -- `dpbench run --lora` end to end ------------------------------------------------------------
@@ -353,7 +353,7 @@ def test_run_with_lora_records_it_and_saves_a_merged_plain_checkpoint(tiny_model
     result = json.loads((run_dir / "result.json").read_text())
     assert validation_errors(result) == []
     assert result["spec"]["lora"] == LORA.to_dict() == json.loads((run_dir / "spec.json").read_text())["lora"]
-    assert RunSpec.from_dict(result["spec"]).run_id() == result["run_id"] == run_dir.name
+    assert RunSpec.from_record(result["spec"]).run_id() == result["run_id"] == run_dir.name
     expected = adapted(tiny_model)  # the same adapters on the same model: the counts the run must report
     assert [result["model"]["parameters_total"], result["model"]["parameters_trainable"]] == list(
         expected.parameter_counts()

@@ -82,8 +82,10 @@ def test_default_sweep_file():
     assert {s.method for s in specs} == {"nonprivate"} | private
     assert {s.privacy.epsilon for s in specs if s.method != "nonprivate"} == {1.0, 8.0}
     assert {s.training.seed for s in specs} == {0, 1, 2}
-    assert {(s.audit.gradient_canaries, s.audit.canaries, s.audit.canary_kind) for s in specs} == {
-        (1000, 200, "memorable")
+    # the white-box audit at each method's default: on the audit block for the gradient methods, none for dpzo
+    assert {(s.method == "dpzo", s.audit.gradient_canaries, s.audit.canaries, s.audit.canary_kind) for s in specs} == {
+        (False, 50000, 200, "memorable"),
+        (True, 0, 200, "memorable"),
     }
 
 
@@ -93,7 +95,11 @@ def test_utility_sweep_file():
     assert {s.method for s in specs} == {"nonprivate", "dpsgd", "dpzo", "dualpriv"}
     assert {s.privacy.epsilon for s in specs if s.method != "nonprivate"} == {1.0, 3.0, 8.0}
     assert {(s.task, s.model, s.training.seed in (0, 1)) for s in specs} == {("scienceqa", "tiny-llava", True)}
-    assert {(s.audit.gradient_canaries, s.audit.canaries) for s in specs} == {(0, 0)}
+    # no black-box canaries; the white-box ones sit on the audit block, so training is as without them
+    assert {(s.method == "dpzo", s.audit.gradient_canaries, s.audit.canaries) for s in specs} == {
+        (False, 50000, 0),
+        (True, 0, 0),
+    }
 
 
 @pytest.mark.parametrize(

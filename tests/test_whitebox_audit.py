@@ -16,10 +16,11 @@ import torch
 from dpbench.attacks import gradient_canaries
 from dpbench.attacks.canary import one_run_epsilon_lower_bound
 from dpbench.attacks.fdp import fdp_epsilon_lower_bound, gaussian_sigma
-from dpbench.methods.dpsgd import train_dp_sgd
+from dpbench.methods.dpsgd import AUDIT_CANARIES, train_dp_sgd
 from dpbench.methods.dpzo import DPZO
 from dpbench.methods.faults import FAULTS, broken_mechanism
 from dpbench.methods.nonprivate import NonPrivate
+from dpbench.registries import METHODS
 from dpbench.spec import RunSpec
 
 COUNTS = [
@@ -252,3 +253,12 @@ def test_guess_pairs_keep_each_count_and_follow_the_split():
         assert all(abs(a - fraction * (a + b)) <= 0.5 for a, b in pairs)
     with pytest.raises(ValueError):
         guess_pairs(10, 1.5)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_gradient_method_audits_its_own_mechanism_by_default(name):
+    """A plain run of any method that steps on gradients carries the white-box audit on the audit
+    block; dpzo releases one scalar a step, so there its canaries are opt-in (they change training)."""
+    expected = 0 if issubclass(METHODS.get(name), DPZO) else AUDIT_CANARIES
+    s = RunSpec(method=name)
+    assert s.audit.gradient_canaries == expected and s.audit.canary_placement == "audit-block"
