@@ -65,8 +65,13 @@ def _lower_bounds(result: Mapping[str, Any]) -> dict[str, float]:
     if isinstance(canary, Mapping) and isinstance(canary.get("epsilon_lower_bound"), (int, float)):
         out["one-run canary audit"] = canary["epsilon_lower_bound"]
     whitebox = _audit(result).get("whitebox")
-    if isinstance(whitebox, Mapping) and isinstance(whitebox.get("epsilon_lower_bound"), (int, float)):
-        out["white-box gradient-canary audit"] = whitebox["epsilon_lower_bound"]
+    if isinstance(whitebox, Mapping):
+        one_run = whitebox.get("epsilon_one_run", whitebox.get("epsilon_lower_bound"))
+        if isinstance(one_run, (int, float)):
+            out["white-box one-run audit"] = one_run
+        parametric = whitebox.get("parametric")
+        if isinstance(parametric, Mapping) and isinstance(parametric.get("epsilon_lower_bound"), (int, float)):
+            out["white-box per-step audit (assumes subsampled Gaussian steps)"] = parametric["epsilon_lower_bound"]
     return out
 
 
@@ -279,13 +284,16 @@ _CANARY_LABELS = {
 
 
 _WHITEBOX_LABELS = {
-    "violation": "VIOLATION (Steinke ε̂ above the accounted ε)",
-    "epsilon_lower_bound": "ε̂, Steinke et al. 2023 (assumes only the (ε, δ) claim)",
+    "violation": "VIOLATION (an audit shows the run less private than accounted; flags say which)",
+    "flags": "Per audit: less private than accounted?",
+    "epsilon_one_run": "ε̂, the stronger one-run bound",
+    "epsilon_lower_bound": "ε̂, Steinke et al. 2023 (assumes only the (ε, δ) claim; on steinke_m canaries)",
     "ceiling": "its ceiling (every guess right)",
     "guesses": "Guesses made (Steinke)",
     "correct": "Correct guesses (Steinke)",
     "fraction_called_in": "Share of canaries the scores call included (how guesses split between in and out)",
-    "epsilon_lower_bound_fdp": "ε̂, f-DP analysis of Mahloujifar et al. 2024 (assumes a Gaussian trade-off at (ε, δ))",
+    "epsilon_lower_bound_fdp": "ε̂, f-DP analysis of Mahloujifar et al. 2024 (against fdp_null)",
+    "parametric": "Per-step parametric audit (assumes every step is a subsampled Gaussian)",
     "ceiling_fdp": "its ceiling",
     "accounted_epsilon": "Accounted ε",
     "m": "Gradient canaries (each in training with probability ½, then sampled per step at the run's rate)",
@@ -298,7 +306,7 @@ _WHITEBOX_LABELS = {
     "seed": "Seed",
     "note": "Note",
 }
-WHITEBOX_SECTION = "White-box one-run audit (gradient canaries)"
+WHITEBOX_SECTION = "White-box audit (gradient canaries)"
 
 
 def _section_rows(section: Any, labels: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -308,7 +316,10 @@ def _section_rows(section: Any, labels: Mapping[str, str]) -> list[tuple[str, st
     out = []
     for k in known:
         v = section[k]
-        text = _fmt(v, 3) if isinstance(v, float) else ("yes" if v is True else "no" if v is False else _esc(v))
+        if isinstance(v, Mapping):  # a nested section (the per-step audit, the flags): key = value pairs
+            text = "; ".join(f"{_esc(a)} = {_fmt(b, 3) if isinstance(b, float) else _esc(b)}" for a, b in v.items())
+        else:
+            text = _fmt(v, 3) if isinstance(v, float) else ("yes" if v is True else "no" if v is False else _esc(v))
         out.append((_esc(labels.get(k, k)), text))
     return out
 

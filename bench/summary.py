@@ -28,7 +28,7 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
             "privacy",
             f"ε = {p['epsilon']:.3f} (target {p['target_epsilon']}), δ = {p['delta']:.2e}, "
             f"σ = {p['noise_multiplier']:.3f}, q = {p['sample_rate']:.4f}, {p['steps']} steps, "
-            f"{p['accountant']}",
+            f"{p['accountant']}" + (f" (RDP: ε = {p['epsilon_rdp']:.3f})" if p.get("epsilon_rdp") is not None else ""),
         )
     else:
         table.add_row("privacy", "non-private (no guarantee)")
@@ -45,12 +45,22 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
         )
     if audit is not None and audit.whitebox:
         w = audit.whitebox
-        flag = "  VIOLATION: above the accounted ε" if w["violation"] else ""
+        flags = [k for k, v in (w.get("flags") or {}).items() if v]
+        flag = f"  VIOLATION ({', '.join(flags) or 'Steinke'}): less private than accounted" if w["violation"] else ""
         table.add_row(
             "white-box audit",
-            f"ε̂ {w['epsilon_lower_bound']:.3f} (ceiling {w['ceiling']:.2f}; f-DP {w['epsilon_lower_bound_fdp']:.3f}), "
-            f"{w['correct']}/{w['guesses']} right of {w['m']} gradient canaries{flag}",
+            f"one-run ε̂ {w.get('epsilon_one_run', w['epsilon_lower_bound']):.3f} (f-DP "
+            f"{w['epsilon_lower_bound_fdp']:.3f}, Steinke {w['epsilon_lower_bound']:.3f}), {w['m']} gradient "
+            f"canaries{flag}",
         )
+        p = w.get("parametric")
+        if p and p.get("epsilon_lower_bound") is not None:
+            table.add_row(
+                "per-step audit",
+                f"ε̂ ≥ {p['epsilon_lower_bound']:.3f} (estimate {p['epsilon']:.3f}; σ̂·C {p['noise_std'][0]:.3f}, "
+                f"Ĉ {p['clip_norm'][0]:.3f}, q̂ {p['sample_rate'][0]:.4f})"
+                + (f"; off: {', '.join(p['off'])}" if p["off"] else ""),
+            )
     for rec in s.peak_memory:
         table.add_row(
             f"peak memory ({rec['device']}" + (f", rank {rec['rank']})" if "rank" in rec else ")"),

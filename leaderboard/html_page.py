@@ -128,7 +128,7 @@ def image(plot: plots.Plot) -> str:
     )
 
 
-def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = ()) -> str:
+def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (), audits=()) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -164,6 +164,9 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
     if device_types:
         parts.append("<h2>Memory and throughput per device type</h2>")
         parts += [image(plots.systems_data(rows, d)) for d in device_types]
+    for a in audits:  # the audit's own benchmarks: the bug zoo, soundness, power
+        parts += [f"<h2>Audit: {escape(a.title)}</h2>", f'<p class="note">{escape(a.description)}</p>']
+        parts.append(plain_table(a.head, a.rows))
     parts += systems_section(list(benchmarks))
     parts.append("<h2>Columns</h2>\n<ul>")
     parts += [f"<li><b>{escape(c.header)}</b>: {escape(c.description)}</li>" for c in COLUMNS if c.description]

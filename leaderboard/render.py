@@ -14,6 +14,7 @@ from typing import Iterable
 from dpbench.errors import DpbenchError
 from dpbench.leaderboard import compute
 from dpbench.leaderboard.aggregate import Row, aggregate
+from dpbench.leaderboard.audit_benchmarks import AuditTable, collect_audit_tables
 from dpbench.leaderboard.benchmarks import Benchmark, collect_benchmarks, device_types
 from dpbench.leaderboard.collect import Collection, collect, display_path
 from dpbench.leaderboard.columns import ARROWS, COLUMNS, HIGHER, LOWER, Column, fmt_target
@@ -126,7 +127,23 @@ def render_systems_markdown(benchmarks: list[Benchmark]) -> list[str]:
     return out
 
 
-def render_markdown(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = ()) -> str:
+def render_audit_markdown(audits: list[AuditTable]) -> list[str]:
+    out = []
+    for a in audits:
+        out += [
+            f"## Audit: {escape_md(a.title)}",
+            "",
+            escape_md(a.description),
+            "",
+            *markdown_table(a.head, a.rows),
+            "",
+        ]
+    return out
+
+
+def render_markdown(
+    rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (), audits: list[AuditTable] = ()
+) -> str:
     out = [f"# {TITLE}", "", NOTE, "", f"{n_results} result file(s), {len(rows)} configuration(s).", ""]
     if not rows:
         out += ["No results yet: add result files to `leaderboard/results/`.", ""]
@@ -151,6 +168,7 @@ def render_markdown(rows: list[Row], n_results: int, benchmarks: list[Benchmark]
                 *markdown_table(*matched),
                 "",
             ]
+    out += render_audit_markdown(list(audits))
     out += render_systems_markdown(list(benchmarks))
     out += ["## Columns", ""]
     out += [f"- **{escape_md(c.header)}**: {escape_md(c.description)}" for c in COLUMNS if c.description]
@@ -162,14 +180,16 @@ def build(results_dirs: Iterable[str | Path], benchmark_dirs: Iterable[str | Pat
     """Validate every result and benchmark file, then render both pages in memory; raise
     InvalidResults listing every error if any file is invalid."""
     collection: Collection = collect(results_dirs)
+    benchmark_dirs = list(benchmark_dirs)
     benchmarks, bench_errors = collect_benchmarks(benchmark_dirs)
+    audits = collect_audit_tables(benchmark_dirs)
     if collection.errors or bench_errors:
         raise InvalidResults(collection.errors + bench_errors)
     from dpbench.leaderboard.html_page import render_html  # matplotlib loads only when rendering
 
     rows = aggregate(r.data for r in collection.results)
     n = len(collection.results)
-    files = {README: render_markdown(rows, n, benchmarks), INDEX: render_html(rows, n, benchmarks)}
+    files = {README: render_markdown(rows, n, benchmarks, audits), INDEX: render_html(rows, n, benchmarks, audits)}
     return Leaderboard(rows, n, files, collection.duplicates)
 
 

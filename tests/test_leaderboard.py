@@ -398,3 +398,22 @@ def test_a_benchmarks_extrapolations_are_listed_as_such():
     ]
     measured = {**extrapolated, "measured_peak_bytes": 38 * 2**20}
     assert Benchmark("b.json", {**data, "extrapolations": [measured]}).notes()[0].endswith("full depth: 38 MiB")
+
+
+def test_the_audit_benchmarks_are_shown_in_the_audit_section(tmp_path):
+    """benchmarks/bug_zoo.py's tables reach both pages, each row as written; a file without a table is left out."""
+    from dpbench.leaderboard.audit_benchmarks import collect_audit_tables
+    from dpbench.leaderboard.html_page import render_html
+    from dpbench.leaderboard.render import render_markdown
+
+    (tmp_path / "bug-zoo.md").write_text(
+        "# The DP bug zoo (embedded default)\n\nWhat ran.\n\n| fault | flagged |\n|---|---|\n| noise-x0.5 | **yes** |\n"
+    )
+    (tmp_path / "audit-power.md").write_text("# Power\n\nno table yet\n")
+    audits = collect_audit_tables([tmp_path])
+    assert [(a.name, a.head, a.rows) for a in audits] == [
+        ("bug-zoo.md", ["fault", "flagged"], [["noise-x0.5", "**yes**"]])
+    ]
+    md, html = render_markdown([], 0, (), audits), render_html([], 0, (), audits)
+    assert "## Audit: The DP bug zoo (embedded default)" in md and "noise-x0.5" in md
+    assert "<h2>Audit: The DP bug zoo (embedded default)</h2>" in html and "noise-x0.5" in html
