@@ -24,6 +24,7 @@ into ε lower bounds, each beside its ceiling (all guesses right).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -321,6 +322,7 @@ def whitebox_section(
     ceiling, the per-step parametric audit, and a violation flag from each."""
     if isinstance(canaries, ScalarCanaries):
         return _scalar_section(canaries, delta, accounted_epsilon, how, note)
+    started = time.perf_counter()
     if canaries.released:
         canaries.finish()
     m, scores, included = canaries.m, canaries.scores, canaries.included
@@ -381,6 +383,7 @@ def whitebox_section(
         "flags": flags,
         "violation": any(flags.values()),
         "fdp_exceeds_accounted": flags["fdp"],
+        "analysis_wall_s": time.perf_counter() - started,
         "note": note or (UTILITY_NOTE if canaries.placement == "model" else AUDIT_BLOCK_NOTE),
     }
 

@@ -278,6 +278,7 @@ def record(
     zero_shot: dict[str, float],
     audit_record: AuditRecord | None,
     total_wall_s: float,
+    phase_walls: dict[str, float] | None = None,
 ) -> RunResult:
     spec, data, model, report = p.spec, p.data, p.model, trained.report
     return RunResult(
@@ -328,6 +329,7 @@ def record(
             eval=throughput(evaluation.wall_s, evaluation.examples, evaluation.tokens),
             total_wall_s=total_wall_s,
             visual_tokens=trained.visual_tokens,
+            phases={k: round(v, 3) for k, v in phase_walls.items()} if phase_walls else None,
         ),
         audit=audit_record,
     )

@@ -64,6 +64,8 @@ class SystemsRecord:
     eval: dict[str, float]
     total_wall_s: float
     visual_tokens: dict[str, int]
+    # wall seconds per phase of `dpbench run` (prepare, train, evaluate, zero_shot, audit); None elsewhere
+    phases: dict[str, float] | None = None
 
 
 @dataclass(kw_only=True)

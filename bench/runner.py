@@ -57,16 +57,27 @@ def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_don
             f"{prepared.data.source})"
         )
 
+        walls = {"prepare": time.perf_counter() - started}  # wall time per phase, in the result
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            walls[name] = time.perf_counter() - clock
+            clock = time.perf_counter()
+
         phase("train")
         trained = phases.train(prepared)
         distributed.shutdown()  # the other ranks are done: what follows (references included) is rank 0's alone
+        lap("train")
         phase("evaluate")
         evaluation = phases.evaluate(prepared.task, prepared.model, prepared.scored)
         if save_checkpoint:
             phases.save_checkpoint(prepared, folder)
+        lap("evaluate")
 
         base = load_model(spec.model, spec.device)  # the base model: zero-shot utility, the audit's reference
         zero_shot = prepared.task.evaluate(base, prepared.scored)
+        lap("zero_shot")
         phase("audit")
         audit_record, scores = None, {}
         if audit:
@@ -75,9 +86,12 @@ def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_don
         if trained.report.whitebox_scores is not None:  # so a re-summary needs no retraining
             included, canary_scores = trained.report.whitebox_scores
             np.savez(folder.whitebox_scores, included=included, scores=canary_scores)
+        lap("audit")
 
         phase("record")
-        result = phases.record(prepared, trained, evaluation, zero_shot, audit_record, time.perf_counter() - started)
+        result = phases.record(
+            prepared, trained, evaluation, zero_shot, audit_record, time.perf_counter() - started, walls
+        )
         if audit_record is not None:
             write_report(folder, result.to_dict(), scores)
         write_result(folder.result, result.to_dict())  # last: a result file means a finished run

@@ -70,6 +70,10 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
         "train throughput",
         f"{s.train['samples_per_s']:.1f} samples/s, {s.train['tokens_per_s']:.0f} tokens/s, {s.train['wall_s']:.1f} s",
     )
+    if s.phases:
+        table.add_row(
+            "wall time", ", ".join(f"{name.replace('_', '-')} {wall:.0f} s" for name, wall in s.phases.items())
+        )
     table.add_row("visual tokens", f"{s.visual_tokens['after']} of {s.visual_tokens['before']} per image")
     table.add_row("result", str(folder.result))
     Console().print(table)
