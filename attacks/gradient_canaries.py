@@ -336,7 +336,7 @@ def whitebox_section(
     sigma_hat, fdp = fdp_composed_bound(rate, steps, delta, m, k, correct, CONFIDENCE) if k else (math.inf, 0.0)
     fdp_ceiling = fdp_composed_bound(rate, steps, delta, m, k, k, CONFIDENCE)[1] if k else 0.0
     parametric = None
-    if sigma > 0 and canaries.placement == "audit-block" and steps:
+    if sigma > 0 and steps:
         y, tau = canaries.observations()
         claimed = {
             "noise_std": sigma * canaries.clip,

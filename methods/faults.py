@@ -180,8 +180,8 @@ _register(
         _shuffled_batches,
         _no_amplification,
         "the canaries are Poisson-sampled by the audit itself, not by the training loader, so their "
-        "releases follow the claim; the fault changes only how real examples are batched, which no "
-        "single run's releases can tell from Poisson sampling at a fixed batch size",
+        "releases follow the claim; catching it needs canaries drawn by the loader (each would then show "
+        "up exactly once an epoch), which would change how the real examples are batched",
     ),
 )
 
