@@ -8,7 +8,7 @@ from dpbench.attacks.gradient_canaries import GradientCanaries, audit_block, whi
 from dpbench.distributed import World, world
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.methods.dpsgd import AUDIT_CANARIES
-from dpbench.privacy import PrivacyReport
+from dpbench.privacy import PrivacyReport, default_delta
 from dpbench.training_loop import TrainingLoop, adam, chunks, shuffled_batches, trainable_parameters
 
 
@@ -23,6 +23,7 @@ class NonPrivate(Method):
 
     def train(self, model, data, spec, delta) -> TrainReport:
         t = spec.training
+        delta = delta if delta is not None else default_delta(len(data))  # the audit's bounds need one
         loop = TrainingLoop(t.seed)
         params = trainable_parameters(model.model)
         a = spec.audit

@@ -16,7 +16,9 @@ def run_cli(*args):
     return info.value.code
 
 
-def test_dpsgd_run_writes_a_valid_audited_result(checkpoint, tmp_path, monkeypatch, dp_accounting_epsilon):
+def test_dpsgd_run_writes_a_valid_audited_result(
+    checkpoint, tmp_path, monkeypatch, dp_accounting_epsilon, dp_accounting_pld_epsilon
+):
     monkeypatch.chdir(tmp_path)
     code = run_cli(
         "run",
@@ -44,8 +46,9 @@ def test_dpsgd_run_writes_a_valid_audited_result(checkpoint, tmp_path, monkeypat
     p = result["privacy"]
     assert p["private"] and p["steps"] == 3 and p["epsilon"] <= 3.0
     assert p["sample_rate"] == pytest.approx(16 / 48)
-    independent = dp_accounting_epsilon(p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"])
-    assert p["epsilon"] == pytest.approx(independent, rel=0.01)
+    release = (p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"])
+    assert p["accountant"] == "prv" and p["epsilon"] == pytest.approx(dp_accounting_pld_epsilon(*release), rel=0.01)
+    assert p["epsilon_rdp"] == pytest.approx(dp_accounting_epsilon(*release), rel=0.01)  # RDP's, beside it
     assert result["model"]["source"] == "local" and result["dataset"]["source"] == "embedded-sample"
     assert set(result["audit"]["attacks"]) == {"loss", "reference"}
     assert result["audit"]["n_members"] == result["audit"]["n_nonmembers"] == 48
@@ -72,8 +75,9 @@ def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkp
     assert w["m"] == 200 and w["steps_observed"] == 3 and w["accounted_epsilon"] == result["privacy"]["epsilon"]
     assert w["epsilon_lower_bound"] <= w["ceiling"] and not w["violation"]
     assert c["m"] == 10 and result["dataset"]["n_canaries"] == c["included"]
-    assert any("gradient canaries" in n for n in result["utility"]["notes"])
-    assert "White-box one-run audit" in (run_dir / "audit.md").read_text()
+    # on the audit block the canaries leave training as it was: no utility note says otherwise
+    assert w["placement"] == "audit-block" and not any("gradient canaries" in n for n in result["utility"]["notes"])
+    assert "White-box audit" in (run_dir / "audit.md").read_text()
     import numpy as np
 
     saved = np.load(run_dir / "audit_whitebox.npz")  # the scores, for a re-summary without retraining
@@ -106,7 +110,10 @@ def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
     (run_dir,) = (tmp_path / "runs").iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     assert result["privacy"]["private"] is False and result["privacy"]["epsilon"] is None
-    assert result["audit"] is None
+    # --no-audit skips the attacks; the white-box canaries, made in training, stay: the no-noise control
+    audit = result["audit"]
+    assert audit["attacks"] == {} and audit["whitebox"]["accounted_epsilon"] is None
+    assert not audit["whitebox"]["violation"] and audit["whitebox"]["parametric"] is None
 
 
 def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoint, tmp_path, monkeypatch):
