@@ -417,3 +417,13 @@ def test_the_audit_benchmarks_are_shown_in_the_audit_section(tmp_path):
     md, html = render_markdown([], 0, (), audits), render_html([], 0, (), audits)
     assert "## Audit: The DP bug zoo (embedded default)" in md and "noise-x0.5" in md
     assert "<h2>Audit: The DP bug zoo (embedded default)</h2>" in html and "noise-x0.5" in html
+
+
+def test_a_non_private_row_names_no_privacy_option():
+    """Accounting choices mean nothing for a run that neither calibrates nor accounts."""
+    from dpbench.leaderboard.aggregate import options
+    from dpbench.spec import RunSpec
+
+    rdp = {"privacy.accountant": "rdp", "training.steps": 7}
+    assert options(RunSpec(method="nonprivate").replace(**rdp).to_dict()) == '{"training.steps": 7}'
+    assert '"privacy.accountant": "rdp"' in options(RunSpec(method="dpsgd").replace(**rdp).to_dict())
