@@ -19,6 +19,9 @@ import math
 import numpy as np
 from scipy import optimize, stats
 
+from dpbench.attacks.tradeoff import SIGMA_FLOOR, blow_up_inverse, epsilon_bounds
+from dpbench.privacy import PRV_FAILURES
+
 
 @functools.lru_cache(maxsize=4096)
 def gaussian_sigma(epsilon: float, delta: float) -> float:
@@ -45,18 +48,7 @@ def _rejects(epsilon: float, m: int, guesses: int, correct: int, significance: f
     if sigma == 0:
         return -1.0  # a mechanism with no noise can explain any guesses
     mu = 1 / sigma
-
-    def tradeoff_inverse(x: float) -> float:
-        return float(stats.norm.cdf(stats.norm.ppf(x) - mu))
-
-    right, wrong = significance * correct / m, significance * (guesses - correct) / m
-    for i in range(correct - 1, -1, -1):
-        wrong_new = max(wrong, tradeoff_inverse(right))
-        if wrong_new == wrong:
-            break  # neither can change again
-        right = min(right + i / (guesses - i) * (wrong_new - wrong), 1.0)
-        wrong = wrong_new
-    return right + wrong - guesses / m
+    return _rejects_curve(lambda x: float(stats.norm.cdf(stats.norm.ppf(x) - mu)), m, guesses, correct, significance)
 
 
 def fdp_epsilon_lower_bound(m: int, guesses: int, correct: int, delta: float, confidence: float = 0.95) -> float:
@@ -97,18 +89,16 @@ def rejects_composed(
 ) -> bool:
     """Do the guesses reject "each canary is protected as by `steps` subsampled Gaussian releases
     at this σ and rate"?"""
-    from dpbench.attacks.tradeoff import blow_up_inverse
-
     try:
         inverse = blow_up_inverse(noise_multiplier, sample_rate, steps, delta)
-    except (OverflowError, RuntimeError, ValueError, MemoryError):
+    except PRV_FAILURES:
         return False  # Opacus' PRV cannot discretise this claim (a tiny σ at a large rate): not tested
     return guesses > 0 and _rejects_curve(inverse, m, guesses, correct, 1 - confidence) > 0
 
 
 # σ on a fixed log grid (1.5 % apart): the blow-up curves are cached by σ, so the guess-count
 # simulation and the real scores share most of them
-SIGMA_GRID = tuple(float(x) for x in np.geomspace(0.2, 200.0, 466))
+SIGMA_GRID = tuple(float(x) for x in np.geomspace(SIGMA_FLOOR, 200.0, 466))
 
 
 def fdp_composed_bound(
@@ -116,10 +106,9 @@ def fdp_composed_bound(
 ) -> tuple[float, float]:
     """(σ̂, ε̂): the smallest noise multiplier on `SIGMA_GRID` whose composed subsampled-Gaussian
     claim (the run's own rate and steps) the guesses reject, and the ε that σ̂ spends at δ by the
-    PRV accountant (σ̂ = inf and ε̂ = 0 when none is rejected). Rejection is monotone in σ (more
-    noise, a stronger claim, easier to reject), so bisection finds it. Below σ = 0.2 the PRV's
-    grid outgrows memory: a rejection there reads as ε̂ = ε(0.2)."""
-    from dpbench.privacy import spent_epsilon
+    lower end of the PRV's discretisation (σ̂ = inf and ε̂ = 0 when none is rejected). Rejection is
+    monotone in σ (more noise, a stronger claim, easier to reject), so bisection finds it. Below
+    SIGMA_FLOOR the PRV's grid outgrows memory: a rejection there reads as ε̂ = ε(SIGMA_FLOOR)."""
 
     def rejected(i: int) -> bool:
         return rejects_composed(SIGMA_GRID[i], sample_rate, steps, delta, m, guesses, correct, confidence)
@@ -134,6 +123,5 @@ def fdp_composed_bound(
     else:
         hi = lo
     sigma = SIGMA_GRID[hi]
-    return sigma, spent_epsilon(
-        noise_multiplier=sigma, delta=delta, sample_rate=sample_rate, steps=steps, accountant="prv"
-    )
+    bounds = epsilon_bounds(sigma, sample_rate, steps, delta)
+    return sigma, bounds[0] if bounds is not None else 0.0  # the PRV's lower end: a lower bound stays one

@@ -50,8 +50,8 @@ UTILITY_NOTE = (
 
 
 AUDIT_BLOCK = 4096  # coordinates per tensor of the audit-only block (one canary each)
-PLACEMENTS = ("audit-block", "model")
 STEINKE_M = 1000  # canaries Steinke et al.'s bound reads: its 2mδ term caps it at larger m
+AUDITS = ("steinke", "fdp", "parametric")  # each tested at its share of 1 − CONFIDENCE
 
 
 def audit_block(m: int, device="cpu") -> list[torch.nn.Parameter]:
@@ -136,11 +136,8 @@ class GradientCanaries:
 
     def add_to(self, tensors: list[torch.Tensor | None], active: np.ndarray, value: float) -> None:
         """Add `value` at each active canary's coordinate (a clipped canary entering a sum)."""
-        chosen = set(active.tolist())
-        for i, ids, coords in self.groups:
-            keep = [k for k, c in enumerate(ids.tolist()) if c in chosen]
-            if keep:
-                tensors[i].view(-1)[coords[keep]] += value
+        for i, ids in self.by_tensor(active).items():
+            tensors[i].view(-1)[torch.from_numpy(self.coordinate[ids])] += value
 
     def gather(self, tensors: list[torch.Tensor | None], scale: float = 1.0) -> np.ndarray:
         """Every canary's coordinate of `tensors` (one per parameter; None reads as zeros)."""
@@ -174,14 +171,22 @@ class GradientCanaries:
         threshold)."""
         kept = released != 0
         self.released.append(np.where(kept, released - self.known, 0.0).astype(np.float32))
-        self.thresholds.append((thresholds if thresholds is not None else np.zeros(self.m)).astype(np.float32))
+        if thresholds is not None and thresholds.any():  # kept only for steps that pruned
+            self.thresholds.append((self.steps, thresholds.astype(np.float32)))
         self.steps += 1
 
     def observations(self) -> tuple[np.ndarray, np.ndarray]:
-        """(releases, thresholds), steps × canaries."""
-        if not self.released:
-            return np.zeros((0, self.m), np.float32), np.zeros((0, self.m), np.float32)
-        return np.stack(self.released), np.stack(self.thresholds)
+        """(releases, thresholds), steps × canaries; a threshold of 0: nothing pruned."""
+        y = np.stack(self.released) if self.released else np.zeros((0, self.m), np.float32)
+        tau = np.zeros_like(y)
+        for step, row in self.thresholds:
+            tau[step] = row
+        return y, tau
+
+    @property
+    def pruned(self) -> bool:
+        """Did the update pruning zero any canary coordinate?"""
+        return bool(self.thresholds)
 
     def finish(self) -> None:
         """The canaries' scores, from the releases alone: the subsampled Gaussian's log-likelihood
@@ -272,22 +277,23 @@ class ScalarCanaries:
         return 0.5
 
 
-def _steinke(scores: np.ndarray, included: np.ndarray, fraction_in: float, delta: float) -> dict:
-    """Steinke et al.'s bound, best over GUESS_FRACTIONS (Bonferroni over them), with its ceiling."""
+def best_over_guesses(bound, scores: np.ndarray, included: np.ndarray, fraction_in: float, delta: float, level: float):
+    """`bound`'s ε̂ (a one-run bound of (m, guesses, correct, δ, level)), best over GUESS_FRACTIONS of
+    the canaries guessed (Bonferroni over them, so the best holds at `level`), with its ceiling."""
     m = scores.size
     pairs = guess_pairs(m, fraction_in)
-    level = 1.0 - (1.0 - CONFIDENCE) / len(pairs)
+    each = 1.0 - (1.0 - level) / len(pairs)
     best, ceiling = (0.0, 0, 0), 0.0
     for k_in, k_out in pairs:
         r, v = count_correct(guess_from_scores(scores, k_in, k_out), included)
-        eps = one_run_epsilon_lower_bound(m, r, v, delta, level)
+        eps = bound(m, r, v, delta, each)
         if eps > best[0] or best[1] == 0:
             best = (eps, r, v)
-        ceiling = max(ceiling, one_run_epsilon_lower_bound(m, r, r, delta, level))
+        ceiling = max(ceiling, bound(m, r, r, delta, each))
     return {"epsilon": best[0], "guesses": best[1], "correct": best[2], "ceiling": ceiling, "m": m}
 
 
-def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, seed: int) -> int:
+def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, seed: int, level: float) -> int:
     """The number of top-scored canaries guessed "in" by the f-DP bound, fixed before the real
     scores are read: the best of a few counts on a simulation of the claimed mechanism (each
     canary's T releases drawn as the claim says, scored by the exact likelihood ratio)."""
@@ -304,10 +310,15 @@ def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float,
             scores += np.logaddexp(np.log1p(-rate), np.log(rate) + (y - 0.5) / sigma**2)
     order = np.argsort(-scores)
     best = max(
-        counts,
-        key=lambda k: fdp_composed_bound(rate, steps, delta, m, k, int(included[order[:k]].sum()), CONFIDENCE)[1],
+        counts, key=lambda k: fdp_composed_bound(rate, steps, delta, m, k, int(included[order[:k]].sum()), level)[1]
     )
     return best
+
+
+def deferred_section(canaries, *args, **kwargs):
+    """`whitebox_section` of these arguments, made when first called, with the canaries' (inclusion,
+    scores): a method hands this to its TrainReport so the analysis runs after training is timed."""
+    return lambda: (whitebox_section(canaries, *args, **kwargs), (canaries.included, canaries.scores))
 
 
 def whitebox_section(
@@ -327,25 +338,26 @@ def whitebox_section(
         canaries.finish()
     m, scores, included = canaries.m, canaries.scores, canaries.included
     fraction_in = canaries.fraction_called_in()
+    level = 1.0 - (1.0 - CONFIDENCE) / len(AUDITS)  # each audit's share: `violation` holds at CONFIDENCE
     sub = slice(0, min(m, STEINKE_M))  # a subset fixed in advance, inclusion unread
-    steinke = _steinke(scores[sub], included[sub], float(np.mean(scores[sub] > 0.0)), delta)
-    rate, steps, sigma = canaries.rate, canaries.steps, canaries.noise_multiplier
-    k = planned_guesses(m, sigma, rate, steps, delta, canaries.seed) if steps else 0
+    steinke = best_over_guesses(
+        one_run_epsilon_lower_bound, scores[sub], included[sub], float(np.mean(scores[sub] > 0.0)), delta, level
+    )
+    # the claim under test is what the accountant counted, not what the auditor saw
+    rate, sigma = canaries.rate, canaries.noise_multiplier
+    steps = accounted_steps if accounted_steps is not None else canaries.steps
+    k = planned_guesses(m, sigma, rate, steps, delta, canaries.seed, level) if steps else 0
     top = np.argsort(-scores, kind="stable")[:k]
     correct = int(included[top].sum())
-    sigma_hat, fdp = fdp_composed_bound(rate, steps, delta, m, k, correct, CONFIDENCE) if k else (math.inf, 0.0)
-    fdp_ceiling = fdp_composed_bound(rate, steps, delta, m, k, k, CONFIDENCE)[1] if k else 0.0
+    sigma_hat, fdp = fdp_composed_bound(rate, steps, delta, m, k, correct, level) if k else (math.inf, 0.0)
+    fdp_ceiling = fdp_composed_bound(rate, steps, delta, m, k, k, level)[1] if k else 0.0
     parametric = None
-    if sigma > 0 and steps:
+    # on the model's own coordinates a pruned release is |known + y| < τ, which the likelihood does not model
+    if sigma > 0 and canaries.steps and (canaries.placement == "audit-block" or not canaries.pruned):
         y, tau = canaries.observations()
-        claimed = {
-            "noise_std": sigma * canaries.clip,
-            "clip_norm": canaries.clip,
-            "sample_rate": rate,
-            "steps": accounted_steps if accounted_steps is not None else steps,
-        }
+        claimed = {"noise_std": sigma * canaries.clip, "clip_norm": canaries.clip, "sample_rate": rate, "steps": steps}
         parametric = parametric_section(
-            y, tau, included, delta=delta, claimed=claimed, accounted_epsilon=accounted_epsilon, confidence=CONFIDENCE
+            y, tau, included, delta=delta, claimed=claimed, accounted_epsilon=accounted_epsilon, confidence=level
         )
     flags = {
         "steinke": accounted_epsilon is not None and steinke["epsilon"] > accounted_epsilon,
@@ -372,6 +384,7 @@ def whitebox_section(
         "epsilon_one_run": max(steinke["epsilon"], fdp),
         "parametric": parametric,
         "confidence": CONFIDENCE,
+        "confidence_each": level,
         "guess_fractions": list(GUESS_FRACTIONS),
         "fraction_called_in": fraction_in,
         "steps_observed": canaries.steps,
@@ -392,36 +405,30 @@ def _scalar_section(canaries: ScalarCanaries, delta: float, accounted_epsilon, h
     """dpzo's: both bounds against (ε, δ) and its Gaussian, best over guess counts."""
     m, scores, included = canaries.m, canaries.scores, canaries.included
     fraction_in = canaries.fraction_called_in()
-    pairs = guess_pairs(m, fraction_in)
-    level = 1.0 - (1.0 - CONFIDENCE) / (2 * len(pairs))  # Bonferroni over guess counts and both bounds
-    best = {"steinke": (0.0, 0, 0), "fdp": (0.0, 0, 0)}
-    ceiling = {"steinke": 0.0, "fdp": 0.0}
-    for k_in, k_out in pairs:
-        r, v = count_correct(guess_from_scores(scores, k_in, k_out), included)
-        for name, bound in (("steinke", one_run_epsilon_lower_bound), ("fdp", fdp_epsilon_lower_bound)):
-            eps = bound(m, r, v, delta, level)
-            if eps > best[name][0] or best[name][1] == 0:
-                best[name] = (eps, r, v)
-            ceiling[name] = max(ceiling[name], bound(m, r, r, delta, level))
-    epsilon = best["steinke"][0]
+    level = 1.0 - (1.0 - CONFIDENCE) / 2  # each bound's share
+    best = {
+        name: best_over_guesses(bound, scores, included, fraction_in, delta, level)
+        for name, bound in (("steinke", one_run_epsilon_lower_bound), ("fdp", fdp_epsilon_lower_bound))
+    }
+    epsilon = best["steinke"]["epsilon"]
     # Steinke et al.'s bound assumes only the (ε, δ) claim: above the accounted ε, the run is not
     # what it claims. The f-DP bound's null is the stronger Gaussian trade-off, so it only warns.
     violation = accounted_epsilon is not None and epsilon > accounted_epsilon
-    gaussian_exceeded = accounted_epsilon is not None and best["fdp"][0] > accounted_epsilon
+    gaussian_exceeded = accounted_epsilon is not None and best["fdp"]["epsilon"] > accounted_epsilon
     return {
         "m": int(m),
         "included": int(included.sum()),
         "seed": canaries.seed,
         "epsilon_lower_bound": epsilon,
-        "guesses": best["steinke"][1],
-        "correct": best["steinke"][2],
-        "ceiling": ceiling["steinke"],
-        "epsilon_lower_bound_fdp": best["fdp"][0],
-        "guesses_fdp": best["fdp"][1],
-        "correct_fdp": best["fdp"][2],
-        "ceiling_fdp": ceiling["fdp"],
+        "guesses": best["steinke"]["guesses"],
+        "correct": best["steinke"]["correct"],
+        "ceiling": best["steinke"]["ceiling"],
+        "epsilon_lower_bound_fdp": best["fdp"]["epsilon"],
+        "guesses_fdp": best["fdp"]["guesses"],
+        "correct_fdp": best["fdp"]["correct"],
+        "ceiling_fdp": best["fdp"]["ceiling"],
         "confidence": CONFIDENCE,
-        "epsilon_one_run": max(epsilon, best["fdp"][0]),
+        "epsilon_one_run": max(epsilon, best["fdp"]["epsilon"]),
         "fdp_null": "the Gaussian mechanism that is exactly (epsilon, delta)-DP",
         "guess_fractions": list(GUESS_FRACTIONS),
         "fraction_called_in": fraction_in,

@@ -25,6 +25,8 @@ import math
 import numpy as np
 from scipy import optimize, stats
 
+from dpbench.attacks.tradeoff import SIGMA_FLOOR, epsilon_bounds
+
 ASSUMPTION = "each step is a Poisson-subsampled Gaussian mechanism on each canary's coordinate"
 
 
@@ -114,44 +116,32 @@ def estimate(y: np.ndarray, tau: np.ndarray, included: np.ndarray, confidence: f
     }
 
 
-UNBOUNDED = math.inf  # too little noise for the accountant: ε in the tens or more
-
-
-def _epsilon(sigma: float, rate: float, steps: int, delta: float) -> float | None:
-    """The tight accountant's ε; UNBOUNDED below σ 0.2 (where the PRV grid outgrows memory), None
-    where Opacus' PRV cannot discretise the mechanism (unknown: never a flag)."""
-    from dpbench.privacy import spent_epsilon
-
-    if rate <= 0:
-        return 0.0
-    if sigma <= 0.2:
-        return UNBOUNDED
-    try:
-        return spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=steps, accountant="prv")
-    except (OverflowError, RuntimeError, ValueError, MemoryError):
-        return None
+def _bounds(sigma: float, rate: float, steps: int, delta: float) -> tuple:
+    """(lower, estimate, upper) of ε from the PRV (None for each it cannot give: see `epsilon_bounds`)."""
+    return epsilon_bounds(sigma, min(rate, 1.0), steps, delta) or (None, None, None)
 
 
 def _most_private(est: dict, s_high: float, steps: int, delta: float, confidence: float) -> float | None:
-    """The least ε over the joint confidence region of (Δ, q) at the noise's upper end: Δ and q
-    are estimated together, strongly anti-correlated (qΔ is the mean release), so the corner of
-    their separate intervals would be far more private than any pair the data allow. The
-    region is the Wald ellipse at the level's Bonferroni share (two of three parameters)."""
+    """A lower confidence bound on ε: its least value over the joint region of (Δ, q) at the
+    noise's upper end. Δ and q are estimated together, strongly anti-correlated (qΔ is the mean
+    release), so the corner of their separate intervals would be far more private than any pair
+    the data allow. The region is the Wald ellipse at two of the three parameters' share of the
+    level. ε grows with Δ/s and with q; the PRV is evaluated at the boundary points where the
+    CLT's μ = q·√(T·(e^((Δ/s)²) − 1)) is smallest."""
     cov, (d0, q0) = est["cov"], est["point"]
     if cov is None or not np.all(np.isfinite(cov)):
-        return _epsilon(s_high / max(est["clip_norm"][1], 1e-12), est["sample_rate"][1], steps, delta)
+        return _bounds(s_high / max(est["clip_norm"][1], 1e-12), est["sample_rate"][1], steps, delta)[0]
     radius = math.sqrt(stats.chi2.ppf(1 - (1 - confidence) * 2 / 3, df=2))
     vals, vecs = np.linalg.eigh(cov)
     axes = vecs * np.sqrt(np.clip(vals, 0, None)) * radius
-    best = None
-    for a in np.linspace(0, 2 * math.pi, 48, endpoint=False):
-        d, q = np.array([d0, q0]) + axes @ np.array([math.cos(a), math.sin(a)])
-        if d <= 0 or q <= 0:
-            return 0.0  # the region reaches a mechanism that releases nothing
-        eps = _epsilon(s_high / d, min(q, 1.0), steps, delta)
-        if eps is not None and (best is None or eps < best):
-            best = eps
-    return best
+    angles = np.linspace(0, 2 * math.pi, 72, endpoint=False)
+    d, q = np.array([[d0], [q0]]) + axes @ np.stack([np.cos(angles), np.sin(angles)])
+    if np.any(d <= 0) or np.any(q <= 0):
+        return 0.0  # the region reaches a mechanism that releases nothing
+    mu = np.minimum(q, 1.0) * np.sqrt(steps * np.expm1(np.minimum((d / s_high) ** 2, 700.0)))
+    lows = [_bounds(s_high / d[k], q[k], steps, delta)[0] for k in np.argsort(mu)[:4]]
+    lows = [e for e in lows if e is not None]
+    return min(lows) if lows else None
 
 
 def parametric_section(
@@ -169,11 +159,22 @@ def parametric_section(
     est = estimate(y, tau, included, confidence, (claimed["clip_norm"], claimed["sample_rate"]))
     steps = int(y.shape[0])
     s, d, q = est["noise_std"], est["clip_norm"], est["sample_rate"]
-    if d is None or d[0] <= 0:
-        return {"assumes": ASSUMPTION, "steps_observed": steps, "noise_std": list(s), "note": "no canary signal"}
-    point = _epsilon(s[0] / d[0], q[0], steps, delta)
+    finite = lambda xs: [x if x is not None and math.isfinite(x) else None for x in xs]  # noqa: E731 - JSON has no inf
+    record = {"assumes": ASSUMPTION, "steps_observed": steps, "noise_std": finite(s), "claimed": claimed}
+    record.update(confidence=confidence, clip_norm=[None] * 3, sample_rate=[None] * 3)
+    if d is None or d[0] <= 0 or q[0] <= 0:  # no release shows a canary: nothing to compose
+        return {
+            **record,
+            "epsilon": None,
+            "epsilon_lower_bound": None,
+            "epsilon_upper": None,
+            "violation": False,
+            "off": [],
+            "note": "no canary signal in the releases: the step's sensitivity cannot be estimated",
+        }
+    point = _bounds(s[0] / d[0], q[0], steps, delta)[1]
     low = _most_private(est, s[2], steps, delta, confidence)
-    high = _epsilon(s[1] / d[2], q[2], steps, delta)  # the least private end
+    high = _bounds(s[1] / d[2], q[2], steps, delta)[2] if d[2] < math.inf else None  # the least private end
     off = []
     if claimed.get("noise_std") is not None and s[2] < claimed["noise_std"]:
         off.append("noise scale")
@@ -189,21 +190,18 @@ def parametric_section(
     )
     if not flagged:
         off = []  # at high noise Δ and q trade off against each other: name parameters only for a flagged run
-    finite = lambda e: None if e is None or math.isinf(e) else e  # JSON holds no infinity: null, see the note
+    below_floor = s[0] / d[0] < SIGMA_FLOOR
     return {
-        "assumes": ASSUMPTION,
-        "steps_observed": steps,
-        "noise_std": list(s),
-        "clip_norm": list(d),
-        "sample_rate": list(q),
-        "claimed": claimed,
-        "epsilon": finite(point),
-        "epsilon_lower_bound": finite(low),
-        "epsilon_upper": finite(high),
-        "confidence": confidence,
+        **record,
+        "clip_norm": finite(d),
+        "sample_rate": finite(q),
+        "epsilon": point,
+        "epsilon_lower_bound": low,
+        "epsilon_upper": high,
         "violation": bool(flagged),
         "off": off,
-        "note": "null ε: " + ("unbounded (σ below 0.2)" if low is not None and math.isinf(low) else "not computable")
-        if finite(low) is None
+        "note": f"estimated noise multiplier below {SIGMA_FLOOR}: ε is at least the lower bound's, the estimate and "
+        "upper end unbounded (null)"
+        if below_floor
         else "",
     }

@@ -1,6 +1,6 @@
 """The trade-off curve of T Poisson-subsampled Gaussian releases, from Opacus' PRV accountant.
 
-The f-DP one-run audit (`fdp.fdp_epsilon_lower_bound_composed`) tests the claim "this run is as
+The f-DP one-run audit (`fdp.fdp_composed_bound`) tests the claim "this run is as
 private as the mechanism it accounts for": T releases, each the Gaussian mechanism (noise σ) on a
 Poisson sample at rate q. Opacus' PRV accountant already builds that mechanism's privacy loss
 distribution Y = log(P/Q) under P, discretised with error bounds (Gopi et al. 2021); under Q its
@@ -18,16 +18,41 @@ import functools
 import numpy as np
 from opacus.accountants import PRVAccountant
 
-# the PRV discretisation's error on ε; finer costs time (a 150-step curve takes ~0.2 s at this)
+# the PRV discretisation's error on ε; finer costs time
 EPS_ERROR = 0.01
+# below this noise multiplier the PRV grid outgrows memory (ε is then in the tens or more)
+SIGMA_FLOOR = 0.2
+
+
+@functools.lru_cache(maxsize=64)
+def _discrete_prv(noise_multiplier: float, sample_rate: float, steps: int, delta: float):
+    """Opacus' discretised PRV of `steps` subsampled Gaussian releases (what its accountant builds)."""
+    acc = PRVAccountant()
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    return acc._get_dprv(eps_error=EPS_ERROR, delta_error=delta / 1000)
 
 
 def composed_prv(noise_multiplier: float, sample_rate: float, steps: int, delta: float):
-    """Opacus' discretised PRV of `steps` subsampled Gaussian releases: (losses t, pmf under P)."""
-    acc = PRVAccountant()
-    acc.history = [(noise_multiplier, sample_rate, steps)]
-    dprv = acc._get_dprv(eps_error=EPS_ERROR, delta_error=delta / 1000)
+    """(losses t, pmf under P) of that PRV."""
+    dprv = _discrete_prv(noise_multiplier, sample_rate, steps, delta)
     return np.asarray(dprv.domain.ts, dtype=float), np.clip(np.asarray(dprv.pmf, dtype=float), 0.0, None)
+
+
+def epsilon_bounds(noise_multiplier: float, sample_rate: float, steps: int, delta: float):
+    """(lower, estimate, upper) of the mechanism's ε at δ, from the same discretised PRV. Below
+    SIGMA_FLOOR: (ε at the floor, None, None), since ε only grows as σ falls. None where Opacus'
+    PRV cannot discretise the mechanism."""
+    from dpbench.privacy import PRV_FAILURES
+
+    if sample_rate <= 0 or steps == 0:
+        return 0.0, 0.0, 0.0
+    floor = noise_multiplier < SIGMA_FLOOR
+    try:
+        dprv = _discrete_prv(max(noise_multiplier, SIGMA_FLOOR), sample_rate, steps, delta)
+        low, mid, high = dprv.compute_epsilon(delta, delta / 1000, EPS_ERROR)
+    except PRV_FAILURES:
+        return None
+    return (max(float(low), 0.0), None, None) if floor else (max(float(low), 0.0), float(mid), float(high))
 
 
 def _upper_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -355,6 +355,8 @@ def bench_command(**kw) -> None:
             **({"trainable": kw["trainable"]} if kw["trainable"] else {}),
         },
         **({"lora": lora.to_dict()} if (lora := LoraSpec.from_value(kw["lora"])) is not None else {}),
+        # the methods' own memory and speed: the white-box audit's canaries are a run's, not a method's
+        "audit": {"gradient_canaries": 0},
     }
     cases = plan_cases(entries, batch_sizes, keep_ratios, layers=layers)
     specs = [case_spec(base, c) for c in cases]  # every spec validated before anything runs

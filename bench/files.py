@@ -20,6 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from dpbench.errors import DpbenchError
@@ -159,7 +160,13 @@ def _too_deep(source: str | Path, where: str) -> FileProblem:
     return FileProblem(f"{source}: {where}: {what}", where, what)
 
 
-NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+def _non_finite(value: float) -> str:
+    return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+
+
+def _is_float(value: Any) -> bool:
+    """A Python or numpy float (numpy's float32 is no `float`)."""
+    return isinstance(value, (float, np.floating))
 
 
 def find_problem(data: Any, max_depth: int = MAX_DEPTH, max_values: int | None = None) -> tuple[str, str] | None:
@@ -170,11 +177,11 @@ def find_problem(data: Any, max_depth: int = MAX_DEPTH, max_values: int | None =
     seen = 0
     while stack:
         node, depth, trail = stack.pop()
-        if isinstance(node, float):
+        if _is_float(node):
             if not math.isfinite(node):
                 return json_path(
                     trail
-                ), f"{NON_FINITE[repr(node)]} is not a number JSON can hold: dpbench refuses NaN and ±Infinity"
+                ), f"{_non_finite(node)} is not a number JSON can hold: dpbench refuses NaN and ±Infinity"
             continue
         if not isinstance(node, containers):
             continue
@@ -185,7 +192,7 @@ def find_problem(data: Any, max_depth: int = MAX_DEPTH, max_values: int | None =
         for key, value in items:
             if isinstance(value, containers):
                 nested.append((value, depth + 1, (trail, key)))
-            elif isinstance(value, float) and not math.isfinite(value):
+            elif _is_float(value) and not math.isfinite(value):
                 nested.append((value, depth + 1, (trail, key)))  # reported in document order below
         seen += len(node)
         if max_values is not None and seen > max_values:

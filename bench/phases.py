@@ -59,8 +59,9 @@ class Prepared:
     @property
     def utility_notes(self) -> list[str]:
         notes = [UTILITY_NOTE] if self.canaries is not None else []
-        a = self.spec.audit
-        return notes + ([WHITEBOX_NOTE] if a.gradient_canaries and a.canary_placement == "model" else [])
+        a = self.spec.audit  # canaries off an audit block (on the model, or dpzo's) change training
+        changed = a.gradient_canaries and (a.canary_placement == "model" or not self.method.audit_block)
+        return notes + ([WHITEBOX_NOTE] if changed else [])
 
 
 @dataclass

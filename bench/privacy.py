@@ -124,9 +124,7 @@ def accountant_epsilon(acc, delta: float) -> float:
             return float(acc.get_epsilon(delta=delta))
         except PRV_FAILURES as e:
             note(f"the PRV accountant cannot account this run ({type(e).__name__}): ε is RDP's upper bound")
-            rdp = create_accountant("rdp")
-            rdp.history = list(acc.history)
-            return accountant_epsilon(rdp, delta)
+            return rdp_beside(acc, delta)
     epsilon, best = acc.get_privacy_spent(delta=delta, alphas=list(RDP_ORDERS))
     if best == RDP_ORDERS[-1]:
         note(f"RDP's best order is the grid's largest ({best}): ε = {epsilon:.4g} is looser than needed")

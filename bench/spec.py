@@ -28,6 +28,11 @@ ACCOUNTANTS = ("rdp", "prv")
 # target is a token no training target uses, or a training example with a wrong answer
 CANARY_KINDS = ("memorable", "mislabelled")
 MAX_GRADIENT_CANARIES = 200_000
+# a gradient method's default (methods with an audit block: Method.audit_block); benchmarks/audit-power.md
+# has its power and cost
+AUDIT_CANARIES = 50_000
+# the auditor keeps every step's release at every canary (float32): steps × canaries at most this
+MAX_CANARY_RELEASES = 250_000_000
 # where the white-box gradient canaries sit (dpbench.attacks.gradient_canaries)
 CANARY_PLACEMENTS = ("audit-block", "model")
 # "validation": the task's held-out validation examples (never trained on; also the audit's
@@ -118,7 +123,7 @@ class RunSpec:
         if self.token_pruning is None:
             object.__setattr__(self, "token_pruning", default_token_pruning(self.method))
         if self.audit.gradient_canaries is None and isinstance(self.audit, AuditSpec):
-            m = method.default_gradient_canaries if method is not None else 0
+            m = AUDIT_CANARIES if method is not None and method.audit_block else 0
             object.__setattr__(self, "audit", dataclasses.replace(self.audit, gradient_canaries=m))
         if method is not None and method.spec_records_options and isinstance(self.method_options, dict):
             object.__setattr__(self, "method_options", {**method.options, **self.method_options})
@@ -223,6 +228,12 @@ class RunSpec:
             raise DpbenchError(
                 f"audit.gradient_canaries must be at most {MAX_GRADIENT_CANARIES} (the auditor keeps every step's "
                 f"release of each), got {a.gradient_canaries}"
+            )
+        if a.gradient_canaries * t.steps > MAX_CANARY_RELEASES:
+            raise DpbenchError(
+                f"audit.gradient_canaries × training.steps must be at most {MAX_CANARY_RELEASES:,} (the auditor keeps "
+                f"every release of each canary): {a.gradient_canaries} × {t.steps}; give fewer canaries "
+                f"(--gradient-canaries {MAX_CANARY_RELEASES // t.steps})"
             )
         if a.reference_steps is not None and a.reference_steps < 1:
             raise DpbenchError(f"audit.reference_steps must be at least 1, got {a.reference_steps}")

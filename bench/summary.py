@@ -9,6 +9,11 @@ from dpbench.run_folder import RunFolder
 from dpbench.run_result import RunResult
 
 
+def _num(x: float | None, digits: int = 3) -> str:
+    """A figure, or "unbounded" where the record holds null (the accountant could not go that low)."""
+    return "unbounded" if x is None else f"{x:.{digits}f}"
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -57,8 +62,8 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
         if p and p.get("epsilon_lower_bound") is not None:
             table.add_row(
                 "per-step audit",
-                f"ε̂ ≥ {p['epsilon_lower_bound']:.3f} (estimate {p['epsilon']:.3f}; σ̂·C {p['noise_std'][0]:.3f}, "
-                f"Ĉ {p['clip_norm'][0]:.3f}, q̂ {p['sample_rate'][0]:.4f})"
+                f"ε̂ ≥ {p['epsilon_lower_bound']:.3f} (estimate {_num(p['epsilon'])}; σ̂·C {_num(p['noise_std'][0])}, "
+                f"Ĉ {_num(p['clip_norm'][0])}, q̂ {_num(p['sample_rate'][0], 4)})"
                 + (f"; off: {', '.join(p['off'])}" if p["off"] else ""),
             )
     for rec in s.peak_memory:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
@@ -28,8 +28,27 @@ class TrainReport:
     samples: int = 0  # examples processed (per forward, counted once per example per step)
     tokens: int = 0  # non-padding input tokens processed, visual tokens included
     details: dict[str, Any] = field(default_factory=dict)
-    whitebox: dict[str, Any] | None = None  # the white-box gradient-canary audit (`audit.whitebox`)
-    whitebox_scores: tuple[Any, Any] | None = None  # (included, scores) of its canaries, saved with the run
+    # the white-box audit's analysis (`gradient_canaries.deferred_section`): run once, when `whitebox`
+    # or `whitebox_scores` is first read, so `phases.train` runs it after training is timed
+    whitebox_audit: Callable[[], tuple[dict[str, Any], tuple[Any, Any]]] | None = field(default=None, repr=False)
+    _whitebox: tuple | None = field(default=None, init=False, repr=False)
+
+    def _audited(self) -> tuple | None:
+        if self._whitebox is None and self.whitebox_audit is not None:
+            self._whitebox = self.whitebox_audit()
+        return self._whitebox
+
+    @property
+    def whitebox(self) -> dict[str, Any] | None:
+        """The white-box gradient-canary audit (`audit.whitebox`)."""
+        audited = self._audited()
+        return audited[0] if audited else None
+
+    @property
+    def whitebox_scores(self) -> tuple[Any, Any] | None:
+        """(included, scores) of its canaries, saved with the run."""
+        audited = self._audited()
+        return audited[1] if audited else None
 
 
 class Method(ABC):
@@ -42,9 +61,10 @@ class Method(ABC):
     # the visual-token pruning a spec without `token_pruning` runs under (a model transform)
     default_token_pruning: TokenPruning = TokenPruning("none")
     per_example_gradients = False  # trains on per-example gradients (Opacus): checked in `prepare`
-    # white-box gradient canaries a run gets unless its spec says otherwise (0: the method has no
-    # audit-only block to put them on, so by default it is not audited at the mechanism level)
-    default_gradient_canaries = 0
+    # trains on gradients it can give an audit-only parameter block: a run then carries the
+    # white-box audit by default (spec.AUDIT_CANARIES), training unchanged; without one (dpzo's
+    # scalar releases) the canaries change training and are opt-in
+    audit_block = False
     # the run spec names every option's value, defaults filled in, so a changed default gives new
     # run ids (never a finished run of the old default taken for one of the new); off for methods
     # whose committed results predate it, so their run ids stay

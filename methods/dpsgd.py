@@ -38,7 +38,7 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from dpbench.attacks.gradient_canaries import RAW_SCALE, GradientCanaries, audit_block, whitebox_section
+from dpbench.attacks.gradient_canaries import RAW_SCALE, GradientCanaries, audit_block, deferred_section
 from dpbench.distributed import World, world
 from dpbench.errors import DpbenchError
 from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rules)
@@ -76,7 +76,6 @@ def canary_route(spec, clipping: str) -> str:
 CANARY_CHUNK = 4
 # on the audit block a canary's per-example gradient is one block tensor (AUDIT_BLOCK floats)
 AUDIT_CANARY_CHUNK = 256
-AUDIT_CANARIES = 50_000  # the white-box audit's default size (benchmarks/audit-power.md: its power and cost)
 # our option value -> Opacus' grad_sample_mode
 CLIPPING_MODES = {"per-sample": "hooks", "ghost": "ghost"}
 
@@ -226,7 +225,7 @@ def make_private(
         for a in audit:
             a.summed_grad = None
             optimizer.original_optimizer.add_param_group({"params": [a]})
-        separate_audit_noise(optimizer, len(audit), t.seed)
+        separate_audit_noise(optimizer, len(audit), t.seed, audit[0].device)
     return Private(engine, module, optimizer, criterion, loader, params, w, audit)
 
 
@@ -254,12 +253,13 @@ def only_groups(optimizer, groups: slice):
     return Only()
 
 
-def separate_audit_noise(optimizer, n_audit: int, seed: int) -> None:
+def separate_audit_noise(optimizer, n_audit: int, seed: int, device: torch.device) -> None:
     """The audit block's noise through the optimizer's own `add_noise` (whatever it is: Opacus',
     the secure one, or a fault wrapped around it), but from a generator of its own after the
     model's, so the model's noise, and with it training, is the same with or without the audit."""
     add_noise = optimizer.add_noise
-    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0xA0D]).generate_state(1)[0]))
+    state = int(np.random.SeedSequence([seed, 0xA0D]).generate_state(1)[0])
+    generator = torch.Generator(device=device).manual_seed(state)  # on the block's device, as torch.normal needs
 
     def add_noise_apart() -> None:
         with only_groups(optimizer, slice(0, -n_audit)):
@@ -298,7 +298,11 @@ def enter_audit_canaries(dp: Private, canaries: GradientCanaries, clipping: str,
         canaries.add_to([a.grad for a in dp.audit], active, canaries.clip)
         return
     optimizer.clip_and_accumulate()  # this physical batch's real examples (zero rows on the block)
+    # zero by construction; read anyway, so a fault that leaks real gradients into the block shows
     canaries.remember_known(dp.world.sum_array(canaries.gather([a.summed_grad for a in dp.audit])))
+    empty = lambda q: torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)  # noqa: E731
+    for q in dp.params:  # clipped: neither the canaries' calls nor pre_step's may add them again
+        q.grad_sample = empty(q)
     n_groups = len(optimizer.original_optimizer.param_groups)
     for i, ids in canaries.by_tensor(active).items():
         group = n_groups - len(dp.audit) + i
@@ -306,8 +310,8 @@ def enter_audit_canaries(dp: Private, canaries: GradientCanaries, clipping: str,
             (dp.audit[i].grad_sample,) = canaries.rows(ids[k : k + chunk], RAW_SCALE * canaries.clip, only=i)
             with only_groups(optimizer, slice(group, group + 1)):
                 optimizer.clip_and_accumulate()
-    for q in [*dp.params, *dp.audit]:  # all clipped: pre_step's own clipping has nothing left to add
-        q.grad_sample = torch.zeros((0, *q.shape), device=q.device, dtype=q.dtype)
+    for q in dp.audit:  # all clipped: pre_step's own clipping has nothing left to add
+        q.grad_sample = empty(q)
 
 
 def enter_canaries(dp: Private, canaries: GradientCanaries, clipping: str, chunk: int) -> None:
@@ -335,12 +339,12 @@ def enter_canaries(dp: Private, canaries: GradientCanaries, clipping: str, chunk
     canaries.add_to([q.grad for q in dp.params], active, canaries.clip)
 
 
-def released_sum(dp: Private, canaries: GradientCanaries) -> tuple[np.ndarray, np.ndarray]:
+def released_sum(dp: Private, canaries: GradientCanaries, hooked: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """The step's released noisy gradient at the canary coordinates, as the optimiser gets it
-    (after the post-noise hook), times the mean's divisor: the noisy sum; and where the hook
-    pruned, the smallest magnitude it kept in each canary's tensor."""
+    (after the post-noise hook), times the mean's divisor: the noisy sum; and, when a hook may
+    have pruned, the smallest magnitude it kept in each canary's tensor."""
     grads, scale = [q.grad for q in canaries.params], dp.release_divisor()
-    return canaries.gather(grads, scale=scale), canaries.pruning_thresholds(grads, scale)
+    return canaries.gather(grads, scale=scale), canaries.pruning_thresholds(grads, scale) if hooked else None
 
 
 def dp_steps(
@@ -384,7 +388,7 @@ def dp_steps(
                 if post_noise_hook is not None:
                     post_noise_hook(dp.params, dp.audit)
                 if canaries is not None:
-                    canaries.observe(*released_sum(dp, canaries))
+                    canaries.observe(*released_sum(dp, canaries, post_noise_hook is not None))
                 dp.optimizer.original_optimizer.step()
                 dp.optimizer.zero_grad(set_to_none=True)
                 loop.end_step(dp.world.sum_floats(running)[0] / max(1.0, t.batch_size))
@@ -444,7 +448,7 @@ def train_dp_sgd(
         samples=loop.samples,
         tokens=loop.tokens,
         details={"clipping": clipping},
-        whitebox=whitebox_section(
+        whitebox_audit=deferred_section(
             canaries,
             delta,
             privacy.epsilon,
@@ -453,7 +457,6 @@ def train_dp_sgd(
         )
         if canaries
         else None,
-        whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
     )
 
 
@@ -463,7 +466,7 @@ class DPSGD(Method):
 
     options = {"secure_rng": False, "clipping": "per-sample"}  # or "ghost"
     per_example_gradients = True
-    default_gradient_canaries = AUDIT_CANARIES
+    audit_block = True
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from dpbench.attacks.gradient_canaries import ScalarCanaries, whitebox_section
+from dpbench.attacks.gradient_canaries import ScalarCanaries, deferred_section
 from dpbench.checks import check_count, finite
 from dpbench.distributed import World, world
 from dpbench.errors import DpbenchError
@@ -297,12 +297,11 @@ class DPZO(Method):
             samples=loop.samples,
             tokens=loop.tokens,
             details=self.details(clipped / max(1, w.sum_floats(loop.samples)[0])),
-            whitebox=self.whitebox(canaries, delta, epsilon=report.epsilon) if canaries is not None else None,
-            whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
+            whitebox_audit=self.whitebox(canaries, delta, epsilon=report.epsilon) if canaries is not None else None,
         )
 
     @staticmethod
-    def whitebox(canaries: ScalarCanaries, delta: float, epsilon: float) -> dict:
+    def whitebox(canaries: ScalarCanaries, delta: float, epsilon: float):
         signal = canaries.rate * canaries.steps
         noise = (canaries.steps * (canaries.noise_multiplier**2 + canaries.rate * canaries.m / 2)) ** 0.5
         note = (
@@ -312,7 +311,7 @@ class DPZO(Method):
             "evidence of privacy beyond the accounting; utility was measured with these canaries in training"
         )
         route = "a canary example whose scalar is +-RAW_SCALE*C (its own public sign per release), clipped to [-C, C]"
-        return whitebox_section(canaries, delta, epsilon, route, note=note)
+        return deferred_section(canaries, delta, epsilon, route, note=note)
 
     def privacy_report(self, spec, delta: float, sigma: float, rate: float) -> PrivacyReport:
         t, p, k = spec.training, spec.privacy, self.opts["directions"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.dpsgd import AUDIT_CANARIES, check_clipping, clipping_passes, dp_sgd_noise_multiplier, train_dp_sgd
+from dpbench.methods.dpsgd import check_clipping, clipping_passes, dp_sgd_noise_multiplier, train_dp_sgd
 from dpbench.methods.update_pruning import UpdatePruner
 from dpbench.models.pruning_spec import TokenPruning
 
@@ -43,7 +43,7 @@ class DualPriv(Method):
         "clipping": "per-sample",  # or "ghost"
     }
     per_example_gradients = True
-    default_gradient_canaries = AUDIT_CANARIES
+    audit_block = True
 
     def __init__(self, **options):
         super().__init__(**options)

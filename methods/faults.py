@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from dpbench.attacks.tradeoff import SIGMA_FLOOR
 from dpbench.methods import dpsgd
 from dpbench.registry import Registry
 
@@ -38,7 +39,7 @@ FAULTS: Registry[Fault] = Registry("fault")
 def _prv(sigma: float, rate: float, steps: int, delta: float) -> float | None:
     from dpbench.privacy import spent_epsilon
 
-    if sigma < 0.2:  # the PRV grid outgrows memory: RDP's (looser) figure, still far above any claim
+    if sigma < SIGMA_FLOOR:  # the PRV grid outgrows memory: RDP's (looser) figure, still far above any claim
         return spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=steps, accountant="rdp")
     return spent_epsilon(noise_multiplier=sigma, delta=delta, sample_rate=rate, steps=steps, accountant="prv")
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from dpbench.attacks.gradient_canaries import GradientCanaries, audit_block, whitebox_section
+from dpbench.attacks.gradient_canaries import GradientCanaries, audit_block, deferred_section
 from dpbench.distributed import World, world
 from dpbench.methods.base import METHODS, Method, TrainReport
-from dpbench.methods.dpsgd import AUDIT_CANARIES
 from dpbench.privacy import PrivacyReport, default_delta
 from dpbench.training_loop import TrainingLoop, adam, chunks, shuffled_batches, trainable_parameters
 
@@ -19,7 +18,7 @@ class NonPrivate(Method):
     private = False
     # without clipping and noise Adam's best step is smaller (README, "Learning rates and dualpriv's defaults")
     default_lr = 1.25e-4
-    default_gradient_canaries = AUDIT_CANARIES
+    audit_block = True
 
     def train(self, model, data, spec, delta) -> TrainReport:
         t = spec.training
@@ -64,8 +63,7 @@ class NonPrivate(Method):
             privacy=PrivacyReport.non_private(t.steps),
             samples=loop.samples,
             tokens=loop.tokens,
-            whitebox=whitebox_section(canaries, delta, None, ROUTE) if canaries is not None else None,
-            whitebox_scores=(canaries.included, canaries.scores) if canaries is not None else None,
+            whitebox_audit=deferred_section(canaries, delta, None, ROUTE) if canaries is not None else None,
         )
 
 

@@ -129,3 +129,21 @@ def test_find_problem_reports_the_first_in_document_order():
     assert find_problem({"a": [1.0, {"b": "x"}], "c": 2}) is None
     assert find_problem({"a": [0.5, math.inf], "b": math.nan})[0] == "$.a[1]"
     assert find_problem([[]] * 3, max_values=2) is not None  # shared values count each time
+
+
+def test_numpy_non_finite_values_are_named_too(tmp_path):
+    """Figures computed with numpy (float64, float32) that are not finite are refused by name and path."""
+    import numpy as np
+
+    from dpbench.errors import DpbenchError
+    from dpbench.files import find_problem
+    from dpbench.results import write_json_atomic
+
+    assert find_problem({"a": [1.0, np.float64("nan")]}) == (
+        "$.a[1]",
+        "NaN is not a number JSON can hold: dpbench refuses NaN and ±Infinity",
+    )
+    assert find_problem({"b": np.float32("-inf")})[1].startswith("-Infinity")
+    with pytest.raises(DpbenchError, match=r"\$\.x: Infinity"):
+        write_json_atomic(tmp_path / "r.json", {"x": np.float64("inf")})
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

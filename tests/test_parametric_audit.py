@@ -59,7 +59,8 @@ def test_the_composed_f_dp_bound_is_sound_and_sees_less_noise():
     assert fdp_composed_bound(RATE, STEPS, DELTA, m, k, correct)[1] > claimed
 
 
-def test_the_scores_fit_the_noise_scale_without_reading_inclusion():
+def test_the_mixture_fit_recovers_the_noise_scale_the_step_and_the_rate():
+    """From the releases alone (the fit takes no inclusion), at half the noise the run claims."""
     y, _, _ = releases(4000, 0.8, noise=0.5)
     s, d, w = fit_mixture(y)
     assert (
@@ -101,3 +102,14 @@ def test_the_parametric_audit_flags_a_fault_and_names_it(fault, off):
     assert p["violation"] and off in p["off"]
     if off != "steps accounted":  # that one is flagged by counting releases, not by the estimate
         assert p["epsilon_lower_bound"] > eps
+
+
+@pytest.mark.parametrize("seed", [0, 1])  # seed 1: the fit finds no step at all; seed 0: a spurious one
+def test_releases_without_any_canary_signal_give_a_complete_unflagged_record(seed):
+    """A fault that drops the canaries, or a run too short to see them: no sensitivity to estimate,
+    so nothing is composed and nothing flagged, and the record still has every field."""
+    y, tau, included = releases(4000, 1.0, clip=0.0, seed=seed)  # the canaries never reach a release
+    eps, p = audit(y, tau, included, 1.0)
+    assert not p["violation"] and p["off"] == [] and p["epsilon_lower_bound"] in (None, 0.0)
+    assert {"noise_std", "clip_norm", "sample_rate", "claimed", "confidence", "note"} <= set(p)
+    assert p["noise_std"][0] == pytest.approx(1.0, rel=0.02)

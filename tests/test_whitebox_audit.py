@@ -16,12 +16,12 @@ import torch
 from dpbench.attacks import gradient_canaries
 from dpbench.attacks.canary import one_run_epsilon_lower_bound
 from dpbench.attacks.fdp import fdp_epsilon_lower_bound, gaussian_sigma
-from dpbench.methods.dpsgd import AUDIT_CANARIES, train_dp_sgd
+from dpbench.methods.dpsgd import train_dp_sgd
 from dpbench.methods.dpzo import DPZO
 from dpbench.methods.faults import FAULTS, broken_mechanism
 from dpbench.methods.nonprivate import NonPrivate
 from dpbench.registries import METHODS
-from dpbench.spec import RunSpec
+from dpbench.spec import AUDIT_CANARIES, RunSpec
 
 COUNTS = [
     (1000, 100, 90, 7e-5),
@@ -136,7 +136,7 @@ def audit_of(model, examples, epsilon, fault=None, **changes):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(2))
 def test_a_correct_mechanism_is_never_flagged(tiny_model, digit_examples, seed):
-    """Twenty seeds at the default run's scale: benchmarks/audit-soundness.md."""
+    """Two seeds here; twenty at the default run's data in benchmarks/audit-soundness.md."""
     for epsilon in (1.0, 8.0):
         w = audit_of(tiny_model, digit_examples, epsilon, **{"audit.gradient_canaries": 20000, "training.seed": seed})
         assert not w["violation"], w["flags"]
@@ -262,3 +262,27 @@ def test_every_gradient_method_audits_its_own_mechanism_by_default(name):
     expected = 0 if issubclass(METHODS.get(name), DPZO) else AUDIT_CANARIES
     s = RunSpec(method=name)
     assert s.audit.gradient_canaries == expected and s.audit.canary_placement == "audit-block"
+
+
+def test_the_auditor_keeps_a_bounded_record():
+    """Every release of every canary is kept: a spec whose product would not fit is refused first."""
+    from dpbench.errors import DpbenchError
+    from dpbench.spec import MAX_CANARY_RELEASES
+
+    RunSpec().replace(**{"training.steps": MAX_CANARY_RELEASES // AUDIT_CANARIES})
+    with pytest.raises(DpbenchError, match="gradient_canaries × training.steps"):
+        RunSpec().replace(**{"training.steps": MAX_CANARY_RELEASES // AUDIT_CANARIES + 1})
+
+
+def test_the_white_box_analysis_runs_once_when_first_read():
+    """Methods hand their report the analysis, not its result: phases time training without it."""
+    from dpbench.methods.base import TrainReport
+    from dpbench.privacy import PrivacyReport
+
+    calls = []
+    report = TrainReport(
+        1, 0.1, [], PrivacyReport.non_private(1), whitebox_audit=lambda: calls.append(1) or ({"m": 2}, (1, 2))
+    )
+    assert calls == []
+    assert report.whitebox == {"m": 2} and report.whitebox_scores == (1, 2) and calls == [1]
+    assert TrainReport(1, 0.1, [], PrivacyReport.non_private(1)).whitebox is None
