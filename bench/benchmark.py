@@ -197,7 +197,8 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 
 def case_medians(runs: list[dict]) -> dict[str, Any]:
-    """Median samples/s, and median peak bytes per device (devices in the order recorded)."""
+    """Median samples/s, median peak bytes per device (devices in the order recorded), and the
+    median of each figure of the training device's memory breakdown (the first process's)."""
     devices: dict[str, dict[str, Any]] = {}
     for s in runs:
         for rec in s["peak_memory"]:
@@ -210,7 +211,29 @@ def case_medians(runs: list[dict]) -> dict[str, Any]:
         "samples_per_s": median([s["train"]["samples_per_s"] for s in runs]),
         "memory": memory,
         "visual_tokens": runs[-1]["visual_tokens"] if runs else None,
+        "memory_breakdown": median_breakdown([s["memory_breakdown"][0] for s in runs if s.get("memory_breakdown")]),
     }
+
+
+def median_breakdown(breakdowns: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per figure, the median over one case's runs, with the labels of a run that had the figure."""
+    if not breakdowns:
+        return None
+    last = breakdowns[-1]
+    return {
+        "device": last["device"],
+        "peak": {**last["peak"], "bytes": median([b["peak"]["bytes"] for b in breakdowns])},
+        "components": {
+            name: median_component([b["components"][name] for b in breakdowns]) for name in last["components"]
+        },
+    }
+
+
+def median_component(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    known = [c for c in runs if c["bytes"] is not None]
+    if not known:
+        return runs[-1]
+    return {**known[-1], "bytes": median([c["bytes"] for c in known])}
 
 
 def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
@@ -238,6 +261,7 @@ def summarise(cases: list[Case], measurements: list[dict]) -> list[dict]:
                     dev: {**m, "ratio": ratio(m["peak_bytes"], base["memory"].get(dev, {}).get("peak_bytes"))}
                     for dev, m in med["memory"].items()
                 },
+                "memory_breakdown": med["memory_breakdown"],
             }
         )
     return rows

@@ -14,6 +14,13 @@ MEMORY_KINDS = {  # what PeakMemory's record kinds measure
     "cpu-rss-above-baseline": "resident set above the process's baseline just before training (VmHWM)",
     "cuda-max-allocated": "torch's max allocated bytes on the GPU (weights included)",
 }
+PART_NAMES = {  # a memory breakdown's parts (dpbench.memory_breakdown), as the table and plot name them
+    "weights": "Weights",
+    "trained_gradients": "Trained gradients",
+    "per_example_gradients": "Per-example gradients",
+    "optimizer_state": "Optimizer state",
+    "activations_and_rest": "Activations and rest",
+}
 
 
 def devices(cases: list[dict]) -> dict[str, dict[str, str]]:
@@ -85,6 +92,47 @@ def extrapolation_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def breakdown_lines(result: dict[str, Any]) -> list[str]:
+    """Where each case's peak went on the training device: the measured peak and its parts, labelled."""
+    cases = [c for c in result["cases"] if c.get("memory_breakdown")]
+    if not cases:
+        return []
+    first = cases[0]["memory_breakdown"]
+    depths = any(c.get("layers") is not None for c in cases)
+    head = ["Method", "Batch", *(["Layers"] if depths else []), f"Peak, {first['peak']['how']}"]
+    head += [f"{PART_NAMES[name]}, {part['how']}" for name, part in first["components"].items()]
+    lines = [
+        "",
+        f"## Where the peak memory goes ({first['device']}, MiB)",
+        "",
+        "Medians over rounds. The peak is measured; each part is labelled measured or derived (its source below). "
+        "Parts marked * are outside the peak: resident before training, where the peak counts only what came after.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for c in cases:
+        b = c["memory_breakdown"]
+        row = [f"`{c['label']}`", str(c["batch_size"]), *([str(c.get("layers") or "all")] if depths else [])]
+        row.append(fmt(b["peak"]["bytes"] / MIB, ".1f"))
+        row += [part_cell(part) for part in b["components"].values()]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    for name in first["components"]:
+        sources: dict[str, list[str]] = {}
+        for c in cases:
+            sources.setdefault(c["memory_breakdown"]["components"][name]["source"], []).append(f"`{c['label']}`")
+        for source, labels in sources.items():
+            whom = "" if len(sources) == 1 else f" ({', '.join(dict.fromkeys(labels))})"
+            lines.append(f"- {PART_NAMES[name]}: {source}{whom}.")
+    return lines
+
+
+def part_cell(part: dict[str, Any]) -> str:
+    value = fmt(part["bytes"] / MIB if part["bytes"] is not None else None, ".1f")
+    return value + ("*" if not part["in_peak"] and part["bytes"] is not None else "")
+
+
 def device_notes(result: dict[str, Any]) -> list[str]:
     return [
         f"{dev}: {d['name']}; {MEMORY_KINDS.get(d['kind'], d['kind'])}." for dev, d in devices(result["cases"]).items()
@@ -110,6 +158,7 @@ def markdown(result: dict[str, Any]) -> str:
         *lines,
         "",
         *(f"- {note}" for note in device_notes(result)),
+        *breakdown_lines(result),
         *extrapolation_lines(result),
     ]
     return "\n".join(notes) + "\n"
@@ -133,21 +182,43 @@ def plot_png(result: dict[str, Any]) -> bytes:
         for dev in devices(cases)
     ]
     panels.append(("train samples/s ÷ nonprivate", [c["throughput_ratio"] for c in cases]))
-    fig = Figure(figsize=(4 + 4 * len(panels), 2 + 0.35 * len(cases)))
+    broken_down = any(c.get("memory_breakdown") for c in cases)
+    fig = Figure(figsize=(4 + 4 * (len(panels) + broken_down), 2 + 0.35 * len(cases)))
+    y = list(range(len(cases)))[::-1]  # first case on top
     for k, (title, values) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), k + 1)
-        y = list(range(len(cases)))[::-1]  # first case on top
+        ax = fig.add_subplot(1, len(panels) + broken_down, k + 1)
         bars = ax.barh(y, [v or 0.0 for v in values], color="tab:blue")
         ax.bar_label(bars, [fmt(v, ".2f", "×") for v in values], fontsize="small", padding=2)
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
         ax.set_yticks(y, labels if k == 0 else [""] * len(y), fontsize="small")
         ax.set_title(title, fontsize="medium")
         ax.margins(x=0.2)
+    if broken_down:
+        breakdown_panel(fig.add_subplot(1, len(panels) + 1, len(panels) + 1), cases, y)
     base = result["base"]
     fig.suptitle(f"{base['task']} on {base['model']} ({base['device']}), medians of {result['rounds']} round(s)")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
+
+
+def breakdown_panel(ax, cases: list[dict], y: list[int]) -> None:
+    """Stacked bars of the parts each peak counts (MiB), a tick at the measured peak; a part
+    outside the peak (a CPU's weights) or not known is not drawn."""
+    shown = [(c["memory_breakdown"], yy) for c, yy in zip(cases, y) if c.get("memory_breakdown")]
+    left = [0.0] * len(shown)
+    for name, label in PART_NAMES.items():
+        parts = [b["components"][name] for b, _ in shown]
+        widths = [p["bytes"] / MIB if p["in_peak"] and p["bytes"] is not None else 0.0 for p in parts]
+        if any(widths):
+            hows = "/".join(sorted({p["how"] for p in parts}))
+            ax.barh([yy for _, yy in shown], widths, left=left, label=f"{label.lower()} ({hows})")
+            left = [a + w for a, w in zip(left, widths)]
+    peaks = [b["peak"]["bytes"] / MIB for b, _ in shown]
+    ax.scatter(peaks, [yy for _, yy in shown], marker="|", s=200, color="black", label="peak (measured)")
+    ax.set_yticks(y, [""] * len(y))
+    ax.set_title(f"where the peak goes, {shown[0][0]['device']} (MiB)", fontsize="medium")
+    ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:

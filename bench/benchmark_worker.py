@@ -21,7 +21,7 @@ from dpbench.systems import throughput
 
 
 def train_systems(spec: RunSpec) -> dict:
-    """Train as `dpbench run` does; return peak memory per device, throughput and tokens kept."""
+    """Train as `dpbench run` does; return peak memory per device and where it went, throughput and tokens kept."""
     trained = phases.train(phases.prepare(spec))
     report = trained.report
     if report.samples == 0:  # Poisson sampling drew no example: nothing was measured
@@ -32,6 +32,7 @@ def train_systems(spec: RunSpec) -> dict:
     return {
         "steps": report.steps,
         "peak_memory": trained.peak_memory,
+        "memory_breakdown": trained.memory_breakdown,
         "train": throughput(trained.wall_s, report.samples, report.tokens),
         "visual_tokens": trained.visual_tokens,
         "details": report.details,

@@ -19,6 +19,7 @@ from dpbench.attacks.gradient_canaries import UTILITY_NOTE as WHITEBOX_NOTE
 from dpbench.distributed import world
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.memory_breakdown import MemoryBreakdown
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.models.base import VisionLanguageModel
 from dpbench.models.lora import merge_lora, setup_parameters
@@ -71,6 +72,7 @@ class Trained:
     wall_s: float
     parameters: tuple[int, int]  # (total, trainable), counted before LoRA adapters are merged
     visual_tokens: dict[str, int]
+    memory_breakdown: list[dict] | None = None  # the training device's, per process (memory_breakdown.py)
 
 
 @dataclass
@@ -181,8 +183,8 @@ def prepare(spec: RunSpec) -> Prepared:
 
 
 def train(p: Prepared) -> Trained:
-    """The method's training, with peak memory and wall time measured around it alone."""
-    with PeakMemory(p.spec.device) as memory:
+    """The method's training, with peak memory (and where it goes) and wall time measured around it alone."""
+    with PeakMemory(p.spec.device) as memory, MemoryBreakdown(p.model.model, memory.device) as parts:
         t0 = time.perf_counter()
         with p.model.training_precision(p.spec.training.precision):
             report = p.method.train(p.model, p.fit, p.spec, p.delta)
@@ -190,12 +192,14 @@ def train(p: Prepared) -> Trained:
     pruner = p.model.token_pruner
     report.details["token_pruning"] = pruner.details() if pruner is not None else None
     visual = {"before": p.model.visual_tokens_per_image, "after": p.model.visual_tokens_kept}
-    records = memory.records
+    records, peak = memory.records, memory.device_record()
+    breakdowns = [parts.breakdown(peak)] if peak is not None else []
     w = world()
     if w.distributed:  # every rank's memory, and the examples all of them processed
         records = [{**r, "rank": rank} for rank, rs in enumerate(w.gather(records)) for r in rs]
+        breakdowns = [{**b, "rank": rank} for rank, bs in enumerate(w.gather(breakdowns)) for b in bs]
         report.samples, report.tokens = (int(x) for x in w.sum_floats(report.samples, report.tokens))
-    return Trained(report, records, wall, p.model.parameter_counts(), visual)
+    return Trained(report, records, wall, p.model.parameter_counts(), visual, breakdowns or None)
 
 
 def evaluate(task: Task, model: VisionLanguageModel, examples: list[Example]) -> Evaluation:
@@ -331,6 +335,7 @@ def record(
             total_wall_s=total_wall_s,
             visual_tokens=trained.visual_tokens,
             phases={k: round(v, 3) for k, v in phase_walls.items()} if phase_walls else None,
+            memory_breakdown=trained.memory_breakdown,
         ),
         audit=audit_record,
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from dpbench.benchmark_report import PART_NAMES
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import RunResult
 
@@ -16,6 +18,17 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
+
+
+def _parts(breakdown: dict) -> str:
+    """The parts of a peak, each with how it was had; a part outside the peak says so."""
+    out = []
+    for name, part in breakdown["components"].items():
+        size = "unknown" if part["bytes"] is None else _mib(part["bytes"])
+        out.append(
+            f"{PART_NAMES[name].lower()} {size} ({part['how']}{'' if part['in_peak'] else ', outside the peak'})"
+        )
+    return ", ".join(out)
 
 
 def print_summary(result: RunResult, folder: RunFolder) -> None:
@@ -69,8 +82,10 @@ def print_summary(result: RunResult, folder: RunFolder) -> None:
     for rec in s.peak_memory:
         table.add_row(
             f"peak memory ({rec['device']}" + (f", rank {rec['rank']})" if "rank" in rec else ")"),
-            f"{_mib(rec['peak_bytes'])} [{rec['kind']}] {rec.get('name', '')}",
+            f"{_mib(rec['peak_bytes'])} {escape('[' + rec['kind'] + ']')} {rec.get('name', '')}",  # not rich markup
         )
+    for b in s.memory_breakdown or []:
+        table.add_row(f"peak breakdown ({b['device']}" + (f", rank {b['rank']})" if "rank" in b else ")"), _parts(b))
     table.add_row(
         "train throughput",
         f"{s.train['samples_per_s']:.1f} samples/s, {s.train['tokens_per_s']:.0f} tokens/s, {s.train['wall_s']:.1f} s",

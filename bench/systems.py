@@ -98,6 +98,11 @@ class PeakMemory:
                 }
             )
 
+    def device_record(self) -> dict | None:
+        """The record of the device training ran on; none for a device without one (MPS)."""
+        name = "cpu" if self.device.type == "cpu" else str(self.device)
+        return next((r for r in self.records if r["device"] == name), None)
+
 
 def cpu_name() -> str:
     try:

@@ -50,7 +50,8 @@ from dpbench.training_loop import TrainingLoop, adam, trainable_parameters
 
 # Called with the trainable parameters once their .grad holds the noisy, scaled DP gradient
 # and before the optimiser consumes it: anything here is post-processing of a DP release.
-# Its second argument is the audit-only block (empty without one).
+# Its second argument is the audit-only block (empty without one). A hook with a
+# `step(optimizer)` method takes the optimiser step too (`optimizer_step`).
 PostNoiseHook = Callable[[list[torch.nn.Parameter], list[torch.nn.Parameter]], None]
 
 NOT_SECURE = ("noise from torch's generator seeded by the spec's seed: reproducible, not for deployment",)
@@ -347,6 +348,16 @@ def released_sum(dp: Private, canaries: GradientCanaries, hooked: bool) -> tuple
     return canaries.gather(grads, scale=scale), canaries.pruning_thresholds(grads, scale) if hooked else None
 
 
+def optimizer_step(hook: PostNoiseHook | None, optimizer: torch.optim.Optimizer) -> None:
+    """The step on the released gradient: the hook's own where it has one (update pruning's
+    exact freeze steps one parameter at a time), else the optimiser's."""
+    step = getattr(hook, "step", None)
+    if step is None:
+        optimizer.step()
+    else:
+        step(optimizer)
+
+
 def dp_steps(
     model,
     data,
@@ -389,7 +400,7 @@ def dp_steps(
                     post_noise_hook(dp.params, dp.audit)
                 if canaries is not None:
                     canaries.observe(*released_sum(dp, canaries, post_noise_hook is not None))
-                dp.optimizer.original_optimizer.step()
+                optimizer_step(post_noise_hook, dp.optimizer.original_optimizer)
                 dp.optimizer.zero_grad(set_to_none=True)
                 loop.end_step(dp.world.sum_floats(running)[0] / max(1.0, t.batch_size))
                 running = 0.0

@@ -10,8 +10,9 @@ Adam would still move a zeroed coordinate (its first moment remembers earlier st
 would decay its moments. With `adam="freeze"` (the default) a pruned coordinate is left
 exactly as it was: its parameter and its optimizer moments are restored after the step, so
 it neither moves nor forgets; only the Adam step counter, shared by the whole tensor, goes on.
-This holds a copy of each parameter and its moments during the step (small beside the
-per-example gradients Opacus keeps).
+The pruner takes the optimizer step itself (`step`, which `train_dp_sgd` calls in place of the
+optimizer's) and steps one parameter at a time, so what it holds besides the model is a copy of
+one tensor and its moments, never of the whole model.
 `adam="decay"` is plain Adam fed the zeros.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from dpbench.checks import check_fraction
 from dpbench.errors import DpbenchError
@@ -50,8 +50,16 @@ def keep_masks(grads: list[torch.Tensor], keep: float, scope: str) -> list[torch
     return [m.view_as(g) for m, g in zip(masks, grads)]
 
 
+def same_shape_state(p: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
+    """The optimizer state that lives per coordinate (Adam's moments), not per tensor (its step)."""
+    return {name: s for name, s in state.items() if torch.is_tensor(s) and s.shape == p.shape}
+
+
 class UpdatePruner:
-    """The post-noise hook; use it as a context manager so `adam="freeze"` can see the step."""
+    """The post-noise hook, and the optimizer step that follows it (`step`).
+
+    A context manager too: leaving it drops the masks of a step that never came (an error
+    between the hook and the step), so no model-sized tensor outlives the run."""
 
     def __init__(self, keep: float = 0.3, scope: str = "tensor", adam: str = "freeze"):
         keep = check_fraction("update_keep", keep)
@@ -61,10 +69,9 @@ class UpdatePruner:
             raise DpbenchError(f"update_adam must be one of {', '.join(ADAM_MODES)}, got {adam!r}")
         self.keep, self.scope, self.adam = keep, scope, adam
         self.masks: dict[torch.nn.Parameter, torch.Tensor] = {}  # this step's kept coordinates
-        self.saved: dict[torch.nn.Parameter, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self.steps, self.kept, self.applied, self.total = 0, 0, 0, 0
         self.audit: set = set()
-        self.handles: list = []
+        self.peak_held_bytes = 0  # the most bytes of parameter and moment copies held at once
 
     def __call__(self, params: list[torch.nn.Parameter], audit: list[torch.nn.Parameter] = ()) -> None:
         """Prune `params`; an audit block's tensors by the same rule on their own, so they never
@@ -83,48 +90,63 @@ class UpdatePruner:
         self.kept += sum(int(m.sum()) for m in masks)
         self.total += sum(m.numel() for m in masks)
 
-    # -- the optimizer step around it ---------------------------------------------------------
     def __enter__(self) -> UpdatePruner:
-        self.handles = [
-            register_optimizer_step_pre_hook(self._before_step),
-            register_optimizer_step_post_hook(self._after_step),
-        ]
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles, self.masks, self.saved = [], {}, {}
+        self.masks = {}
 
-    def _params(self, optimizer) -> list[torch.nn.Parameter]:
-        return [p for group in optimizer.param_groups for p in group["params"] if p in self.masks]
+    # -- the optimizer step -------------------------------------------------------------------
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer's step on the pruned gradient (with freeze, one parameter at a time)."""
+        try:
+            if self.adam == "freeze":
+                self._step_each(optimizer)
+                return
+            optimizer.step()
+            for p in [p for group in optimizer.param_groups for p in group["params"] if p in self.masks]:
+                self._count(p, optimizer.state.get(p, {}), self.masks[p])
+        finally:
+            self.masks = {}
 
-    def _before_step(self, optimizer, args, kwargs) -> None:
-        if self.adam != "freeze":
+    def _step_each(self, optimizer: torch.optim.Optimizer) -> None:
+        """Each parameter stepped alone: the optimizer sees one group holding it only. Its state,
+        step counter included, is its own, so the updates are those of one step over all."""
+        groups = optimizer.param_groups
+        try:
+            for group in groups:
+                for p in group["params"]:
+                    if p.grad is not None:  # the optimizer would skip it too
+                        optimizer.param_groups = [{**group, "params": [p]}]
+                        self._step_frozen(optimizer, p)
+        finally:
+            optimizer.param_groups = groups
+
+    def _step_frozen(self, optimizer: torch.optim.Optimizer, p: torch.nn.Parameter) -> None:
+        """Step `p`, then put its pruned coordinates and their moments back as they were (moments
+        the step created, on the first step, back to zeros). The copies live for this call only."""
+        mask = self.masks.pop(p, None)
+        if mask is None:  # not pruned: a plain step
+            optimizer.step()
             return
-        for p in self._params(optimizer):  # whole copies: torch.where is much faster than boolean indexing
-            moments = {
-                name: s.clone()
-                for name, s in optimizer.state.get(p, {}).items()
-                if torch.is_tensor(s) and s.shape == p.shape
-            }
-            self.saved[p] = (p.detach().clone(), moments)
+        values = p.detach().clone()
+        moments = {name: s.clone() for name, s in same_shape_state(p, optimizer.state.get(p, {})).items()}
+        self.peak_held_bytes = max(self.peak_held_bytes, values.nbytes + sum(s.nbytes for s in moments.values()))
+        optimizer.step()
+        state = optimizer.state.get(p, {})
+        with torch.no_grad():  # in place (no temporary): torch.where is much faster than boolean indexing
+            torch.where(mask, p, values, out=p)
+            for name, s in same_shape_state(p, state).items():
+                torch.where(mask, s, moments[name] if name in moments else s.new_zeros(()), out=s)
+        self._count(p, state, mask)
 
-    def _after_step(self, optimizer, args, kwargs) -> None:
-        for p in self._params(optimizer):
-            mask = self.masks.pop(p)
-            state = optimizer.state.get(p, {})
-            if p in self.saved:
-                values, moments = self.saved.pop(p)
-                with torch.no_grad():
-                    p.copy_(torch.where(mask, p, values))
-                    for name, s in state.items():
-                        if torch.is_tensor(s) and s.shape == p.shape:  # absent before the first step: zeros
-                            s.copy_(torch.where(mask, s, moments[name] if name in moments else 0))
-            moment = state.get("exp_avg")  # Adam moves a coordinate iff its first moment is non-zero
-            moving = (moment if moment is not None else p.grad) != 0
-            if p not in self.audit:  # the densities describe the model's update
-                self.applied += int((moving & mask).sum() if self.adam == "freeze" else moving.sum())
+    def _count(self, p: torch.nn.Parameter, state: dict, mask: torch.Tensor) -> None:
+        """The coordinates this step moved: Adam moves one iff its first moment is non-zero."""
+        if p in self.audit:  # the densities describe the model's update
+            return
+        moment = state.get("exp_avg")
+        moving = (moment if moment is not None else p.grad) != 0
+        self.applied += int((moving & mask).sum() if self.adam == "freeze" else moving.sum())
 
     def details(self) -> dict[str, Any]:
         return {

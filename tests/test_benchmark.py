@@ -103,14 +103,16 @@ def test_case_specs_carry_options_and_default_the_physical_batch_to_the_batch():
 
 
 # -- running and summarising ---------------------------------------------------------------------
-def systems(cpu_bytes, samples_per_s, cuda_bytes=None, kept=64):
+def systems(cpu_bytes, samples_per_s, cuda_bytes=None, kept=64, breakdown=None):
     memory = [{"device": "cpu", "name": "CPU", "kind": "cpu-rss-above-baseline", "peak_bytes": cpu_bytes}]
     if cuda_bytes is not None:
         memory.append({"device": "cuda:0", "name": "GPU", "kind": "cuda-max-allocated", "peak_bytes": cuda_bytes})
     return {
+        "steps": 1,
         "peak_memory": memory,
-        "train": {"samples_per_s": samples_per_s},
+        "train": {"wall_s": 1.0, "samples_per_s": samples_per_s, "tokens_per_s": 10 * samples_per_s},
         "visual_tokens": {"before": 64, "after": kept},
+        **({"memory_breakdown": [breakdown]} if breakdown else {}),
     }
 
 
@@ -234,6 +236,158 @@ def test_plot_is_a_png():
     assert plot_png(result_of(summarise(cases, measurements))).startswith(b"\x89PNG")
 
 
+# -- where the peak memory goes ------------------------------------------------------------------
+def breakdown_errors(breakdown):
+    """What the result schema says against one memory breakdown."""
+    import jsonschema
+
+    from dpbench.results import schema
+
+    part = {"$defs": schema("result")["$defs"], "$ref": "#/$defs/memory_breakdown"}
+    return [e.message for e in jsonschema.Draft202012Validator(part).iter_errors(breakdown)]
+
+
+def stepped_tiny_adam():
+    """Two Adam steps on a two-layer net (its first weight frozen) inside a breakdown, one outside."""
+    import torch
+
+    from dpbench.memory_breakdown import MemoryBreakdown
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+
+    def step():
+        model(torch.randn(3, 8)).sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with MemoryBreakdown(model, "cpu") as parts:
+        step()
+        step()
+    step()  # read by no breakdown
+    return parts
+
+
+def test_the_breakdown_derives_each_part_from_tensor_sizes_and_the_rest_from_the_peak():
+    parts = stepped_tiny_adam()
+    weights, trained = 4 * (8 * 4 + 4 + 4 * 2 + 2), 4 * (4 + 4 * 2 + 2)
+    state = 2 * trained + 4 * 3  # two moments, and a step counter per tensor
+    cpu = parts.breakdown({"device": "cpu", "kind": "cpu-rss-above-baseline", "peak_bytes": 1000})
+    c = cpu["components"]
+    assert cpu["peak"] == {"bytes": 1000, "how": "measured", "kind": "cpu-rss-above-baseline"}
+    assert c["weights"]["bytes"] == weights and not c["weights"]["in_peak"]  # resident before: in the baseline
+    assert c["trained_gradients"]["bytes"] == trained and c["per_example_gradients"]["bytes"] == 0
+    assert c["optimizer_state"]["bytes"] == state
+    assert c["activations_and_rest"]["bytes"] == 1000 - trained - state
+    assert all(p["how"] == "derived" for p in c.values())
+    gpu = parts.breakdown({"device": "cuda:0", "kind": "cuda-max-allocated", "peak_bytes": 1000})
+    assert gpu["components"]["weights"]["in_peak"]  # torch's allocated bytes count the weights
+    assert gpu["components"]["activations_and_rest"]["bytes"] == 1000 - weights - trained - state
+    over = parts.breakdown({"device": "cpu", "kind": "cpu-rss-above-baseline", "peak_bytes": 10})
+    assert over["components"]["activations_and_rest"]["bytes"] is None  # never a negative figure
+    assert "not derived" in over["components"]["activations_and_rest"]["source"]
+    assert all(breakdown_errors(b) == [] for b in (cpu, gpu, over))
+
+
+def test_a_training_without_an_optimizer_step_leaves_its_parts_unknown():
+    import torch
+
+    from dpbench.memory_breakdown import MemoryBreakdown
+
+    with MemoryBreakdown(torch.nn.Linear(2, 2), "cpu") as parts:
+        pass
+    b = parts.breakdown({"device": "cpu", "kind": "cpu-rss-above-baseline", "peak_bytes": 1000})["components"]
+    assert b["weights"]["bytes"] == 24
+    assert all(b[name]["bytes"] is None for name in b if name != "weights")
+    assert "no torch optimizer" in b["optimizer_state"]["source"]
+
+
+def test_a_dp_measurement_records_per_example_gradients_in_its_breakdown(checkpoint):
+    from dpbench.benchmark_worker import train_systems
+    from dpbench.spec import RunSpec
+
+    spec = RunSpec.from_dict(
+        {
+            "method": "dpsgd",
+            "model": str(checkpoint),
+            "privacy": {"accountant": "rdp"},  # calibrates in milliseconds
+            "training": {"steps": 1, "batch_size": 8, "n_train": 16},
+            "audit": {"gradient_canaries": 0},
+            "attacks": [],
+        }
+    )
+    (b,) = train_systems(spec)["memory_breakdown"]
+    c = b["components"]
+    assert b["device"] == "cpu" and b["peak"]["how"] == "measured" and breakdown_errors(b) == []
+    grads, per_example, state = (
+        c[k]["bytes"] for k in ("trained_gradients", "per_example_gradients", "optimizer_state")
+    )
+    assert per_example > 0 and "grad_sample" in c["per_example_gradients"]["source"]
+    assert 0 < state - grads < 4 * 1000  # .grad and the clipped sum; two moments and a step counter per tensor
+    assert c["weights"]["bytes"] >= grads / 2 and not c["weights"]["in_peak"]
+    rest = c["activations_and_rest"]["bytes"]
+    assert rest is None or rest == b["peak"]["bytes"] - grads - per_example - state
+
+
+def breakdown_of(peak, rest):
+    part = lambda n, in_peak=True, source="s": {"bytes": n, "how": "derived", "in_peak": in_peak, "source": source}  # noqa: E731
+    return {
+        "device": "cpu",
+        "peak": {"bytes": peak, "how": "measured", "kind": "cpu-rss-above-baseline"},
+        "components": {
+            "weights": part(100 * 2**20, False),
+            "trained_gradients": part(2**20),
+            "per_example_gradients": part(0, source="none held at the optimizer step"),
+            "optimizer_state": part(2 * 2**20),
+            "activations_and_rest": part(rest, source="the peak less" if rest is not None else "not derived"),
+        },
+    }
+
+
+def test_bench_reports_the_median_breakdown_in_json_markdown_and_the_plot():
+    from dpbench.benchmark_report import plot_png
+    from dpbench.results import validation_errors
+    from dpbench.systems import environment
+
+    mib = 2**20
+    cases = [Case(BASELINE, 8), Case(MethodEntry("dpsgd"), 8)]
+    runs = [(0, 4, 1), (1, 8, 5), (1, 6, None), (1, 7, 3)]  # case, peak, rest (MiB); None: not derived
+    measurements = [
+        {
+            "case": i,
+            "round": r,
+            "systems": systems(p * mib, 1.0, breakdown=breakdown_of(p * mib, x and x * mib)),
+            "error": None,
+        }
+        for r, (i, p, x) in enumerate(runs)
+    ]
+    rows = summarise(cases, measurements)
+    b = rows[1]["memory_breakdown"]
+    assert b["peak"]["bytes"] == 7 * mib and b["components"]["activations_and_rest"]["bytes"] == 4 * mib
+    assert b["components"]["activations_and_rest"]["source"] == "the peak less"  # from a run that had the figure
+    result = {
+        **result_of(rows),
+        "kind": "dpbench-bench",
+        "environment": environment("cpu"),
+        "measurements": measurements,
+        "extrapolations": [],
+    }
+    assert validation_errors(result, "bench") == []
+    lines = markdown(result).splitlines()
+    assert "## Where the peak memory goes (cpu, MiB)" in lines
+    assert (
+        "| Method | Batch | Peak, measured | Weights, derived | Trained gradients, derived | "
+        "Per-example gradients, derived | Optimizer state, derived | Activations and rest, derived |"
+    ) in lines
+    assert "| `dpsgd` | 8 | 7.0 | 100.0* | 1.0 | 0.0 | 2.0 | 4.0 |" in lines
+    assert "- Per-example gradients: none held at the optimizer step." in lines
+    assert plot_png(result).startswith(b"\x89PNG")
+    before = summarise(cases, [{**m, "systems": systems(mib, 1.0)} for m in measurements])  # outputs without one
+    assert before[1]["memory_breakdown"] is None and "Where the peak" not in markdown(result_of(before))
+
+
 # -- the command ---------------------------------------------------------------------------------
 def run_cli(*args):
     with pytest.raises(SystemExit) as info:
@@ -296,6 +450,8 @@ def test_bench_smoke_in_subprocesses(checkpoint, tmp_path):
     assert ghost["runs"] == 1 and ghost["samples_per_s"] > 0 and ghost["memory"]["cpu"]["peak_bytes"] > 0
     (measured,) = [m for m in result["measurements"] if m["case"] == 1]
     assert measured["systems"]["details"]["clipping"] == "ghost" and measured["systems"]["steps"] == 1
+    norms = ghost["memory_breakdown"]["components"]["per_example_gradients"]
+    assert "norms" in norms["source"] and norms["bytes"] > 0  # ghost clipping keeps norms, not gradients
     assert "`dpsgd:clipping=ghost`" in (out / "b.md").read_text()
     assert (out / "b.png").read_bytes().startswith(b"\x89PNG")
 

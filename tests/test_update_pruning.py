@@ -8,7 +8,10 @@ import torch
 
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS
-from dpbench.methods.update_pruning import UpdatePruner, kept_count
+from dpbench.methods.dualpriv import DualPriv
+from dpbench.methods.update_pruning import UpdatePruner, kept_count, same_shape_state
+from dpbench.models.registry import load_model
+from dpbench.models.token_pruning import install_token_pruning
 from dpbench.spec import RunSpec
 
 
@@ -57,10 +60,10 @@ def adam_steps(adam_mode, keep=0.3):
     for p in params:
         p.grad = torch.randn_like(p)
     before = copy.deepcopy([(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params])
-    with UpdatePruner(keep, "tensor", adam_mode) as pruner:
-        pruner(params)
-        masks = [p.grad != 0 for p in params]
-        opt.step()
+    pruner = UpdatePruner(keep, "tensor", adam_mode)
+    pruner(params)
+    masks = [p.grad != 0 for p in params]
+    pruner.step(opt)
     return params, opt, before, masks, pruner
 
 
@@ -80,10 +83,10 @@ def test_freeze_on_the_first_step_keeps_moments_at_their_initial_zeros():
     params = noisy_params()
     values = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=0.1)
-    with UpdatePruner(0.3, "global") as pruner:
-        pruner(params)
-        masks = [p.grad != 0 for p in params]
-        opt.step()
+    pruner = UpdatePruner(0.3, "global")
+    pruner(params)
+    masks = [p.grad != 0 for p in params]
+    pruner.step(opt)
     for p, value, kept in zip(params, values, masks):
         assert torch.equal(p.detach()[~kept], value[~kept])
         assert (opt.state[p]["exp_avg"][~kept] == 0).all() and (opt.state[p]["exp_avg_sq"][~kept] == 0).all()
@@ -129,3 +132,103 @@ def test_update_pruning_leaves_the_accounted_epsilon_unchanged(tiny_model, digit
     details = reports["dualpriv-update"].details["update_pruning"]
     assert details["steps"] == 2 and 0.59 < details["gradient_density"] < 0.61  # the default keep, 0.6
     assert details["update_density"] <= details["gradient_density"]
+
+
+# -- the exact freeze, one parameter at a time, against the whole-model copies it replaced -------
+class WholeCopyFreeze(UpdatePruner):
+    """The freeze as it was: every pruned parameter and its moments copied before one step over
+    all of them, the pruned coordinates put back after."""
+
+    def step(self, optimizer):
+        self.optimizer = optimizer
+        params = [p for group in optimizer.param_groups for p in group["params"] if p in self.masks]
+        saved = {
+            p: (p.detach().clone(), {n: s.clone() for n, s in same_shape_state(p, optimizer.state.get(p, {})).items()})
+            for p in params
+        }
+        self.peak_held_bytes = sum(v.nbytes + sum(m.nbytes for m in ms.values()) for v, ms in saved.values())
+        optimizer.step()
+        with torch.no_grad():
+            for p in params:
+                (values, moments), mask, state = saved[p], self.masks[p], optimizer.state[p]
+                p.copy_(torch.where(mask, p, values))
+                for name, s in same_shape_state(p, state).items():
+                    s.copy_(torch.where(mask, s, moments[name] if name in moments else 0))
+                self._count(p, state, mask)
+        self.masks = {}
+
+
+class Recorded(UpdatePruner):
+    def step(self, optimizer):
+        self.optimizer = optimizer
+        super().step(optimizer)
+
+
+def assert_same_training(params_a, opt_a, params_b, opt_b):
+    for a, b in zip(params_a, params_b, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach())
+        state_a, state_b = opt_a.state[a], opt_b.state[b]
+        assert state_a.keys() == state_b.keys()
+        for name in state_a:
+            torch.testing.assert_close(state_a[name], state_b[name])
+
+
+def steps_on_fresh_gradients(pruner, steps=3, audit=True):
+    """Adam over a few tensors and, like an audit block, one more in a group of its own."""
+    params, block = noisy_params(), [torch.nn.Parameter(torch.zeros(9))]
+    opt = torch.optim.Adam([{"params": params}, *({"params": [a]} for a in block if audit)], lr=0.1)
+    torch.manual_seed(1)
+    for _ in range(steps):
+        for p in params + block:
+            p.grad = torch.randn_like(p)
+        pruner(params, block if audit else [])
+        pruner.step(opt)
+    return params + (block if audit else []), opt
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_freeze_one_tensor_at_a_time_updates_as_the_whole_model_copy_did(scope):
+    new, old = UpdatePruner(0.3, scope), WholeCopyFreeze(0.3, scope)
+    params_new, opt_new = steps_on_fresh_gradients(new)
+    params_old, opt_old = steps_on_fresh_gradients(old)
+    assert_same_training(params_new, opt_new, params_old, opt_old)
+    assert new.details() == old.details() and new.masks == {}
+
+
+def test_freeze_holds_copies_of_one_tensor_and_its_moments_not_of_the_model():
+    new, old = UpdatePruner(0.3), WholeCopyFreeze(0.3)
+    params, opt = steps_on_fresh_gradients(new, steps=2, audit=False)
+    steps_on_fresh_gradients(old, steps=2, audit=False)
+    one_tensor = max(p.nbytes + sum(s.nbytes for s in same_shape_state(p, opt.state[p]).values()) for p in params)
+    assert 0 < new.peak_held_bytes <= one_tensor
+    assert old.peak_held_bytes > one_tensor  # the bound would have caught the whole-model copies
+
+
+def test_freeze_matches_the_whole_model_copy_on_the_embedded_model_over_dualpriv_steps(
+    digit_examples, isolated_cache, monkeypatch
+):
+    spec = RunSpec(method="dualpriv").replace(
+        **{
+            "training.steps": 2,  # the first creates the moments, the second restores saved ones
+            "training.batch_size": 4,
+            "training.physical_batch_size": 4,
+            "training.lr": 1e-3,
+            "privacy.accountant": "rdp",  # calibrates in milliseconds: the updates are what is compared
+        }
+    )
+    runs = []
+    for pruner in (Recorded(0.6), WholeCopyFreeze(0.6)):
+        model = load_model("tiny-llava", "cpu")
+        model.set_trainable(["projector", "language_model"])
+        install_token_pruning(model, spec.token_pruning)  # its own seeded generator: the same tokens each run
+        monkeypatch.setattr(DualPriv, "update_pruner", lambda self, p=pruner: p)
+        method = DualPriv()
+        method.prepare(model)
+        report = method.train(model, digit_examples, spec, 1e-3)
+        runs.append((list(model.model.parameters()), pruner.optimizer, report.details["update_pruning"]))
+    (params_new, opt_new, new), (params_old, opt_old, old) = runs
+    stepped = [[p for group in opt.param_groups for p in group["params"]] for opt in (opt_new, opt_old)]
+    assert len(opt_new.param_groups) > 1  # the audit block's groups, after the model's
+    assert_same_training(stepped[0], opt_new, stepped[1], opt_old)
+    torch.testing.assert_close([p.detach() for p in params_new], [p.detach() for p in params_old])
+    assert new == old and new["steps"] == 2 and 0 < new["update_density"] <= new["gradient_density"]
