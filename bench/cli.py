@@ -13,12 +13,13 @@ from dpbench.leaderboard.cli import leaderboard_command
 from dpbench.models.lora import LoraSpec
 from dpbench.options import parse_pairs
 from dpbench.output import set_verbose
-from dpbench.registries import ATTACKS, METHODS, MODELS, TASKS
+from dpbench.registries import ATTACKS, METHODS, MODELS, TASKS, UNLEARNERS
 from dpbench.results import load_result
 from dpbench.run_folder import RunFolder, check_runs_dir
 from dpbench.spec import CANARY_KINDS, CANARY_PLACEMENTS, EVAL_SPLITS, PRECISIONS, RunSpec, load_spec_file, merge
 from dpbench.summary import print_summary
 from dpbench.sweep import sweep_command
+from dpbench.unlearning.cli import unlearn_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -194,10 +195,12 @@ def audit(run_dir: str, attacks: str | None) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(["methods", "tasks", "attacks", "models"]))
+@click.argument("kind", type=click.Choice(["methods", "tasks", "attacks", "models", "unlearners"]))
 def list_(kind: str) -> None:
-    """List the registered methods, tasks, attacks or models."""
-    registry = {"methods": METHODS, "tasks": TASKS, "attacks": ATTACKS, "models": MODELS}[kind]
+    """List the registered methods, tasks, attacks, models or unlearning methods."""
+    registry = {"methods": METHODS, "tasks": TASKS, "attacks": ATTACKS, "models": MODELS, "unlearners": UNLEARNERS}[
+        kind
+    ]
     for name in registry.names():
         obj = registry.get(name)
         doc = (obj.__doc__ or "").strip().splitlines()
@@ -263,6 +266,7 @@ def lm_eval_command(args: tuple[str, ...]) -> None:
 
 
 cli.add_command(bench_command, "bench")
+cli.add_command(unlearn_command, "unlearn")
 cli.add_command(leaderboard_command, "leaderboard")
 cli.add_command(sweep_command, "sweep")
 

@@ -13,3 +13,6 @@ METHODS: Registry = Registry("method", base="dpbench.methods.base:Method", plugi
 TASKS: Registry = Registry("task", base="dpbench.tasks.base:Task", plugins="dpbench.tasks")
 ATTACKS: Registry = Registry("attack", base="dpbench.attacks.base:Attack", plugins="dpbench.attacks")
 MODELS: Registry = Registry("model", base="dpbench.models.registry:ModelLoader", plugins="dpbench.models.registry")
+UNLEARNERS: Registry = Registry(
+    "unlearning method", base="dpbench.unlearning.base:Unlearner", plugins="dpbench.unlearning.methods"
+)

@@ -16,19 +16,21 @@ from referencing import Registry, Resource
 from dpbench.errors import DpbenchError
 from dpbench.files import find_problem, read_json
 
+# a document's `kind` -> its schema; a run result has no kind
+KINDS = {None: "result", "dpbench-bench": "bench", "dpbench-unlearn": "unlearn"}
+
 
 @lru_cache(maxsize=None)
 def schema(name: str = "result") -> dict[str, Any]:
-    """A packaged schema: `result` (run results) or `bench` (`dpbench bench` outputs)."""
+    """A packaged schema: `result` (run results), `bench` (`dpbench bench` outputs) or `unlearn`
+    (`dpbench unlearn` results)."""
     return json.loads(resources.files("dpbench").joinpath(f"schema/{name}.schema.json").read_text())
 
 
 @lru_cache(maxsize=None)
 def _validator(name: str) -> jsonschema.Draft202012Validator:
-    # The bench schema reuses the result schema's definitions by $id; no network lookups.
-    registry = Registry().with_resources(
-        (schema(n)["$id"], Resource.from_contents(schema(n))) for n in ("result", "bench")
-    )
+    # The bench and unlearn schemas reuse the result schema's definitions by $id; no network lookups.
+    registry = Registry().with_resources((schema(n)["$id"], Resource.from_contents(schema(n))) for n in KINDS.values())
     return jsonschema.Draft202012Validator(schema(name), registry=registry, format_checker=jsonschema.FormatChecker())
 
 
@@ -53,8 +55,10 @@ def spec_errors(spec: Any) -> list[str]:
 
 
 def document_kind(document: Any) -> str:
-    """Which schema a file answers to: `dpbench bench` outputs say so; anything else is a run result."""
-    return "bench" if isinstance(document, dict) and document.get("kind") == "dpbench-bench" else "result"
+    """Which schema a file answers to: `dpbench bench` and `dpbench unlearn` outputs say so; anything
+    else is a run result."""
+    kind = document.get("kind") if isinstance(document, dict) else None
+    return KINDS.get(kind, "result") if isinstance(kind, str) else "result"
 
 
 def load_result(path: str | Path) -> dict[str, Any]:

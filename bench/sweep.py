@@ -45,10 +45,12 @@ from dpbench.sweep_engines import (
     run_jobs,
     slurm_parameters,
 )
+from dpbench.unlearning.sweep import check_section
+from dpbench.unlearning.sweep import jobs as unlearn_jobs
 
 GRID_KEYS = ("tasks", "methods", "epsilons", "seeds")
 # base: run-spec fields every run shares; resources and slurm: what --engine ray / slurm ask per run
-OPTIONAL_KEYS = ("base", "resources", "slurm")
+OPTIONAL_KEYS = ("base", "resources", "slurm", "unlearn")  # unlearn: dpbench.unlearning.sweep
 NON_PRIVATE_METHODS = ("nonprivate",)  # run once per seed; the epsilon axis does not apply
 
 # Runs one command line, returns its exit status. Tests pass a fake; the default spawns a process.
@@ -122,13 +124,15 @@ def result_path(runs_dir: str | Path, spec: RunSpec) -> Path:
     return RunFolder.of(runs_dir, spec.run_id()).result
 
 
-def is_done(runs_dir: str | Path, spec: RunSpec) -> bool:
-    """A valid result for exactly this spec exists (a crash leaves none: results are written atomically)."""
-    return RunFolder.of(runs_dir, spec.run_id()).finished(spec)
+def is_done(runs_dir: str | Path, spec: RunSpec, checkpoint: bool = False) -> bool:
+    """A valid result for exactly this spec exists (a crash leaves none: results are written
+    atomically), with its checkpoint when the sweep unlearns from it."""
+    folder = RunFolder.of(runs_dir, spec.run_id())
+    return folder.finished(spec) and (not checkpoint or folder.checkpoint.is_dir())
 
 
-def run_command(config: Path, runs_dir: str | Path) -> list[str]:
-    return [sys.executable, "-m", "dpbench.cli", *run_args(config, runs_dir)]
+def run_command(config: Path, runs_dir: str | Path, checkpoint: bool = False) -> list[str]:
+    return [sys.executable, "-m", "dpbench.cli", *run_args(config, runs_dir, checkpoint)]
 
 
 def failure_reason(runs_dir: str | Path, run_id: str, status: int) -> str:
@@ -162,13 +166,15 @@ def run_sweep(
     echo: Callable[[str], None] = lambda _: None,
     engine: str = "local",
     options: EngineOptions | None = None,
+    checkpoint: bool = False,
 ) -> SweepSummary:
-    """Every run not done yet, on `engine`; a failed run never stops the others."""
+    """Every run not done yet, on `engine`; a failed run never stops the others. `checkpoint`:
+    each run saves its model (the parents of an `unlearn:` section)."""
     summary, pending = SweepSummary(), []
     for i, spec in enumerate(specs, 1):
         run_id = spec.run_id()
         prefix = f"[{i}/{len(specs)}] {run_id}"
-        if is_done(runs_dir, spec):
+        if is_done(runs_dir, spec, checkpoint):
             summary.skipped.append(run_id)
             echo(f"{prefix}: done, skipped")
         elif dry_run:
@@ -180,7 +186,7 @@ def run_sweep(
         for prefix, spec in pending:
             echo(f"{prefix}: running")
             with tempfile.TemporaryDirectory(prefix="dpbench-sweep-") as tmp:
-                status = runner(run_command(write_config(Path(tmp), spec), runs_dir))
+                status = runner(run_command(write_config(Path(tmp), spec), runs_dir, checkpoint))
             record_outcome(summary, runs_dir, spec, Outcome(status), prefix, echo)
     elif pending:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
@@ -190,7 +196,9 @@ def run_sweep(
         prefixes = {spec.run_id(): prefix for prefix, spec in pending}
         # in the runs folder: a cluster's nodes see it (a shared file system), not this machine's /tmp
         with tempfile.TemporaryDirectory(dir=runs_dir, prefix=".sweep-") as tmp:
-            jobs = [(spec.run_id(), run_args(write_config(Path(tmp), spec), runs_dir)) for _, spec in pending]
+            jobs = [
+                (spec.run_id(), run_args(write_config(Path(tmp), spec), runs_dir, checkpoint)) for _, spec in pending
+            ]
             outcomes = run_jobs(engine, jobs, options, lambda run_id: echo(f"{prefixes[run_id]}: sent to {engine}"))
         for (prefix, spec), outcome in zip(pending, outcomes):
             record_outcome(summary, runs_dir, spec, outcome, prefix, echo)
@@ -260,12 +268,32 @@ def sweep_command(file: str, runs_dir: str, dry_run: bool, engine: str, address:
     """Run a grid of tasks x methods x epsilons x seeds from FILE; finished runs are skipped."""
     grid = load_spec_file(file)
     specs = expand(grid)
+    unlearn = check_section(grid["unlearn"]) if "unlearn" in grid else None
     if not dry_run:
         check_runs_dir(runs_dir)
     options = engine_options(grid, address, cluster)  # checked before anything runs
     summary = run_sweep(
-        specs, runs_dir, runner=subprocess_runner, dry_run=dry_run, echo=click.echo, engine=engine, options=options
+        specs,
+        runs_dir,
+        runner=subprocess_runner,
+        dry_run=dry_run,
+        echo=click.echo,
+        engine=engine,
+        options=options,
+        checkpoint=unlearn is not None,
     )
+    if unlearn is not None and not dry_run and not summary.failed:
+        options.folder = options.folder or Path(runs_dir) / ".submitit"
+        for stage in unlearn_jobs(unlearn, specs, runs_dir):  # the retrain references first
+            for (job, _), outcome in zip(
+                stage, run_jobs(engine, stage, options, lambda j: click.echo(f"{j}: running"))
+            ):
+                if outcome.status == RunBusy.exit_code:
+                    summary.skipped.append(job)
+                elif outcome.status != 0:
+                    summary.failed.append(f"{job}: {outcome.reason or f'exit status {outcome.status}'}")
+                else:
+                    summary.ran.append(job)
     click.echo(summary.line())
     for failure in summary.failed:
         click.echo(f"  failed: {failure}", err=True)

@@ -78,9 +78,11 @@ def slurm_parameters(value: Any, resources: Resources) -> dict[str, Any]:
     return {**params, "cpus_per_task": resources.cpus, "gpus_per_node": resources.gpus, "nodes": 1}
 
 
-def run_args(config: Path, runs_dir: str | Path) -> list[str]:
+def run_args(config: Path, runs_dir: str | Path, checkpoint: bool = False) -> list[str]:
     """`dpbench run`'s arguments for one sweep run (the python that runs them is the node's own)."""
-    return ["run", "--config", str(config), "--runs-dir", str(runs_dir), "--if-not-done"]
+    return ["run", "--config", str(config), "--runs-dir", str(runs_dir), "--if-not-done"] + (
+        ["--save-checkpoint"] if checkpoint else []
+    )
 
 
 def _die_with_parent() -> None:

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from dpbench.errors import DpbenchError
 from dpbench.files import FileProblem, read_json
-from dpbench.results import validation_errors
+from dpbench.results import document_kind, validation_errors
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def collect(folders: Iterable[str | Path]) -> Collection:
             except DpbenchError as e:  # unreadable, not a regular file, too large, not UTF-8
                 out.errors.append(f"{name}: $: {e}")
                 continue
-            errors = validation_errors(data)
+            errors = validation_errors(data, document_kind(data))  # a run's or an unlearning run's
             if errors:
                 out.errors.extend(f"{name}: {e}" for e in errors)
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from dpbench.leaderboard import compute, plots
+from dpbench.leaderboard import compute, plots, unlearning
 from dpbench.leaderboard.aggregate import Row
 from dpbench.leaderboard.benchmarks import Benchmark, device_types
 from dpbench.leaderboard.columns import COLUMNS, Column
@@ -128,7 +128,23 @@ def image(plot: plots.Plot) -> str:
     )
 
 
-def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (), audits=()) -> str:
+def unlearning_section(forgetting: list[unlearning.UnlearnRow]) -> list[str]:
+    parts = []
+    for task in sorted({r.task for r in forgetting}):
+        task_rows = [r for r in forgetting if r.task == task]
+        parts += [f"<h2>{escape(task)}: unlearning</h2>", f'<p class="note">{escape(unlearning.NOTE)}</p>']
+        parts.append(plain_table(unlearning.HEAD, [r.texts() for r in task_rows]))
+        plot = unlearning.plot_data(task_rows, task)
+        if plot is not None:
+            data = base64.b64encode(unlearning.draw(plot)).decode("ascii")
+            parts.append(
+                f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
+                f'src="data:image/png;base64,{data}">'
+            )
+    return parts
+
+
+def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (), audits=(), forgetting=()) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -164,6 +180,7 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
     if device_types:
         parts.append("<h2>Memory and throughput per device type</h2>")
         parts += [image(plots.systems_data(rows, d)) for d in device_types]
+    parts += unlearning_section(list(forgetting))
     for a in audits:  # the audit's own benchmarks: the bug zoo, soundness, power
         parts += [f"<h2>Audit: {escape(a.title)}</h2>", f'<p class="note">{escape(a.description)}</p>']
         parts.append(plain_table(a.head, a.rows))

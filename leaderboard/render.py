@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from dpbench.errors import DpbenchError
-from dpbench.leaderboard import compute
+from dpbench.leaderboard import compute, unlearning
 from dpbench.leaderboard.aggregate import Row, aggregate
 from dpbench.leaderboard.audit_benchmarks import AuditTable, collect_audit_tables
 from dpbench.leaderboard.benchmarks import Benchmark, collect_benchmarks, device_types
@@ -141,8 +141,21 @@ def render_audit_markdown(audits: list[AuditTable]) -> list[str]:
     return out
 
 
+def render_unlearning_markdown(forgetting: list[unlearning.UnlearnRow]) -> list[str]:
+    out = []
+    for task in sorted({r.task for r in forgetting}):
+        task_rows = [r for r in forgetting if r.task == task]
+        out += [f"## {escape_md(task)}: unlearning", "", escape_md(unlearning.NOTE), ""]
+        out += [*markdown_table(unlearning.HEAD, [r.texts() for r in task_rows]), ""]
+    return out
+
+
 def render_markdown(
-    rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (), audits: list[AuditTable] = ()
+    rows: list[Row],
+    n_results: int,
+    benchmarks: list[Benchmark] = (),
+    audits: list[AuditTable] = (),
+    forgetting: list[unlearning.UnlearnRow] = (),
 ) -> str:
     out = [f"# {TITLE}", "", NOTE, "", f"{n_results} result file(s), {len(rows)} configuration(s).", ""]
     if not rows:
@@ -168,6 +181,7 @@ def render_markdown(
                 *markdown_table(*matched),
                 "",
             ]
+    out += render_unlearning_markdown(list(forgetting))
     out += render_audit_markdown(list(audits))
     out += render_systems_markdown(list(benchmarks))
     out += ["## Columns", ""]
@@ -187,9 +201,13 @@ def build(results_dirs: Iterable[str | Path], benchmark_dirs: Iterable[str | Pat
         raise InvalidResults(collection.errors + bench_errors)
     from dpbench.leaderboard.html_page import render_html  # matplotlib loads only when rendering
 
-    rows = aggregate(r.data for r in collection.results)
+    rows = aggregate(r.data for r in collection.results if not unlearning.is_unlearning(r.data))
+    forgetting = unlearning.rows(r.data for r in collection.results if unlearning.is_unlearning(r.data))
     n = len(collection.results)
-    files = {README: render_markdown(rows, n, benchmarks, audits), INDEX: render_html(rows, n, benchmarks, audits)}
+    files = {
+        README: render_markdown(rows, n, benchmarks, audits, forgetting),
+        INDEX: render_html(rows, n, benchmarks, audits, forgetting),
+    }
     return Leaderboard(rows, n, files, collection.duplicates)
 
 

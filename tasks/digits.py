@@ -59,3 +59,9 @@ def public_digits() -> list[Digit]:
 def private_digits() -> list[Digit]:
     digits = _all_digits()
     return [digits[i] for i in _partition()[1]]
+
+
+def label_of(index: int) -> int | None:
+    """The digit shown by row `index` of load_digits() (the embedded samples name their images by it)."""
+    digits = _all_digits()
+    return digits[index].label if 0 <= index < len(digits) else None

@@ -69,7 +69,12 @@ def _example(uid: str, problem: dict, image: Path, group: str) -> Example:
         choices=letters,
         answer=answer,
         group=group,
-        meta={"subject": problem.get("subject"), "topic": problem.get("topic"), "grade": problem.get("grade")},
+        meta={
+            "subject": problem.get("subject"),
+            "topic": problem.get("topic"),
+            "grade": problem.get("grade"),
+            "source_image": problem.get("source_image"),  # the embedded sample's digit: its concept
+        },
     )
 
 

@@ -1,0 +1,133 @@
+"""The leaderboard's unlearning section: `dpbench unlearn` results per task, one row per (parent
+method and ε, forget request, unlearning method), mean ± sd over seeds, and a plot of efficacy
+against specificity."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from dpbench.leaderboard.aggregate import Stat
+from dpbench.leaderboard.columns import fmt_stat, fmt_target
+
+KIND = "dpbench-unlearn"
+NOTE = (
+    "dpbench unlearn: each row starts from finished runs of the parent method (saved with their checkpoint) and "
+    "makes them forget the request; retrain (the parent's recipe without the forget set) is the gold standard. "
+    "Efficacy: 1 - accuracy on the forget set (multiple choice); generality: the same on unseen test images of "
+    "the concept; specificity: test utility relative to the parent's; KS: how far the forget set's per-example "
+    "losses sit from the retrained model's (0: the same distribution); ppl: perplexity of the parent's answers on "
+    "retained data; cost: wall time as a multiple of retrain's. Yardstick: a concept the base model already "
+    "knows survives retraining, so its efficacy is absolute; forgetting examples is judged against retrain."
+)
+HEAD = [
+    "parent",
+    "ε",
+    "forget",
+    "method",
+    "seeds",
+    "efficacy ↑",
+    "generality ↑",
+    "specificity ↑",
+    "neighbours ↑",
+    "KS to retrain ↓",
+    "ppl ↓",
+    "cost × retrain ↓",
+]
+
+
+def is_unlearning(result: dict[str, Any]) -> bool:
+    return result.get("kind") == KIND
+
+
+@dataclass(frozen=True)
+class UnlearnRow:
+    task: str
+    parent: str
+    epsilon: float | None
+    forget: str
+    method: str
+    cells: tuple[Stat | None, ...]  # efficacy, generality, specificity, neighbours, KS, ppl, cost
+    seeds: int
+
+    def texts(self) -> list[str]:
+        f2, f3 = fmt_stat(2), fmt_stat(3)
+        cells = [f3(s) for s in self.cells[:5]] + [f3(self.cells[5]), f2(self.cells[6])]
+        return [self.parent, fmt_target(self.epsilon), self.forget, self.method, str(self.seeds), *cells]
+
+
+ORDER = ("retrain", "noop")  # the reference and the control first, then the methods by name
+
+
+def rows(results: Iterable[dict[str, Any]]) -> list[UnlearnRow]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        p, s = r["parent"], r["spec"]
+        key = (p["task"], p["method"], p["epsilon"] if p["private"] else None, s["forget"], s["method"])
+        groups[key].append(r)
+
+    def order(key: tuple) -> tuple:
+        task, parent, eps, forget, method = key
+        rank = ORDER.index(method) if method in ORDER else len(ORDER)
+        return (task, parent, eps if eps is not None else -1.0, forget, rank, method)
+
+    out = []
+    for key in sorted(groups, key=order):
+        rs = groups[key]
+
+        def stat(path) -> Stat | None:
+            return Stat.of(path(r["metrics"], r) for r in rs)
+
+        out.append(
+            UnlearnRow(
+                *key,
+                cells=(
+                    stat(lambda m, r: m["efficacy"]["unlearned"]),
+                    stat(lambda m, r: (m["generality"] or {}).get("unlearned")),
+                    stat(lambda m, r: m["specificity"]),
+                    stat(lambda m, r: m["neighbour_specificity"]),
+                    stat(lambda m, r: (m["distance_to_retrain"] or {}).get("unlearned", {}).get("ks")),
+                    stat(lambda m, r: m["fluency_perplexity"]["unlearned"]),
+                    stat(lambda m, r: 1.0 / r["systems"]["speedup_over_retrain"]),
+                ),
+                seeds=len(rs),
+            )
+        )
+    return out
+
+
+def plot_data(task_rows: list[UnlearnRow], task: str) -> dict[str, Any] | None:
+    """Efficacy against specificity, a point per row; None when no row has both (no empty plot)."""
+    points = [
+        {
+            "label": f"{r.method} ({r.parent}{'' if r.epsilon is None else f' ε{r.epsilon:g}'}, {r.forget})",
+            "method": r.method,
+            "x": r.cells[2].mean,
+            "y": r.cells[0].mean,
+        }
+        for r in task_rows
+        if r.cells[0] is not None and r.cells[2] is not None
+    ]
+    if not points:
+        return None
+    return {"kind": "unlearning", "title": f"{task}: unlearning efficacy against specificity", "points": points}
+
+
+def draw(plot: dict[str, Any]) -> bytes:
+    from matplotlib.figure import Figure
+
+    from dpbench.leaderboard.plots import COLORS, mpl_text, png
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    methods = sorted({p["method"] for p in plot["points"]})
+    for i, method in enumerate(methods):
+        pts = [p for p in plot["points"] if p["method"] == method]
+        ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], color=COLORS[i % len(COLORS)], label=mpl_text(method))
+    ax.set_xlabel("specificity (test utility / parent's) →")
+    ax.set_ylabel("efficacy on the forget set →")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(mpl_text(plot["title"]))
+    return png(fig)

@@ -1,0 +1,72 @@
+"""A sweep file's `unlearn:` section: methods × forget requests × seeds on every parent the grid
+trains (its tasks × methods × epsilons × seeds), after them, on the same engine::
+
+    methods: [nonprivate, dpsgd]          # the parents, trained with --save-checkpoint
+    epsilons: [8]
+    ...
+    unlearn:
+      methods: [retrain, noop, ga, siu]
+      requests: ["concept:3", "examples:1%"]
+      seeds: [0, 1, 2]
+      recipe: {steps: 30, batch_size: 8}  # optional: the gradient methods' recipe
+
+The `retrain` reference of each (parent, request, seed) runs first, so the methods measured
+against it, run in parallel by Ray or Slurm, never race to train it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dpbench.errors import DpbenchError
+from dpbench.run_folder import RunFolder
+from dpbench.spec import RunSpec
+from dpbench.unlearning.requests import ForgetRequest
+
+KEYS = ("methods", "requests", "seeds")
+RECIPE_KEYS = ("steps", "batch_size", "lr")
+REFERENCE = "retrain"
+
+
+def check_section(section: Any) -> dict[str, Any]:
+    """The section's shape, checked before any run starts; the method names and requests too."""
+    from dpbench.registries import UNLEARNERS
+
+    if not isinstance(section, dict) or set(section) - {*KEYS, "recipe"} or not set(KEYS) <= set(section):
+        raise DpbenchError(f"sweep `unlearn` must be a mapping of {', '.join(KEYS)} (and optional recipe)")
+    for key in KEYS:
+        if not isinstance(section[key], list) or not section[key]:
+            raise DpbenchError(f"sweep unlearn.{key} must be a non-empty list, got {section[key]!r}")
+    for name in section["methods"]:
+        UNLEARNERS.get(str(name))
+    for request in section["requests"]:
+        ForgetRequest.parse(request)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section["seeds"]):
+        raise DpbenchError(f"sweep unlearn.seeds must be non-negative integers, got {section['seeds']!r}")
+    recipe = section.get("recipe") or {}
+    if not isinstance(recipe, dict) or set(recipe) - set(RECIPE_KEYS):
+        raise DpbenchError(f"sweep unlearn.recipe takes {', '.join(RECIPE_KEYS)}, got {recipe!r}")
+    return section
+
+
+def jobs(section: dict[str, Any], parents: list[RunSpec], runs_dir: str | Path) -> tuple[list, list]:
+    """(retrain jobs, the other jobs): (job id, `dpbench unlearn` arguments) of every cell not done."""
+    from dpbench.unlearning.run import make_spec
+
+    recipe = section.get("recipe") or {}
+    first, rest = [], []
+    for parent in parents:
+        folder = RunFolder.of(runs_dir, parent.run_id()).path
+        for request in section["requests"]:
+            for seed in section["seeds"]:
+                for method in [REFERENCE] + [m for m in section["methods"] if m != REFERENCE]:
+                    spec = make_spec(folder, method, request, seed=seed, **recipe)
+                    if RunFolder.of(runs_dir, spec.run_id()).finished(spec):
+                        continue
+                    args = ["unlearn", str(folder), "--method", method, "--forget", request, "--seed", str(seed)]
+                    args += [f"--{k.replace('_', '-')}={v}" for k, v in recipe.items()]
+                    (first if method == REFERENCE else rest).append(
+                        (spec.run_id(), args + ["--runs-dir", str(runs_dir)])
+                    )
+    return first, rest
