@@ -61,7 +61,16 @@ def make_spec(
     if not unlearner.gradient_recipe:  # one spec, so one run id, whatever recipe the command gave
         recipe = {}
     recipe.setdefault("lr", unlearner.default_lr)
-    return UnlearnSpec(parent["run_id"], method, str(request), unlearner.opts, seed, **recipe)
+    spec = UnlearnSpec(parent["run_id"], method, str(request), unlearner.opts, seed, **recipe)
+    return reference_spec(spec) if method == REFERENCE else spec
+
+
+def reference_spec(spec: UnlearnSpec) -> UnlearnSpec:
+    """The retrain run `spec` is measured against. Retraining follows the parent's recipe and seed,
+    so only the forget set matters: for a concept it is the same at every unlearning seed, and
+    one retrained model serves them all."""
+    seed = spec.seed if ForgetRequest.parse(spec.forget).kind == "examples" else 0
+    return UnlearnSpec(spec.parent, REFERENCE, spec.forget, {}, seed, lr=None)
 
 
 def parent_result(folder: RunFolder) -> dict[str, Any]:
@@ -120,7 +129,7 @@ def unlearn(spec: UnlearnSpec, parent_dir: str | Path, runs_dir: str | Path, log
         return load_result(folder.result)
     reference = None
     if spec.method != REFERENCE:  # every method is measured against the retrained model
-        ref_spec = UnlearnSpec(spec.parent, REFERENCE, spec.forget, {}, spec.seed, lr=None)
+        ref_spec = reference_spec(spec)
         ref_folder = RunFolder.of(runs_dir, ref_spec.run_id())
         if not (ref_folder.finished(ref_spec) and ref_folder.checkpoint.is_dir()):
             log(f"first the gold standard: {REFERENCE} on the same parent, request and seed")
@@ -178,7 +187,7 @@ def run_checked(c: Checked, folder: RunFolder, reference: RunFolder | None, log)
             retrained = phases.load_checkpoint(ps, parent_method, reference, info)
         from dpbench.unlearning.measure import measure
 
-        metrics = measure(c, unlearned, parent_model, retrained)
+        metrics = measure(c, unlearned, parent_model, retrained, load_result(reference.result) if reference else None)
         ref_wall = _reference_wall(reference, wall)
         result = {
             "kind": "dpbench-unlearn",
