@@ -34,6 +34,10 @@ HEAD = [
     "KS to retrain ↓",
     "ppl ↓",
     "cost × retrain ↓",
+    "U-LiRA AUC ↓",
+    "U-LiRA ε̂ ↓",
+    "PrivLeak",
+    "DP group bound",
 ]
 
 
@@ -48,12 +52,19 @@ class UnlearnRow:
     epsilon: float | None
     forget: str
     method: str
-    cells: tuple[Stat | None, ...]  # efficacy, generality, specificity, neighbours, KS, ppl, cost
+    # efficacy, generality, specificity, neighbours, KS, ppl, cost, U-LiRA AUC, U-LiRA ε̂, PrivLeak
+    cells: tuple[Stat | None, ...]
     seeds: int
+    flagged: int  # audited seeds whose forget set is still detectable (U-LiRA ε̂ > 0)
+    audited: int
+    group_bound: str  # the DP parent's group-privacy bound for the forgotten examples, "" if none
 
     def texts(self) -> list[str]:
         f2, f3 = fmt_stat(2), fmt_stat(3)
-        cells = [f3(s) for s in self.cells[:5]] + [f3(self.cells[5]), f2(self.cells[6])]
+        cells = [f3(s) for s in self.cells[:6]] + [f2(self.cells[6]), f3(self.cells[7]), f2(self.cells[8])]
+        if self.audited and self.cells[8] is not None:
+            cells[-1] += f" (**flagged {self.flagged}/{self.audited}**)" if self.flagged else " (not flagged)"
+        cells += [f3(self.cells[9]), self.group_bound or "—"]
         return [self.parent, fmt_target(self.epsilon), self.forget, self.method, str(self.seeds), *cells]
 
 
@@ -90,11 +101,30 @@ def rows(results: Iterable[dict[str, Any]]) -> list[UnlearnRow]:
                     stat(lambda m, r: (m["distance_to_retrain"] or {}).get("unlearned", {}).get("ks")),
                     stat(lambda m, r: m["fluency_perplexity"]["unlearned"]),
                     stat(lambda m, r: 1.0 / r["systems"]["speedup_over_retrain"]),
+                    stat(lambda m, r: r["audit"]["ulira"]["auc"] if r["audit"] else None),
+                    stat(lambda m, r: r["audit"]["ulira"]["epsilon_lower_bound"] if r["audit"] else None),
+                    stat(lambda m, r: r["audit"]["privleak"] if r["audit"] else None),
                 ),
                 seeds=len(rs),
+                flagged=sum(bool(r["audit"] and r["audit"]["not_unlearned"]) for r in rs),
+                audited=sum(r["audit"] is not None for r in rs),
+                group_bound=group_bound(rs),
             )
         )
     return out
+
+
+def group_bound(rs: list[dict[str, Any]]) -> str:
+    """The DP parent's (kε, k·e^((k-1)ε)·δ) for the forgotten examples, as the audits state it."""
+    bounds = {
+        (g["k"], g["epsilon"], g["delta"], g["vacuous"])
+        for r in rs
+        if r["audit"] and (g := r["audit"]["group_privacy"]) is not None
+    }
+    if not bounds:
+        return ""
+    k, eps, delta, vacuous = max(bounds)
+    return f"k={k}: vacuous (δ term ≥ 1)" if vacuous else f"k={k}: ({eps:.3g}, {delta:.2g})"
 
 
 def plot_data(task_rows: list[UnlearnRow], task: str) -> dict[str, Any] | None:

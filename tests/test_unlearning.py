@@ -221,6 +221,7 @@ def test_bad_input_is_one_line_before_anything_loads(parent, tmp_path, capsys):
         (["--method", "kl", "--forget", "examples:1", "--option", "kl_weight=abc"], "finite number"),
         (["--method", "ga", "--forget", "examples:40"], "leave some to retain"),
         (["--method", "ga", "--forget", "examples:1", "--steps", "0"], "steps"),
+        (["--method", "ga", "--forget", "examples:1", "--audit-pairs", "2"], "at least 3"),
     ]
     for args, message in cases:
         assert run_cli("unlearn", str(folder), *args, "--runs-dir", str(runs)) == 2

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dpbench.errors import DpbenchError
 from dpbench.options import parse_pairs
 from dpbench.run_folder import check_runs_dir
 
@@ -25,8 +26,15 @@ from dpbench.run_folder import check_runs_dir
 @click.option("--steps", type=int, help="Optimiser steps of a gradient method. [default: 30]")
 @click.option("--batch-size", type=int, help="Forget and retain examples per step, each. [default: 8]")
 @click.option("--lr", type=float, help="Adam's learning rate. [default: the method's]")
+@click.option(
+    "--audit-pairs",
+    type=int,
+    help="Also audit it: this many shadow pairs (trained on the forget set then unlearned, and retrained "
+    "without it), per-example U-LiRA, PrivLeak; 2 trainings of the parent's recipe per pair, shared by every "
+    "method on the same parent, request and seed. [default: no audit]",
+)
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
-def unlearn_command(run_dir, method, forget, options, seed, steps, batch_size, lr, runs_dir) -> None:
+def unlearn_command(run_dir, method, forget, options, seed, steps, batch_size, lr, audit_pairs, runs_dir) -> None:
     """Make a finished run (saved with --save-checkpoint) forget part of its training data, and
     measure it beside the parent and the model retrained without it: runs/unlearn-<method>-<id>/."""
     check_runs_dir(runs_dir)
@@ -35,5 +43,14 @@ def unlearn_command(run_dir, method, forget, options, seed, steps, batch_size, l
 
     opts = parse_pairs(options, "--option") if options else {}
     spec = make_spec(run_dir, method, forget, opts, seed, steps=steps, batch_size=batch_size, lr=lr)
-    result = unlearn(spec, Path(run_dir), Path(runs_dir))
+    if audit_pairs is None:
+        result = unlearn(spec, Path(run_dir), Path(runs_dir))
+    else:
+        if isinstance(audit_pairs, bool) or audit_pairs < 3:
+            raise DpbenchError(
+                f"--audit-pairs must be at least 3 (leave one pair out, fit on the rest), got {audit_pairs}"
+            )
+        from dpbench.unlearning.audit import audit
+
+        result = audit(spec, Path(run_dir), Path(runs_dir), audit_pairs)
     print_unlearn_summary(result)

@@ -43,6 +43,13 @@ class Checked:
     task: Any
     scored: list
     embedded: bool
+    nonmembers: list  # held-out examples of the task (the audit's population attack)
+
+    @property
+    def delta(self) -> float:
+        from dpbench import phases
+
+        return self.parent["privacy"].get("delta") or phases.run_delta(self.parent_spec, len(self.parent_fit))
 
 
 def make_spec(
@@ -116,7 +123,7 @@ def check(spec: UnlearnSpec, parent_dir: str | Path) -> Checked:
     scored = scored[: parent_spec.eval_limit] if parent_spec.eval_limit else scored
     embedded = data.source == "embedded-sample"
     forget_set = select(request, train, scored, spec.seed, embedded)
-    return Checked(spec, folder, parent, parent_spec, request, forget_set, fit, task, scored, embedded)
+    return Checked(spec, folder, parent, parent_spec, request, forget_set, fit, task, scored, embedded, data.nonmembers)
 
 
 def unlearn(spec: UnlearnSpec, parent_dir: str | Path, runs_dir: str | Path, log=print) -> dict[str, Any]:
@@ -164,7 +171,7 @@ def run_checked(c: Checked, folder: RunFolder, reference: RunFolder | None, log)
             spec=spec,
             parent_spec=ps,
             parent_fit=c.parent_fit,
-            delta=c.parent["privacy"].get("delta") or phases.run_delta(ps, len(c.parent_fit)),
+            delta=c.delta,
             lr=spec.lr,
         )
         from dpbench.unlearning.base import Context

@@ -34,3 +34,15 @@ def print_unlearn_summary(result: dict[str, Any]) -> None:
             f"the parent's KS {fmt(d['parent']['ks'])}"
         )
     click.echo(f"  wall {sy['wall_s']:.1f} s, {sy['speedup_over_retrain']:.1f}× faster than retrain")
+    a = result["audit"]
+    if a is not None:
+        u = a["ulira"]
+        verdict = "NOT unlearned: the forget set is still detectable" if a["not_unlearned"] else "no evidence left"
+        click.echo(
+            f"  audit ({a['pairs']} shadow pairs): U-LiRA AUC {u['auc']:.3f}, ε̂ ≥ {u['epsilon_lower_bound']:.2f} "
+            f"({a['confidence']:.0%}), PrivLeak {a['privleak']:+.3f}: {verdict}"
+        )
+        g = a["group_privacy"]
+        if g is not None:
+            bound = "vacuous (δ term ≥ 1)" if g["vacuous"] else f"({g['epsilon']:.3g}, {g['delta']:.2g})"
+            click.echo(f"  the DP parent's group-privacy bound for the {g['k']} forgotten: {bound}")

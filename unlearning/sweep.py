@@ -9,9 +9,11 @@ trains (its tasks × methods × epsilons × seeds), after them, on the same engi
       requests: ["concept:3", "examples:1%"]
       seeds: [0, 1, 2]
       recipe: {steps: 30, batch_size: 8}  # optional: the gradient methods' recipe
+      audit_pairs: 8                        # optional: each cell audited over 8 shadow pairs
 
 The `retrain` reference of each (parent, request, seed) runs first, so the methods measured
-against it, run in parallel by Ray or Slurm, never race to train it.
+against it, run in parallel by Ray or Slurm, never race to train it; with `audit_pairs`, so does
+the first audit (of `retrain`), which trains the shadow pairs the other methods share.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dpbench.unlearning.requests import ForgetRequest
 
 KEYS = ("methods", "requests", "seeds")
 RECIPE_KEYS = ("steps", "batch_size", "lr")
+OPTIONAL = ("recipe", "audit_pairs")
 REFERENCE = "retrain"
 
 
@@ -33,8 +36,13 @@ def check_section(section: Any) -> dict[str, Any]:
     """The section's shape, checked before any run starts; the method names and requests too."""
     from dpbench.registries import UNLEARNERS
 
-    if not isinstance(section, dict) or set(section) - {*KEYS, "recipe"} or not set(KEYS) <= set(section):
-        raise DpbenchError(f"sweep `unlearn` must be a mapping of {', '.join(KEYS)} (and optional recipe)")
+    if not isinstance(section, dict) or set(section) - {*KEYS, *OPTIONAL} or not set(KEYS) <= set(section):
+        raise DpbenchError(
+            f"sweep `unlearn` must be a mapping of {', '.join(KEYS)} (and optional {', '.join(OPTIONAL)})"
+        )
+    pairs = section.get("audit_pairs")
+    if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 3):
+        raise DpbenchError(f"sweep unlearn.audit_pairs must be an integer of at least 3, got {pairs!r}")
     for key in KEYS:
         if not isinstance(section[key], list) or not section[key]:
             raise DpbenchError(f"sweep unlearn.{key} must be a non-empty list, got {section[key]!r}")
@@ -55,6 +63,7 @@ def jobs(section: dict[str, Any], parents: list[RunSpec], runs_dir: str | Path) 
     from dpbench.unlearning.run import make_spec
 
     recipe = section.get("recipe") or {}
+    pairs = section.get("audit_pairs")
     first, rest = [], []
     for parent in parents:
         folder = RunFolder.of(runs_dir, parent.run_id()).path
@@ -62,11 +71,21 @@ def jobs(section: dict[str, Any], parents: list[RunSpec], runs_dir: str | Path) 
             for seed in section["seeds"]:
                 for method in [REFERENCE] + [m for m in section["methods"] if m != REFERENCE]:
                     spec = make_spec(folder, method, request, seed=seed, **recipe)
-                    if RunFolder.of(runs_dir, spec.run_id()).finished(spec):
+                    run = RunFolder.of(runs_dir, spec.run_id())
+                    if run.finished(spec) and (pairs is None or audited(run, pairs)):
                         continue
                     args = ["unlearn", str(folder), "--method", method, "--forget", request, "--seed", str(seed)]
                     args += [f"--{k.replace('_', '-')}={v}" for k, v in recipe.items()]
+                    args += [f"--audit-pairs={pairs}"] if pairs is not None else []
                     (first if method == REFERENCE else rest).append(
                         (spec.run_id(), args + ["--runs-dir", str(runs_dir)])
                     )
     return first, rest
+
+
+def audited(run: RunFolder, pairs: int) -> bool:
+    """The run's result carries an audit over `pairs` shadow pairs."""
+    from dpbench.results import load_result
+
+    audit = load_result(run.result).get("audit")
+    return audit is not None and audit["pairs"] == pairs

@@ -1,0 +1,123 @@
+"""Shadow pairs for the unlearning audit (`dpbench.unlearning.ulira`), a run folder each:
+`runs/shadow-<hash>/` for (parent, forget request, seed, pair k).
+
+Pair k draws D_k, a random half of the parent's retained examples, then trains the parent's
+recipe (its method, privacy, steps; seed + 1 + k) from the base model twice: on D_k ∪ F (kept as
+`checkpoint/`, what every unlearning method starts from) and on D_k alone (the retrained model).
+Each method then unlearns F from the first, on D_k as its retain set. The folder keeps the
+per-example losses of F and of as many non-members under every model (`losses-<model>.npz`),
+so adding a method costs one unlearning per pair, not two trainings.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from dpbench.results import write_json_atomic
+from dpbench.run_folder import RunFolder
+from dpbench.unlearning.requests import ForgetSet
+
+TRAINED, RETRAINED = "trained", "retrained"
+
+
+def pair_folder(runs_dir: str | Path, parent: str, forget: str, seed: int, k: int) -> RunFolder:
+    key = json.dumps({"parent": parent, "forget": forget, "seed": seed, "pair": k}, sort_keys=True)
+    return RunFolder.of(runs_dir, f"shadow-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+
+
+def losses_file(folder: RunFolder, model: str) -> Path:
+    return folder.path / f"losses-{model}.npz"
+
+
+def split(c, k: int) -> list:
+    pool = c.forget_set.retain
+    return random.Random(f"shadow-{c.spec.seed}-{k}").sample(pool, len(pool) // 2)
+
+
+def nonmembers(c) -> list:
+    return c.nonmembers[: len(c.forget_set.forget)]
+
+
+def save_losses(folder: RunFolder, model_name: str, model, c) -> None:
+    from dpbench.unlearning.metrics import example_losses
+
+    path = losses_file(folder, model_name)
+    np.savez(
+        path.with_suffix(".tmp.npz"),
+        forget=example_losses(model, c.forget_set.forget),
+        nonmembers=example_losses(model, nonmembers(c)),
+    )
+    path.with_suffix(".tmp.npz").replace(path)  # whole or absent: a crash leaves nothing half-written
+
+
+def train_pair(c, k: int, folder: RunFolder, log=print) -> None:
+    """The pair's two trainings, once: the trained model's checkpoint and both models' losses."""
+    from dpbench import phases
+
+    if losses_file(folder, TRAINED).exists() and losses_file(folder, RETRAINED).exists():
+        return
+    folder.create()
+    spec = c.parent_spec.replace(**{"audit.gradient_canaries": 0, "training.seed": c.parent_spec.training.seed + 1 + k})
+    half = split(c, k)
+    for name, data in ((TRAINED, half + c.forget_set.forget), (RETRAINED, half)):
+        log(f"shadow pair {k}: training the parent's recipe on {len(data)} examples ({name})")
+        method = phases.make_method(spec)
+        model = phases.load_target(spec, method)
+        with model.training_precision(spec.training.precision):
+            method.train(model, data, spec, c.delta)
+        if name == TRAINED:
+            model.model.save_pretrained(folder.checkpoint)
+            model.processor.save_pretrained(folder.checkpoint)
+        save_losses(folder, name, model, c)
+    write_json_atomic(
+        folder.path / "pair.json",
+        {"parent": c.parent["run_id"], "forget": c.spec.forget, "seed": c.spec.seed, "pair": k, "n_half": len(half)},
+    )
+
+
+def unlearn_pair(c, k: int, folder: RunFolder, unlearner, log=print) -> None:
+    """`unlearner` applied to the pair's trained model (forget F, retain D_k), its losses saved."""
+    from dpbench import phases
+    from dpbench.unlearning.base import Context
+
+    out = losses_file(folder, c.spec.run_id())
+    if out.exists():
+        return
+    ps = c.parent_spec
+    method = phases.make_method(ps)
+    model = phases.load_checkpoint(ps, method, folder, _info(c))
+    model.set_trainable(ps.training.trainable.split(","))
+    fs = ForgetSet(c.forget_set.request, c.forget_set.forget, split(c, k), [], [], c.forget_set.concept_names)
+    ctx = Context(
+        model,
+        copy.deepcopy(model) if unlearner.needs_original else None,
+        fs,
+        c.spec,
+        ps,
+        split(c, k) + c.forget_set.forget,
+        c.delta,
+        c.spec.lr,
+    )
+    if unlearner.name == "retrain":  # retraining the pair's trained model is its retrained model
+        np.savez(out, **np.load(losses_file(folder, RETRAINED)))
+        return
+    log(f"shadow pair {k}: {unlearner.name}")
+    save_losses(folder, c.spec.run_id(), unlearner.unlearn(ctx), c)
+
+
+def _info(c):
+    from dpbench.unlearning.run import _model_info
+
+    return _model_info(c.parent)
+
+
+def pair_losses(folders: list[RunFolder], model: str) -> tuple[np.ndarray, np.ndarray]:
+    """(K, n) losses of the forget set and of the non-members under `model` across the pairs."""
+    loaded = [np.load(losses_file(f, model)) for f in folders]
+    return np.stack([d["forget"] for d in loaded]), np.stack([d["nonmembers"] for d in loaded])
