@@ -58,7 +58,8 @@ class Context:
 class Unlearner(ABC):
     name: str  # set by the registry decorator
     options: dict[str, Any] = {}  # option name -> default; unknown options are an error
-    default_lr: float | None = 2e-5  # Adam's, for the gradient methods
+    # Adam's, for the gradient methods: chosen on concept:5 (benchmarks/README.md, "Unlearning")
+    default_lr: float | None = 1e-4
     needs_original = False  # gets a frozen copy of the parent (KL, NPO's reference)
     control = False  # a control of the audit, not an unlearning method (noop)
     gradient_recipe = True  # reads the spec's steps, batch size and learning rate (retrain and noop do not)
