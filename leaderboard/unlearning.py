@@ -65,7 +65,8 @@ class UnlearnRow:
         if self.audited and self.cells[8] is not None:
             cells[-1] += f" (**flagged {self.flagged}/{self.audited}**)" if self.flagged else " (not flagged)"
         cells += [f3(self.cells[9]), self.group_bound or "—"]
-        return [self.parent, fmt_target(self.epsilon), self.forget, self.method, str(self.seeds), *cells]
+        eps = fmt_target(None) if self.epsilon is None else f"{self.epsilon:.2f}"  # the parent's accounted ε
+        return [self.parent, eps, self.forget, self.method, str(self.seeds), *cells]
 
 
 ORDER = ("retrain", "noop")  # the reference and the control first, then the methods by name
