@@ -238,3 +238,26 @@ def committed_results() -> list[dict]:
     loaded = collect([Path(__file__).resolve().parents[1] / "leaderboard" / "results"])
     assert not loaded.errors and loaded.results
     return [r.data for r in loaded.results if r.data.get("kind") != "dpbench-unlearn"]
+
+
+@pytest.fixture(scope="session")
+def finished_parent_run(checkpoint, tmp_path_factory):
+    """(run folder, runs folder) of a finished non-private run of the tiny random LLaVA, saved with
+    its checkpoint: the parent `dpbench unlearn` starts from."""
+    from dpbench.run_folder import RunFolder
+    from dpbench.runner import run
+    from dpbench.spec import RunSpec
+
+    runs = tmp_path_factory.mktemp("runs")
+    spec = RunSpec.from_dict(
+        {
+            "method": "nonprivate",
+            "model": str(checkpoint),
+            "training": {"n_train": 40, "steps": 2, "batch_size": 8},
+            "attacks": [],
+            "audit": {"gradient_canaries": 0},
+            "eval_limit": 30,
+        }
+    )
+    result = run(spec, runs, save_checkpoint=True, log=lambda *a: None)
+    return RunFolder.of(runs, result.run_id).path, runs

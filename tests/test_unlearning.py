@@ -146,29 +146,9 @@ def test_masked_kl_is_zero_at_the_original_and_the_vocabulary_mask_hides_its_tok
 
 
 # -- end to end on a tiny parent -----------------------------------------------------------
-@pytest.fixture(scope="module")
-def parent(checkpoint, tmp_path_factory):
-    """A finished non-private run of the tiny random LLaVA, saved with its checkpoint."""
-    from dpbench.runner import run
-
-    runs = tmp_path_factory.mktemp("runs")
-    spec = RunSpec.from_dict(
-        {
-            "method": "nonprivate",
-            "model": str(checkpoint),
-            "training": {"n_train": 40, "steps": 2, "batch_size": 8},
-            "attacks": [],
-            "audit": {"gradient_canaries": 0},
-            "eval_limit": 30,
-        }
-    )
-    result = run(spec, runs, save_checkpoint=True, log=lambda *a: None)
-    return RunFolder.of(runs, result.run_id).path, runs
-
-
 @pytest.mark.parametrize("name", UNLEARNERS.names())
-def test_every_method_unlearns_and_writes_a_valid_result(parent, name):
-    folder, runs = parent
+def test_every_method_unlearns_and_writes_a_valid_result(finished_parent_run, name):
+    folder, runs = finished_parent_run
     spec = make_spec(folder, name, "examples:4", seed=0, steps=2, batch_size=4)
     result = unlearn(spec, folder, runs, log=lambda *a: None)
     assert load_result(RunFolder.of(runs, spec.run_id()).result) == result  # schema-valid, as written
@@ -182,8 +162,8 @@ def test_every_method_unlearns_and_writes_a_valid_result(parent, name):
         assert len(result["method"]["loss_curve"]) == (0 if name == "noop" else 2)
 
 
-def test_noop_measures_as_its_parent_and_retrain_is_reused(parent):
-    folder, runs = parent
+def test_noop_measures_as_its_parent_and_retrain_is_reused(finished_parent_run):
+    folder, runs = finished_parent_run
     spec = make_spec(folder, "noop", "examples:4", seed=0)
     result = unlearn(spec, folder, runs, log=lambda *a: None)
     m = result["metrics"]
@@ -195,15 +175,15 @@ def test_noop_measures_as_its_parent_and_retrain_is_reused(parent):
     assert len(retrains) == 1 and (retrains[0] / "checkpoint").is_dir()  # one gold standard, shared
 
 
-def test_gradient_ascent_raises_the_forget_loss(parent):
-    folder, runs = parent
+def test_gradient_ascent_raises_the_forget_loss(finished_parent_run):
+    folder, runs = finished_parent_run
     ga = unlearn(make_spec(folder, "ga", "examples:4", seed=3, steps=4, lr=1e-2), folder, runs, log=lambda *a: None)
     assert ga["metrics"]["forget_loss_mean"]["unlearned"] > ga["metrics"]["forget_loss_mean"]["parent"]
     assert ga["method"]["loss_curve"][-1] < ga["method"]["loss_curve"][0]  # it minimises -loss
 
 
-def test_the_result_is_reproducible(parent, tmp_path):
-    folder, runs = parent
+def test_the_result_is_reproducible(finished_parent_run, tmp_path):
+    folder, runs = finished_parent_run
     spec = make_spec(folder, "gradiff", "examples:4", seed=5, steps=2)
     a = unlearn(spec, folder, runs, log=lambda *a: None)
     b = unlearn(spec, folder, tmp_path / "other", log=lambda *a: None)
@@ -211,8 +191,8 @@ def test_the_result_is_reproducible(parent, tmp_path):
 
 
 # -- bad input: one line, exit 2, nothing written ---------------------------------------------
-def test_bad_input_is_one_line_before_anything_loads(parent, tmp_path, capsys):
-    folder, _ = parent
+def test_bad_input_is_one_line_before_anything_loads(finished_parent_run, tmp_path, capsys):
+    folder, _ = finished_parent_run
     runs = tmp_path / "runs"
     cases = [
         (["--method", "forgetful", "--forget", "examples:1"], "unknown unlearning method"),
@@ -230,8 +210,8 @@ def test_bad_input_is_one_line_before_anything_loads(parent, tmp_path, capsys):
     assert not runs.exists()
 
 
-def test_a_run_without_checkpoint_is_refused(parent, tmp_path, capsys):
-    folder, _ = parent
+def test_a_run_without_checkpoint_is_refused(finished_parent_run, tmp_path, capsys):
+    folder, _ = finished_parent_run
     copy_dir = tmp_path / "no-checkpoint"
     copy_dir.mkdir()
     (copy_dir / "result.json").write_text((Path(folder) / "result.json").read_text())
@@ -261,7 +241,7 @@ def test_spec_ids_follow_every_field():
     assert len(ids) == 5 and np.all([i.startswith("unlearn-ga-") for i in ids])
 
 
-def test_the_readme_snippet_adds_a_method_that_runs(parent, tmp_path, monkeypatch):
+def test_the_readme_snippet_adds_a_method_that_runs(finished_parent_run, tmp_path, monkeypatch):
     """`unlearning/README.md`'s "Adding an unlearning method" code, as a user's file: registered by
     its import, listed, and run end to end."""
     import importlib
@@ -276,7 +256,7 @@ def test_the_readme_snippet_adds_a_method_that_runs(parent, tmp_path, monkeypatc
     try:
         importlib.import_module("my_unlearner")
         assert "my-unlearner" in UNLEARNERS.names()
-        folder, runs = parent
+        folder, runs = finished_parent_run
         spec = make_spec(folder, "my-unlearner", "examples:4", {"scale": 2.0}, seed=0, steps=2)
         result = unlearn(spec, folder, runs, log=lambda *a: None)
         assert result["spec"]["options"] == {"scale": 2.0} and len(result["method"]["loss_curve"]) == 2
@@ -304,12 +284,12 @@ def test_bad_unlearn_sections_are_refused_before_anything_runs(section, message)
         check_section(section)
 
 
-def test_sweep_jobs_put_the_retrain_references_first_and_skip_finished_cells(parent):
+def test_sweep_jobs_put_the_retrain_references_first_and_skip_finished_cells(finished_parent_run):
     from dpbench.unlearning.sweep import jobs
 
-    folder, runs = parent
+    folder, runs = finished_parent_run
     spec = RunSpec.from_record(load_result(Path(folder) / "result.json")["spec"])
-    section = {"methods": ["ga", "noop"], "requests": ["examples:4"], "seeds": [0, 9], "recipe": {"steps": 2}}
+    section = {"methods": ["ga", "noop"], "requests": ["examples:4"], "seeds": [0, 9], "recipe": {"steps": 3}}
     unlearn(make_spec(folder, "noop", "examples:4", seed=0), folder, runs, log=lambda *a: None)  # with its retrain
     first, rest = jobs(section, [spec], runs)
     assert [a[a.index("--seed") + 1] for _, a in first] == ["9"]

@@ -75,31 +75,11 @@ def test_fewer_than_three_pairs_are_refused():
         ulira.ulira_scores(u, r)
 
 
-@pytest.fixture(scope="module")
-def parent(checkpoint, tmp_path_factory):
-    from dpbench.runner import run
-    from dpbench.spec import RunSpec
-
-    runs = tmp_path_factory.mktemp("runs")
-    spec = RunSpec.from_dict(
-        {
-            "method": "nonprivate",
-            "model": str(checkpoint),
-            "training": {"n_train": 40, "steps": 2, "batch_size": 8},
-            "attacks": [],
-            "audit": {"gradient_canaries": 0},
-            "eval_limit": 30,
-        }
-    )
-    result = run(spec, runs, save_checkpoint=True, log=lambda *a: None)
-    return RunFolder.of(runs, result.run_id).path, runs
-
-
-def test_the_audit_writes_a_valid_section_and_retrain_reads_as_unlearned(parent):
+def test_the_audit_writes_a_valid_section_and_retrain_reads_as_unlearned(finished_parent_run):
     from dpbench.unlearning.audit import audit
     from dpbench.unlearning.run import make_spec
 
-    folder, runs = parent
+    folder, runs = finished_parent_run
     result = audit(make_spec(folder, "retrain", "examples:4"), folder, runs, pairs=3, log=lambda *a: None)
     a = result["audit"]
     assert load_result(RunFolder.of(runs, result["run_id"]).result)["audit"] == a
