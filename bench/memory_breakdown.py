@@ -18,18 +18,22 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 MEASURED, DERIVED = "measured", "derived"
-STEPPED = ("trained_gradients", "per_example_gradients", "optimizer_state")  # read at the optimizer step
+STEPPED = ("trained_gradients", "optimizer_state")  # read at the optimizer step
 PER_EXAMPLE = ("grad_sample", "_norm_sample")  # Opacus' per-example gradients; ghost clipping's norms
 # whether a PeakMemory kind counts what was resident before training (the weights among it)
 WEIGHTS_IN_PEAK = {"cpu-rss-above-baseline": False, "cuda-max-allocated": True}
 SOURCES = {
     "weights": "parameter and buffer sizes when training starts",
     "trained_gradients": ".grad and Opacus' clipped sum (summed_grad, DP only) at the optimizer step, the largest seen",
-    "grad_sample": "Opacus' per-example gradients (grad_sample) at the optimizer step, the largest seen",
-    "_norm_sample": "ghost clipping's per-example norms (Opacus' _norm_sample) at the optimizer step, the largest seen",
-    "no_per_example": "none held at the optimizer step",
+    "grad_sample": "Opacus' per-example gradients (grad_sample) after each physical batch's backward, the largest seen",
+    "_norm_sample": "ghost clipping's per-example norms (Opacus' _norm_sample) after each physical batch's backward, "
+    "the largest seen",
+    "no_per_example": "none: the method forms no per-example gradients",
     "optimizer_state": "the optimizer's state tensors (Adam's moments) after each step, the largest seen",
-    "activations_and_rest": "the peak less the components it counts",
+    # each part is its largest at its own moment, which need not be the peak's: what the peak holds
+    # beside them is at least this
+    "activations_and_rest": "the peak less the components it counts (a lower bound: the parts are their largest, "
+    "not necessarily their size at the peak)",
 }
 OUTSIDE_PEAK = "; resident before training, so outside a peak above that baseline"
 NOT_STEPPED = "not seen: training stepped no torch optimizer"
@@ -52,6 +56,17 @@ def tensor_bytes(values: Iterable[Any], device: torch.device) -> int:
     return total
 
 
+_ACTIVE: list[MemoryBreakdown] = []  # the breakdowns in scope (training phases), for `note_per_example`
+
+
+def note_per_example(params: Iterable[torch.nn.Parameter]) -> None:
+    """A physical batch's per-example gradients (or ghost clipping's norms), read where they are
+    whole: after its backward pass, before clipping and the audit's canaries replace them. The DP
+    loop calls it; a method without per-example gradients never does."""
+    for b in _ACTIVE:
+        b.read_per_example(list(params))
+
+
 class MemoryBreakdown:
     """Context manager around training: reads the tensors' sizes at each optimizer step in its
     scope; `breakdown(peak)` then splits a PeakMemory record of the training device."""
@@ -63,33 +78,36 @@ class MemoryBreakdown:
         self.held: dict[str, dict[int, int]] = {kind: {} for kind in STEPPED}
         self.total = dict.fromkeys(STEPPED, 0)
         self.largest = dict.fromkeys(STEPPED, 0)
-        self.per_example: set[str] = set()  # which per-example tensors were seen
+        self.per_example: set[str] = set()  # which per-example tensors were seen (with bytes)
+        self.per_example_bytes = 0
         self.stepped = False
         self.weights = 0
 
     def __enter__(self) -> MemoryBreakdown:
         self.weights = tensor_bytes([*self.model.parameters(), *self.model.buffers()], self.device)
         self.handle = register_optimizer_step_post_hook(self._read)
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         self.handle.remove()
+        _ACTIVE.remove(self)
+
+    def read_per_example(self, params: list[torch.nn.Parameter]) -> None:
+        for name in PER_EXAMPLE:
+            n = tensor_bytes([getattr(p, name, None) for p in params], self.device)
+            if n:
+                self.per_example.add(name)
+                self.per_example_bytes = max(self.per_example_bytes, n)
 
     def _read(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         self.stepped = True
         for group in optimizer.param_groups:
             for p in group["params"]:
                 self._hold("trained_gradients", p, [p.grad, getattr(p, "summed_grad", None)])
-                self._hold("per_example_gradients", p, [self._per_example(p, name) for name in PER_EXAMPLE])
                 self._hold("optimizer_state", p, optimizer.state.get(p, {}).values())
         for kind in STEPPED:
             self.largest[kind] = max(self.largest[kind], self.total[kind])
-
-    def _per_example(self, p: torch.nn.Parameter, name: str) -> Any:
-        value = getattr(p, name, None)
-        if value is not None:
-            self.per_example.add(name)
-        return value
 
     def _hold(self, kind: str, p: torch.nn.Parameter, values: Iterable[Any]) -> None:
         n, held = tensor_bytes(values, self.device), self.held[kind]
@@ -104,12 +122,18 @@ class MemoryBreakdown:
                 self.weights, weights_in_peak, SOURCES["weights"] + ("" if weights_in_peak else OUTSIDE_PEAK)
             )
         }
-        per_example = next((n for n in PER_EXAMPLE if n in self.per_example), "no_per_example")
         for kind in STEPPED:
-            source = SOURCES[per_example if kind == "per_example_gradients" else kind]
             components[kind] = (
-                component(self.largest[kind], True, source) if self.stepped else component(None, True, NOT_STEPPED)
+                component(self.largest[kind], True, SOURCES[kind])
+                if self.stepped
+                else component(None, True, NOT_STEPPED)
             )
+        per_example = next((n for n in PER_EXAMPLE if n in self.per_example), "no_per_example")
+        components["per_example_gradients"] = (
+            component(self.per_example_bytes, True, SOURCES[per_example])
+            if self.stepped or self.per_example_bytes
+            else component(None, True, NOT_STEPPED)
+        )
         components["activations_and_rest"] = remainder(peak["peak_bytes"], components)
         return {
             "device": peak["device"],

@@ -20,8 +20,6 @@ activations.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.methods.dpsgd import check_clipping, clipping_passes, dp_sgd_noise_multiplier, train_dp_sgd
 from dpbench.methods.update_pruning import UpdatePruner
@@ -65,17 +63,16 @@ class DualPriv(Method):
         if model.token_pruner is not None and self.opts["fused_noise"]:
             sigma = dp_sgd_noise_multiplier(spec, delta, len(data))  # the one train_dp_sgd will use
             model.token_pruner.fused_noise_std = sigma * p.max_grad_norm / t.batch_size  # the averaged gradient's noise
-        with self.update or nullcontext():
-            report = train_dp_sgd(
-                model,
-                data,
-                spec,
-                delta,
-                label=self.name,
-                post_noise_hook=self.update,
-                secure_rng=self.opts["secure_rng"],
-                clipping=self.opts["clipping"],
-            )
+        report = train_dp_sgd(
+            model,
+            data,
+            spec,
+            delta,
+            label=self.name,
+            post_noise_hook=self.update,
+            secure_rng=self.opts["secure_rng"],
+            clipping=self.opts["clipping"],
+        )
         report.details["update_pruning"] = self.update.details() if self.update is not None else None
         return report
 

@@ -51,15 +51,13 @@ def keep_masks(grads: list[torch.Tensor], keep: float, scope: str) -> list[torch
 
 
 def same_shape_state(p: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
-    """The optimizer state that lives per coordinate (Adam's moments), not per tensor (its step)."""
-    return {name: s for name, s in state.items() if torch.is_tensor(s) and s.shape == p.shape}
+    """The optimizer state that lives per coordinate (Adam's moments), not per tensor (its step,
+    which a 0-dim parameter's moments would otherwise be taken for)."""
+    return {name: s for name, s in state.items() if name != "step" and torch.is_tensor(s) and s.shape == p.shape}
 
 
 class UpdatePruner:
-    """The post-noise hook, and the optimizer step that follows it (`step`).
-
-    A context manager too: leaving it drops the masks of a step that never came (an error
-    between the hook and the step), so no model-sized tensor outlives the run."""
+    """The post-noise hook, and the optimizer step that follows it (`step`)."""
 
     def __init__(self, keep: float = 0.3, scope: str = "tensor", adam: str = "freeze"):
         keep = check_fraction("update_keep", keep)
@@ -89,12 +87,6 @@ class UpdatePruner:
         self.steps += 1
         self.kept += sum(int(m.sum()) for m in masks)
         self.total += sum(m.numel() for m in masks)
-
-    def __enter__(self) -> UpdatePruner:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.masks = {}
 
     # -- the optimizer step -------------------------------------------------------------------
     def step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -331,6 +331,38 @@ def test_a_dp_measurement_records_per_example_gradients_in_its_breakdown(checkpo
     assert rest is None or rest == b["peak"]["bytes"] - grads - per_example - state
 
 
+@pytest.mark.parametrize("clipping", ["per-sample", "ghost"])
+def test_per_example_memory_is_read_whole_with_the_audit_block_and_physical_batches(checkpoint, clipping):
+    """The default run's setting: gradient canaries on the audit block (they replace the per-example
+    gradients before the step) and logical batches split into physical ones. Per-sample clipping:
+    the largest physical batch's per-example gradients, exactly physical batch × trained bytes."""
+    from dpbench.benchmark_worker import train_systems
+    from dpbench.spec import RunSpec
+
+    spec = RunSpec.from_dict(
+        {
+            "method": "dpsgd",
+            "model": str(checkpoint),
+            "method_options": {"clipping": clipping},
+            "privacy": {"accountant": "rdp"},
+            "training": {"steps": 2, "batch_size": 8, "physical_batch_size": 2, "n_train": 16},
+            "audit": {"gradient_canaries": 100},
+            "attacks": [],
+        }
+    )
+    (b,) = train_systems(spec)["memory_breakdown"]
+    per_example = b["components"]["per_example_gradients"]
+    if clipping == "ghost":
+        assert per_example["bytes"] > 0 and "_norm_sample" in per_example["source"]
+        return
+    from dpbench.models.registry import load_model
+
+    model = load_model(str(checkpoint), "cpu")
+    model.set_trainable(spec.training.trainable.split(","))
+    trained = sum(p.nbytes for p in model.model.parameters() if p.requires_grad)
+    assert per_example["bytes"] == 2 * trained and "grad_sample" in per_example["source"]
+
+
 def breakdown_of(peak, rest):
     part = lambda n, in_peak=True, source="s": {"bytes": n, "how": "derived", "in_peak": in_peak, "source": source}  # noqa: E731
     return {
