@@ -19,14 +19,17 @@ from dpbench.examples import Example
 from dpbench.models.base import VisionLanguageModel
 
 
-def per_example_losses(model: VisionLanguageModel, examples: list[Example], batch_size: int = 64) -> np.ndarray:
-    """Mean NLL of each example's target tokens under `model`, shape (n,)."""
+def per_example_losses(
+    model: VisionLanguageModel, examples: list[Example], batch_size: int = 64, targets: list[str] | None = None
+) -> np.ndarray:
+    """Mean NLL of each example's target tokens (or of `targets`, one per example) under `model`, shape (n,)."""
     model.model.eval()
+    targets = [e.target for e in examples] if targets is None else list(targets)
     out = []
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             chunk = examples[i : i + batch_size]
-            batch = model.encode(chunk, [e.target for e in chunk])
+            batch = model.encode(chunk, targets[i : i + batch_size])
             out.append(model.per_example_loss(batch).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 

@@ -261,19 +261,26 @@ def reference_spec(spec: RunSpec, seed: int, steps: int) -> RunSpec:
             "training.seed": seed,
             "training.steps": steps,
             "training.n_train": None,
+            "training.precision": "fp32",
             "token_pruning": "none",
             "audit.gradient_canaries": 0,
         }
     )
 
 
+def train_from_base(spec: RunSpec, data: list[Example], delta: float | None) -> tuple[VisionLanguageModel, TrainReport]:
+    """`spec`'s recipe on `data` from the base model, away from a run's phases: the attacks'
+    reference models, unlearning's retrained and shadow models."""
+    method = make_method(spec)
+    model = load_target(spec, method)
+    with model.training_precision(spec.training.precision):
+        report = method.train(model, data, spec, delta)
+    return model, report
+
+
 def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -> VisionLanguageModel:
     """A reference model of the offline attacks (`reference_spec`'s recipe)."""
-    ref_spec = reference_spec(spec, seed, steps)
-    method = make_method(ref_spec)
-    model = load_target(ref_spec, method)
-    method.train(model, data, ref_spec, None)  # δ: unused without privacy
-    return model
+    return train_from_base(reference_spec(spec, seed, steps), data, None)[0]  # δ: unused without privacy
 
 
 def record(

@@ -68,7 +68,7 @@ def resummarise(result: RunResult, spec: RunSpec, folder: RunFolder) -> tuple[Au
 
 def reaudit(run_dir, attacks: list[str] | None = None) -> RunResult:
     folder = RunFolder(run_dir)
-    result = RunResult.from_dict(load_result(folder.result))
+    result = RunResult.from_dict(load_result(folder.result, kind="result"))
     spec = RunSpec.from_record(result.spec)
     old_whitebox = result.audit.whitebox if result.audit is not None else None
     if folder.checkpoint.is_dir():

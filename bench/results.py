@@ -17,7 +17,7 @@ from dpbench.errors import DpbenchError
 from dpbench.files import find_problem, read_json
 
 # a document's `kind` -> its schema; a run result has no kind
-KINDS = {None: "result", "dpbench-bench": "bench", "dpbench-unlearn": "unlearn"}
+KINDS = {"dpbench-bench": "bench", "dpbench-unlearn": "unlearn"}
 
 
 @lru_cache(maxsize=None)
@@ -30,7 +30,9 @@ def schema(name: str = "result") -> dict[str, Any]:
 @lru_cache(maxsize=None)
 def _validator(name: str) -> jsonschema.Draft202012Validator:
     # The bench and unlearn schemas reuse the result schema's definitions by $id; no network lookups.
-    registry = Registry().with_resources((schema(n)["$id"], Resource.from_contents(schema(n))) for n in KINDS.values())
+    registry = Registry().with_resources(
+        (schema(n)["$id"], Resource.from_contents(schema(n))) for n in ("result", *KINDS.values())
+    )
     return jsonschema.Draft202012Validator(schema(name), registry=registry, format_checker=jsonschema.FormatChecker())
 
 
@@ -61,11 +63,19 @@ def document_kind(document: Any) -> str:
     return KINDS.get(kind, "result") if isinstance(kind, str) else "result"
 
 
-def load_result(path: str | Path) -> dict[str, Any]:
-    """Read and validate one result (or `dpbench bench`) file; a DpbenchError lists every problem in it."""
+# what each kind of file is, for a message when another was expected
+KIND_NAMES = {"result": "a run's result", "bench": "a `dpbench bench` output", "unlearn": "an unlearning run's result"}
+
+
+def load_result(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Read and validate one result, `dpbench bench` or unlearning file (only of `kind`, when
+    given); a DpbenchError lists every problem in it."""
     path = Path(path)
     result = read_json(path, fix="it is not a dpbench result")
-    errors = validation_errors(result, document_kind(result))
+    found = document_kind(result)
+    if kind is not None and found != kind:
+        raise DpbenchError(f"{path} is {KIND_NAMES[found]}, not {KIND_NAMES[kind]}")
+    errors = validation_errors(result, found)
     if errors:
         raise DpbenchError(f"{path}: {len(errors)} schema error(s):\n  " + "\n  ".join(errors))
     return result

@@ -50,7 +50,8 @@ def run(
 def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_done, log) -> RunResult:
     spec = prepared.spec
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
-    with holding(folder, spec, if_not_done, launched_rank()), failure_recorded(folder) as phase:
+    skip_done = if_not_done and (not save_checkpoint or folder.checkpoint.is_dir())  # a sweep may want its checkpoint
+    with holding(folder, spec, skip_done, launched_rank()), failure_recorded(folder) as phase:
         write_json_atomic(folder.spec, spec.to_dict())
         log(
             f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(prepared.fit)} training examples, "
@@ -109,7 +110,8 @@ def launch(
     distributed.check_launch(spec.device, spec.training.nproc)
     phases.prepare(spec)
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
-    with holding(folder, spec, if_not_done), tempfile.TemporaryDirectory(prefix="dpbench-ranks-") as tmp:
+    skip_done = if_not_done and (not save_checkpoint or folder.checkpoint.is_dir())
+    with holding(folder, spec, skip_done), tempfile.TemporaryDirectory(prefix="dpbench-ranks-") as tmp:
         config = Path(tmp) / "spec.json"
         config.write_text(json.dumps(spec.to_dict()))
         args = ["--config", str(config), "--runs-dir", str(runs_dir)]

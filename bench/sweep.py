@@ -45,8 +45,6 @@ from dpbench.sweep_engines import (
     run_jobs,
     slurm_parameters,
 )
-from dpbench.unlearning.sweep import check_section
-from dpbench.unlearning.sweep import jobs as unlearn_jobs
 
 GRID_KEYS = ("tasks", "methods", "epsilons", "seeds")
 # base: run-spec fields every run shares; resources and slurm: what --engine ray / slurm ask per run
@@ -268,7 +266,9 @@ def sweep_command(file: str, runs_dir: str, dry_run: bool, engine: str, address:
     """Run a grid of tasks x methods x epsilons x seeds from FILE; finished runs are skipped."""
     grid = load_spec_file(file)
     specs = expand(grid)
-    unlearn = check_section(grid["unlearn"]) if "unlearn" in grid else None
+    from dpbench.unlearning import sweep as unlearning  # its requests load the tasks: only for a section
+
+    unlearn = unlearning.check_section(grid["unlearn"]) if "unlearn" in grid else None
     if not dry_run:
         check_runs_dir(runs_dir)
     options = engine_options(grid, address, cluster)  # checked before anything runs
@@ -284,16 +284,19 @@ def sweep_command(file: str, runs_dir: str, dry_run: bool, engine: str, address:
     )
     if unlearn is not None and not dry_run and not summary.failed:
         options.folder = options.folder or Path(runs_dir) / ".submitit"
-        for stage in unlearn_jobs(unlearn, specs, runs_dir):  # the retrain references first
-            for (job, _), outcome in zip(
-                stage, run_jobs(engine, stage, options, lambda j: click.echo(f"{j}: running"))
-            ):
+        for stage in unlearning.jobs(unlearn, specs, runs_dir):  # the retrain references first
+            outcomes = run_jobs(engine, stage, options, lambda job: click.echo(f"{job}: running"))
+            for (job, _), outcome in zip(stage, outcomes):
                 if outcome.status == RunBusy.exit_code:
                     summary.skipped.append(job)
+                elif outcome.status == ENGINE_FAILURE:
+                    summary.failed.append(f"{job}: {outcome.reason}")
                 elif outcome.status != 0:
-                    summary.failed.append(f"{job}: {outcome.reason or f'exit status {outcome.status}'}")
+                    summary.failed.append(f"{job}: {failure_reason(runs_dir, job, outcome.status)}")
                 else:
                     summary.ran.append(job)
+            if summary.failed:  # the methods need their references
+                break
     click.echo(summary.line())
     for failure in summary.failed:
         click.echo(f"  failed: {failure}", err=True)

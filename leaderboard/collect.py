@@ -65,7 +65,11 @@ def collect(folders: Iterable[str | Path]) -> Collection:
             except DpbenchError as e:  # unreadable, not a regular file, too large, not UTF-8
                 out.errors.append(f"{name}: $: {e}")
                 continue
-            errors = validation_errors(data, document_kind(data))  # a run's or an unlearning run's
+            kind = document_kind(data)
+            if kind == "bench":
+                out.errors.append(f"{name}: $: a `dpbench bench` output; it belongs under benchmarks/")
+                continue
+            errors = validation_errors(data, kind)  # a run's or an unlearning run's
             if errors:
                 out.errors.extend(f"{name}: {e}" for e in errors)
                 continue

@@ -135,12 +135,8 @@ def unlearning_section(forgetting: list[unlearning.UnlearnRow]) -> list[str]:
         parts += [f"<h2>{escape(task)}: unlearning</h2>", f'<p class="note">{escape(unlearning.NOTE)}</p>']
         parts.append(plain_table(unlearning.HEAD, [r.texts() for r in task_rows]))
         plot = unlearning.plot_data(task_rows, task)
-        if plot is not None:
-            data = base64.b64encode(unlearning.draw(plot)).decode("ascii")
-            parts.append(
-                f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
-                f'src="data:image/png;base64,{data}">'
-            )
+        if plot is not None:  # no empty plot
+            parts.append(image(plot))
     return parts
 
 

@@ -245,4 +245,8 @@ DRAW = {"frontier": draw_frontier, "audit": draw_audit, "systems": draw_systems}
 
 
 def draw(plot: Plot) -> bytes:
+    if plot["kind"] == "unlearning":  # drawn beside its table's rows (dpbench.leaderboard.unlearning)
+        from dpbench.leaderboard.unlearning import draw as draw_unlearning
+
+        return draw_unlearning(plot)
     return DRAW[plot["kind"]](plot)

@@ -4,6 +4,7 @@ against specificity."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -76,17 +77,19 @@ def rows(results: Iterable[dict[str, Any]]) -> list[UnlearnRow]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         p, s = r["parent"], r["spec"]
-        key = (p["task"], p["method"], p["epsilon"] if p["private"] else None, s["forget"], s["method"])
-        groups[key].append(r)
+        # seeds of one configuration pool; another recipe, option or dataset is a row of its own
+        key = (p["task"], p["method"], p["epsilon"] if p["private"] else None, s["forget"], method_label(s))
+        groups[key, json.dumps(s["options"], sort_keys=True), p["dataset_source"]].append(r)
 
-    def order(key: tuple) -> tuple:
-        task, parent, eps, forget, method = key
-        rank = ORDER.index(method) if method in ORDER else len(ORDER)
-        return (task, parent, eps if eps is not None else -1.0, forget, rank, method)
+    def order(group: tuple) -> tuple:
+        (task, parent, eps, forget, method), *rest = group
+        name = method.split(" ")[0]
+        rank = ORDER.index(name) if name in ORDER else len(ORDER)
+        return (task, parent, eps if eps is not None else -1.0, forget, rank, method, *rest)
 
     out = []
-    for key in sorted(groups, key=order):
-        rs = groups[key]
+    for group in sorted(groups, key=order):
+        key, rs = group[0], groups[group]
 
         def stat(path) -> Stat | None:
             return Stat.of(path(r["metrics"], r) for r in rs)
@@ -101,7 +104,7 @@ def rows(results: Iterable[dict[str, Any]]) -> list[UnlearnRow]:
                     stat(lambda m, r: m["neighbour_specificity"]),
                     stat(lambda m, r: (m["distance_to_retrain"] or {}).get("unlearned", {}).get("ks")),
                     stat(lambda m, r: m["fluency_perplexity"]["unlearned"]),
-                    stat(lambda m, r: 1.0 / r["systems"]["speedup_over_retrain"]),
+                    stat(lambda m, r: r["systems"]["wall_s"] / r["systems"]["retrain_wall_s"]),
                     stat(lambda m, r: r["audit"]["ulira"]["auc"] if r["audit"] else None),
                     stat(lambda m, r: r["audit"]["ulira"]["epsilon_lower_bound"] if r["audit"] else None),
                     stat(lambda m, r: r["audit"]["privleak"] if r["audit"] else None),
@@ -113,6 +116,13 @@ def rows(results: Iterable[dict[str, Any]]) -> list[UnlearnRow]:
             )
         )
     return out
+
+
+def method_label(spec: dict[str, Any]) -> str:
+    """The method, with its recipe where it has one (retrain and noop have none)."""
+    if spec["lr"] is None:
+        return spec["method"]
+    return f"{spec['method']} (lr {spec['lr']:g}, {spec['steps']}×{spec['batch_size']})"
 
 
 def group_bound(rs: list[dict[str, Any]]) -> str:
@@ -133,7 +143,7 @@ def plot_data(task_rows: list[UnlearnRow], task: str) -> dict[str, Any] | None:
     points = [
         {
             "label": f"{r.method} ({r.parent}{'' if r.epsilon is None else f' ε{r.epsilon:g}'}, {r.forget})",
-            "method": r.method,
+            "method": r.method.split(" ")[0],
             "x": r.cells[2].mean,
             "y": r.cells[0].mean,
         }

@@ -20,7 +20,7 @@ from dpbench.spec import RunSpec
 from dpbench.tasks.digits import label_of
 from dpbench.unlearning.losses import masked_kl, npo
 from dpbench.unlearning.requests import ForgetRequest, digit_of, select
-from dpbench.unlearning.run import make_spec, unlearn
+from dpbench.unlearning.run import make_spec, reference_spec, unlearn
 from dpbench.unlearning.spec import UnlearnSpec
 
 
@@ -171,8 +171,12 @@ def test_noop_measures_as_its_parent_and_retrain_is_reused(finished_parent_run):
         assert m[key]["unlearned"] == pytest.approx(m[key]["parent"], rel=1e-6), key
     d = m["distance_to_retrain"]
     assert d["unlearned"] == pytest.approx(d["parent"])
-    retrains = [p for p in Path(runs).iterdir() if p.name.startswith("unlearn-retrain-")]
-    assert len(retrains) == 1 and (retrains[0] / "checkpoint").is_dir()  # one gold standard, shared
+    reference = reference_spec(spec)  # the seed-0 gold standard every method on examples:4 shares
+    assert (
+        result["systems"]["retrain_wall_s"]
+        == load_result(RunFolder.of(runs, reference.run_id()).result)["systems"]["wall_s"]
+    )
+    assert (RunFolder.of(runs, reference.run_id()).checkpoint).is_dir()
 
 
 def test_gradient_ascent_raises_the_forget_loss(finished_parent_run):
@@ -275,6 +279,9 @@ def test_the_readme_snippet_adds_a_method_that_runs(finished_parent_run, tmp_pat
         ({"methods": ["ga"], "requests": ["examples:x"], "seeds": [0]}, "bad forget request"),
         ({"methods": ["ga"], "requests": ["examples:1"], "seeds": [-1]}, "non-negative"),
         ({"methods": ["ga"], "requests": ["examples:1"], "seeds": [0], "recipe": {"epochs": 3}}, "recipe"),
+        ({"methods": ["ga"], "requests": ["examples:1"], "seeds": [0], "recipe": {"steps": "x"}}, "steps"),
+        ({"methods": ["ga"], "requests": ["examples:1"], "seeds": [0], "recipe": {"lr": "fast"}}, "lr"),
+        ({"methods": "ga", "requests": ["examples:1"], "seeds": [0]}, "non-empty list"),
     ],
 )
 def test_bad_unlearn_sections_are_refused_before_anything_runs(section, message):
@@ -299,3 +306,33 @@ def test_sweep_jobs_put_the_retrain_references_first_and_skip_finished_cells(fin
         ("ga", "9"),
         ("noop", "9"),
     }
+
+
+def test_a_yaml_learning_rate_reads_as_the_command_line_s():
+    from dpbench.unlearning.sweep import check_section
+
+    section = check_section({"methods": ["ga"], "requests": ["examples:1"], "seeds": [0], "recipe": {"lr": "1e-4"}})
+    assert section["recipe"]["lr"] == 1e-4 and isinstance(section["recipe"]["lr"], float)
+
+
+def test_commands_that_want_a_run_result_refuse_an_unlearning_one(finished_parent_run, capsys):
+    folder, runs = finished_parent_run
+    result = unlearn(make_spec(folder, "noop", "examples:4", seed=0), folder, runs, log=lambda *a: None)
+    unlearned = RunFolder.of(runs, result["run_id"]).path
+    assert run_cli("audit", str(unlearned)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "an unlearning run's result, not a run's result" in err and len(err.splitlines()) == 1
+    assert run_cli("unlearn", str(unlearned), "--method", "ga", "--forget", "examples:1") == 2
+    assert "not a run's result" in capsys.readouterr().err
+
+
+def test_a_bench_output_among_the_results_is_one_error_line(tmp_path):
+    import json
+
+    from dpbench.leaderboard.collect import collect
+
+    bench = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("bench-*.json"))[0]
+    (tmp_path / "b.json").write_text(bench.read_text())
+    loaded = collect([tmp_path])
+    assert not loaded.results and len(loaded.errors) == 1 and "belongs under benchmarks/" in loaded.errors[0]
+    assert json.loads(bench.read_text())["kind"] == "dpbench-bench"

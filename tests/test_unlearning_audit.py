@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from dpbench.attacks.lira import confidence_logit
 from dpbench.results import load_result
 from dpbench.run_folder import RunFolder
 from dpbench.unlearning import ulira
@@ -22,9 +23,9 @@ def simulate(k=16, n=40, shift=0.0, spread=3.0, noise=0.3, seed=0):
     return np.clip(unlearned, 1e-3, None), np.clip(retrained, 1e-3, None)
 
 
-def test_confidence_score_is_the_logit_of_the_probability():
+def test_the_score_is_the_logit_of_the_probability():
     p = np.array([0.1, 0.5, 0.9])
-    assert np.allclose(ulira.confidence_score(-np.log(p)), np.log(p / (1 - p)))
+    assert np.allclose(confidence_logit(-np.log(p)), np.log(p / (1 - p)))
 
 
 def test_indistinguishable_models_are_not_flagged():
@@ -48,7 +49,7 @@ def test_a_per_example_shift_is_caught_where_the_population_attack_is_not():
 
 def test_identical_shadow_models_give_exactly_chance():
     u, _ = simulate()
-    pos, neg = ulira.ulira_scores(ulira.confidence_score(u), ulira.confidence_score(u))
+    pos, neg = ulira.ulira_scores(confidence_logit(u), confidence_logit(u))
     assert np.array_equal(pos, neg)
 
 
@@ -87,3 +88,4 @@ def test_the_audit_writes_a_valid_section_and_retrain_reads_as_unlearned(finishe
     assert a["models_trained"] == 6 and a["group_privacy"] is None
     again = audit(make_spec(folder, "ga", "examples:4", steps=2), folder, runs, pairs=3, log=lambda *a: None)
     assert again["audit"]["models_trained"] == 0  # the pairs are shared by every method
+    assert again["audit"]["ulira"]["auc"] != 0.5  # its shadows were unlearned, not copied from the retrained ones

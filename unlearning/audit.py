@@ -10,9 +10,11 @@ with or without any unlearning step.
 
 from __future__ import annotations
 
+import fcntl
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dpbench.registries import UNLEARNERS
 from dpbench.results import load_result, write_result
@@ -30,19 +32,20 @@ ASSUMES = (
 
 
 def audit(spec: UnlearnSpec, parent_dir: str | Path, runs_dir: str | Path, pairs: int, log=print) -> dict[str, Any]:
-    from dpbench.unlearning.run import check, unlearn
+    from dpbench.runner import holding
+    from dpbench.unlearning.run import check, reference_spec, unlearn
 
-    unlearn(spec, parent_dir, runs_dir, log)  # the audited run first (and its retrain reference)
-    started = time.perf_counter()
     c = check(spec, parent_dir)
+    unlearn(spec, parent_dir, runs_dir, log, c)  # the audited run first (and its retrain reference)
+    started = time.perf_counter()
     unlearner = UNLEARNERS.get(spec.method)(**spec.options)
-    folders = [shadows.pair_folder(runs_dir, spec.parent, spec.forget, spec.seed, k) for k in range(pairs)]
+    seed = reference_spec(spec).seed  # the pairs follow the forget set, as the reference does
+    folders = [shadows.pair_folder(runs_dir, spec.parent, spec.forget, seed, k) for k in range(pairs)]
     trained = 0
     for k, folder in enumerate(folders):
-        if not shadows.losses_file(folder, shadows.RETRAINED).exists():
-            trained += 2
-        shadows.train_pair(c, k, folder, log)
-        shadows.unlearn_pair(c, k, folder, unlearner, log)
+        with pair_lock(folder):  # one process trains a pair; another waits, then finds it trained
+            trained += 2 * shadows.train_pair(c, k, seed, folder, log)
+            shadows.unlearn_pair(c, k, seed, folder, unlearner, log)
     forget_u, nonmember_u = shadows.pair_losses(folders, spec.run_id())
     forget_r, nonmember_r = shadows.pair_losses(folders, shadows.RETRAINED)
     section = ulira.summarise(forget_u, forget_r, nonmember_u, nonmember_r, c.delta)
@@ -58,7 +61,16 @@ def audit(spec: UnlearnSpec, parent_dir: str | Path, runs_dir: str | Path, pairs
         assumes=ASSUMES,
     )
     folder = RunFolder.of(runs_dir, spec.run_id())
-    result = load_result(folder.result)
-    result["audit"] = section
-    write_result(folder.result, result)
+    with holding(folder, spec, False):
+        result = load_result(folder.result, kind="unlearn")
+        result["audit"] = section
+        write_result(folder.result, result)
     return result
+
+
+@contextmanager
+def pair_lock(folder: RunFolder) -> Iterator[None]:
+    folder.create()
+    with open(folder.lock, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocking: the pair is shared, not contended
+        yield

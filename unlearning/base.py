@@ -40,9 +40,8 @@ class Context:
     forget_set: ForgetSet
     spec: UnlearnSpec
     parent_spec: RunSpec
-    parent_fit: list[Example]  # everything the parent trained on (canaries included)
+    parent_fit: list[Example]  # everything the parent trained on
     delta: float  # the parent's δ
-    lr: float  # the spec's, or the method's default
     details: dict[str, Any] = field(default_factory=dict)  # what the method reports (in the result)
     losses: list[float] = field(default_factory=list)
 
@@ -96,11 +95,12 @@ def descend(
     params = trainable_parameters(model.model)
     if not params:
         raise DpbenchError("the parent model has no trainable parameters to unlearn with")
-    optimizer = torch.optim.Adam(params, lr=ctx.lr)
+    optimizer = torch.optim.Adam(params, lr=spec.lr)
     loop = TrainingLoop(spec.seed)
     rng = random.Random(spec.seed)
     model.model.train()
-    with loop.running(label, spec.steps):
+    # the parent's precision, as retrain trains at it: the two compare at equal arithmetic
+    with model.training_precision(ctx.parent_spec.training.precision), loop.running(label, spec.steps):
         for _ in range(spec.steps):
             optimizer.zero_grad(set_to_none=True)
             forget = rng.sample(ctx.forget, min(spec.batch_size, len(ctx.forget)))

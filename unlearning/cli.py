@@ -37,6 +37,8 @@ from dpbench.run_folder import check_runs_dir
 def unlearn_command(run_dir, method, forget, options, seed, steps, batch_size, lr, audit_pairs, runs_dir) -> None:
     """Make a finished run (saved with --save-checkpoint) forget part of its training data, and
     measure it beside the parent and the model retrained without it: runs/unlearn-<method>-<id>/."""
+    if audit_pairs is not None and audit_pairs < 3:  # before the parent or torch loads
+        raise DpbenchError(f"--audit-pairs must be at least 3 (leave one pair out, fit on the rest), got {audit_pairs}")
     check_runs_dir(runs_dir)
     from dpbench.unlearning.run import make_spec, unlearn
     from dpbench.unlearning.summary import print_unlearn_summary
@@ -46,10 +48,6 @@ def unlearn_command(run_dir, method, forget, options, seed, steps, batch_size, l
     if audit_pairs is None:
         result = unlearn(spec, Path(run_dir), Path(runs_dir))
     else:
-        if isinstance(audit_pairs, bool) or audit_pairs < 3:
-            raise DpbenchError(
-                f"--audit-pairs must be at least 3 (leave one pair out, fit on the rest), got {audit_pairs}"
-            )
         from dpbench.unlearning.audit import audit
 
         result = audit(spec, Path(run_dir), Path(runs_dir), audit_pairs)

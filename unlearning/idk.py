@@ -14,7 +14,7 @@ class IDontKnow(Unlearner):
     options = {"refusal": "I don't know."}
 
     def unlearn(self, ctx):
-        m, refusal = ctx.model, str(self.opts["refusal"])
+        m, refusal = ctx.model, self.opts["refusal"]
 
         def loss(forget, retain):
             return nll(m, forget, [refusal] * len(forget)).mean() + nll(m, retain).mean()

@@ -31,10 +31,14 @@ def utility_figures(c, model, answers_of=None) -> dict[str, Any]:
     fs, task = c.forget_set, c.task
     fluency_set = m.fluency_sample(fs.retain, 0)
     answers = m.parent_answers(answers_of or model, fluency_set)
+    forget_metric = m.primary(task, model, fs.forget)
     return {
-        "efficacy": m.efficacy(task, model, fs.forget, fs.concept_names),
+        # multiple choice: 1 - the forget set's accuracy, already scored
+        "efficacy": 1.0 - forget_metric
+        if m.multiple_choice(fs.forget)
+        else m.efficacy(task, model, fs.forget, fs.concept_names),
         "generality": m.efficacy(task, model, fs.generality, fs.concept_names) if fs.generality else None,
-        "forget_metric": m.primary(task, model, fs.forget),
+        "forget_metric": forget_metric,
         "test_metric": m.primary(task, model, c.scored),
         "neighbour_metric": m.primary(task, model, fs.neighbours) if fs.neighbours else None,
         "fluency_perplexity": m.perplexity(model, fluency_set, answers),

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from dpbench.attacks.signals import per_example_losses
 from dpbench.examples import Example
 from dpbench.models.base import VisionLanguageModel
 from dpbench.tasks.base import Task
@@ -69,15 +70,9 @@ def diversity(texts: Sequence[str]) -> float | None:
     return len(set(words)) / len(words) if words else None
 
 
-@torch.no_grad()
 def example_losses(model: VisionLanguageModel, examples: Sequence[Example], targets: Sequence[str] | None = None):
     """Per-example mean NLL of the targets (the examples' own by default), as a numpy array."""
-    targets = [e.target for e in examples] if targets is None else list(targets)
-    out = []
-    for idx in chunks(list(range(len(examples))), CHUNK):
-        batch = model.encode([examples[i] for i in idx], [targets[i] for i in idx])
-        out.append(model.per_example_loss(batch).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    return per_example_losses(model, list(examples), CHUNK, targets)
 
 
 @torch.no_grad()

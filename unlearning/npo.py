@@ -3,7 +3,6 @@ open-unlearning run it: the forget answers treated as dispreferred against the p
 
 from __future__ import annotations
 
-from dpbench.checks import finite
 from dpbench.errors import DpbenchError
 from dpbench.unlearning.base import UNLEARNERS, Unlearner, descend
 from dpbench.unlearning.losses import nll, npo
@@ -18,8 +17,8 @@ class NPO(Unlearner):
 
     def __init__(self, **options):
         super().__init__(**options)
-        if not (finite(self.opts["beta"]) and self.opts["beta"] > 0):
-            raise DpbenchError(f"npo's beta must be a positive number, got {self.opts['beta']!r}")
+        if self.opts["beta"] <= 0:  # the base class checked it is a finite number
+            raise DpbenchError(f"npo's beta must be positive, got {self.opts['beta']!r}")
 
     def unlearn(self, ctx):
         beta, w, m, o = self.opts["beta"], self.opts["retain_weight"], ctx.model, ctx.original

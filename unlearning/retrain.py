@@ -21,12 +21,9 @@ class Retrain(Unlearner):
         from dpbench import phases
 
         spec = ctx.parent_spec.replace(**{"audit.gradient_canaries": 0})  # the audit block never changes training
-        method = phases.make_method(spec)
-        model = phases.load_target(spec, method)
         gone = {e.uid for e in ctx.forget}
         data = [e for e in ctx.parent_fit if e.uid not in gone]
-        with model.training_precision(spec.training.precision):
-            report = method.train(model, data, spec, ctx.delta)
+        model, report = phases.train_from_base(spec, data, ctx.delta)
         ctx.losses = report.losses
         ctx.details.update(
             recipe=f"{spec.method}, {report.steps} steps, the parent's seed",

@@ -3,7 +3,7 @@ make sure the retrained reference exists -> load the parent -> unlearn (memory a
 -> measure -> record.
 
 An unlearning run has a folder of its own beside the training runs (`runs/unlearn-<method>-<hash>`:
-spec.json, result.json, audit.md); the `retrain` reference keeps its checkpoint, since every
+spec.json, result.json); the `retrain` reference keeps its checkpoint, since every
 other method on the same parent, request and seed is measured against it.
 """
 
@@ -12,12 +12,11 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dpbench.errors import DpbenchError
-from dpbench.files import read_json
 from dpbench.registries import UNLEARNERS
 from dpbench.results import load_result, write_json_atomic, write_result
 from dpbench.run_folder import RunFolder, check_runs_dir
@@ -37,12 +36,10 @@ class Checked:
     parent_folder: RunFolder
     parent: dict[str, Any]  # the parent's result
     parent_spec: RunSpec
-    request: ForgetRequest
     forget_set: ForgetSet
-    parent_fit: list
+    parent_fit: list  # what the parent trained on
     task: Any
     scored: list
-    embedded: bool
     nonmembers: list  # held-out examples of the task (the audit's population attack)
 
     @property
@@ -85,11 +82,7 @@ def parent_result(folder: RunFolder) -> dict[str, Any]:
         raise DpbenchError(f"{folder.path} is not a run folder")
     if not folder.result.exists():
         raise DpbenchError(f"{folder.path} has no result.json: unlearning starts from a finished `dpbench run`")
-    result = load_result(folder.result)
-    if result.get("kind") == "dpbench-unlearn":
-        raise DpbenchError(f"{folder.path} is an unlearning run: start from the training run it came from")
-    if result.get("kind") == "dpbench-bench":
-        raise DpbenchError(f"{folder.path} is a `dpbench bench` output, not a run")
+    result = load_result(folder.result, kind="result")
     folder.require_checkpoint()
     return result
 
@@ -108,44 +101,52 @@ def check(spec: UnlearnSpec, parent_dir: str | Path) -> Checked:
         raise DpbenchError(
             "the parent trained on several processes: `retrain` would not be its recipe; unlearn a one-process run"
         )
-    UNLEARNERS.get(spec.method)(**spec.options)
-    request = ForgetRequest.parse(spec.forget)
-    task = TASKS.get(parent_spec.task)()
-    data = task.load(parent_spec.data_dir)
-    train = phases.training_examples(parent_spec, data)
+    if parent_spec.lora is not None:  # its checkpoint holds merged weights: the adapters are gone
+        raise DpbenchError(
+            "the parent trained LoRA adapters, which its checkpoint merged away; unlearn a run without --lora"
+        )
     if parent_spec.audit.canaries:
         raise DpbenchError(
             "the parent trained with the one-run audit's canaries in its training set; unlearn a run without them "
             "(audit.canaries: 0, the default)"
         )
-    fit = train
+    UNLEARNERS.get(spec.method)(**spec.options)
+    request = ForgetRequest.parse(spec.forget)
+    task = TASKS.get(parent_spec.task)()
+    data = task.load(parent_spec.data_dir)
+    train = phases.training_examples(parent_spec, data)
     scored = data.nonmembers if parent_spec.eval_split == "validation" else data.test
     scored = scored[: parent_spec.eval_limit] if parent_spec.eval_limit else scored
-    embedded = data.source == "embedded-sample"
-    forget_set = select(request, train, scored, spec.seed, embedded)
-    return Checked(spec, folder, parent, parent_spec, request, forget_set, fit, task, scored, embedded, data.nonmembers)
+    forget_set = select(request, train, scored, spec.seed, data.source == "embedded-sample")
+    return Checked(spec, folder, parent, parent_spec, forget_set, train, task, scored, data.nonmembers)
 
 
-def unlearn(spec: UnlearnSpec, parent_dir: str | Path, runs_dir: str | Path, log=print) -> dict[str, Any]:
-    """The unlearning run's result (also written to its folder); a finished one is returned as it is."""
+def unlearn(
+    spec: UnlearnSpec, parent_dir: str | Path, runs_dir: str | Path, log=print, checked: Checked | None = None
+) -> dict[str, Any]:
+    """The unlearning run's result (also written to its folder); a finished one is returned as it is.
+    `checked`: the inputs, when the caller has checked them for this parent and request."""
     check_runs_dir(runs_dir)
-    checked = check(spec, parent_dir)
     folder = RunFolder.of(runs_dir, spec.run_id())
     if folder.finished(spec):
         log(f"unlearning run {spec.run_id()} is finished: {folder.result}")
         return load_result(folder.result)
+    checked = replace(checked, spec=spec) if checked is not None else check(spec, parent_dir)
     reference = None
     if spec.method != REFERENCE:  # every method is measured against the retrained model
-        ref_spec = reference_spec(spec)
+        ref_spec = reference_spec(spec)  # the same forget set: the request's selection does not depend on it
         ref_folder = RunFolder.of(runs_dir, ref_spec.run_id())
-        if not (ref_folder.finished(ref_spec) and ref_folder.checkpoint.is_dir()):
+        if not ref_folder.finished(ref_spec):
             log(f"first the gold standard: {REFERENCE} on the same parent, request and seed")
-            unlearn(ref_spec, parent_dir, runs_dir, log)
-        reference = ref_folder
+            unlearn(ref_spec, parent_dir, runs_dir, log, checked)
+        elif not ref_folder.checkpoint.is_dir():
+            raise DpbenchError(f"{ref_folder.path} has lost its checkpoint/: delete that folder, and it is retrained")
+        reference = (ref_folder, load_result(ref_folder.result, kind="unlearn"))
     return run_checked(checked, folder.create(), reference, log)
 
 
-def run_checked(c: Checked, folder: RunFolder, reference: RunFolder | None, log) -> dict[str, Any]:
+def run_checked(c: Checked, folder: RunFolder, reference: tuple[RunFolder, dict] | None, log) -> dict[str, Any]:
+    """`reference`: the retrain run's folder and result (None for retrain itself)."""
     from dpbench import phases
     from dpbench.runner import failure_recorded, holding
     from dpbench.systems import PeakMemory, environment
@@ -161,41 +162,33 @@ def run_checked(c: Checked, folder: RunFolder, reference: RunFolder | None, log)
         )
         unlearner = UNLEARNERS.get(spec.method)(**spec.options)
         parent_method = phases.make_method(ps)
-        info = _model_info(c.parent)
+        info = model_info(c.parent)
         model = phases.load_checkpoint(ps, parent_method, c.parent_folder, info)
         model.set_trainable(ps.training.trainable.split(","))
         frozen = copy.deepcopy(model) if unlearner.needs_original else None
-        ctx_kwargs = dict(
-            original=frozen,
-            forget_set=fs,
-            spec=spec,
-            parent_spec=ps,
-            parent_fit=c.parent_fit,
-            delta=c.delta,
-            lr=spec.lr,
-        )
         from dpbench.unlearning.base import Context
 
-        ctx = Context(model=model, **ctx_kwargs)
+        ctx = Context(model, frozen, fs, spec, ps, c.parent_fit, c.delta)
         phase("unlearn")
         with PeakMemory(ps.device) as memory:
             t0 = time.perf_counter()
             unlearned = unlearner.unlearn(ctx)
             wall = time.perf_counter() - t0
-        if spec.method == REFERENCE:
+        if spec.method == REFERENCE:  # what every other method is measured against
             unlearned.model.save_pretrained(folder.checkpoint)
             unlearned.processor.save_pretrained(folder.checkpoint)
         phase("measure")
-        parent_model = (
-            frozen if frozen is not None else phases.load_checkpoint(ps, parent_method, c.parent_folder, info)
-        )
-        retrained = None
-        if reference is not None:
-            retrained = phases.load_checkpoint(ps, parent_method, reference, info)
+        if frozen is not None:
+            parent_model = frozen
+        elif not unlearner.gradient_recipe:  # retrain and noop leave the loaded parent as it was
+            parent_model = model
+        else:
+            parent_model = phases.load_checkpoint(ps, parent_method, c.parent_folder, info)
+        retrained = phases.load_checkpoint(ps, parent_method, reference[0], info) if reference else None
         from dpbench.unlearning.measure import measure
 
-        metrics = measure(c, unlearned, parent_model, retrained, load_result(reference.result) if reference else None)
-        ref_wall = _reference_wall(reference, wall)
+        metrics = measure(c, unlearned, parent_model, retrained, reference[1] if reference else None)
+        ref_wall = reference[1]["systems"]["wall_s"] if reference else wall
         result = {
             "kind": "dpbench-unlearn",
             "schema_version": SCHEMA_VERSION,
@@ -204,8 +197,8 @@ def run_checked(c: Checked, folder: RunFolder, reference: RunFolder | None, log)
             "spec": spec.to_dict(),
             "parent": _parent_record(c),
             "request": {
-                "kind": c.request.kind,
-                "yardstick": c.request.yardstick,
+                "kind": fs.request.kind,
+                "yardstick": fs.request.yardstick,
                 "n_forget": len(fs.forget),
                 "n_retain": len(fs.retain),
                 "n_generality": len(fs.generality),
@@ -234,18 +227,12 @@ def run_checked(c: Checked, folder: RunFolder, reference: RunFolder | None, log)
     return result
 
 
-def _model_info(parent: dict[str, Any]):
+def model_info(parent: dict[str, Any]):
+    """The base model's record of a parent's result, as a loaded checkpoint carries it."""
     from dpbench.models.base import ModelInfo
 
     m = parent["model"]
     return ModelInfo(m["name"], m["source"], m["path"], m["architecture"], m["weights_sha256"])
-
-
-def _reference_wall(reference: RunFolder | None, own: float) -> float:
-    """The retrained model's unlearning wall time (its own, for `retrain` itself)."""
-    if reference is None:
-        return own
-    return float(read_json(reference.result)["systems"]["wall_s"])
 
 
 def _parent_record(c: Checked) -> dict[str, Any]:

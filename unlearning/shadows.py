@@ -1,5 +1,6 @@
 """Shadow pairs for the unlearning audit (`dpbench.unlearning.ulira`), a run folder each:
-`runs/shadow-<hash>/` for (parent, forget request, seed, pair k).
+`runs/shadow-<hash>/` for (parent, forget request, pair k) and the seed that selected the forget
+set (the retrain reference's: a concept's forget set is the same at every unlearning seed).
 
 Pair k draws D_k, a random half of the parent's retained examples, then trains the parent's
 recipe (its method, privacy, steps; seed + 1 + k) from the base model twice: on D_k ∪ F (kept as
@@ -35,86 +36,77 @@ def losses_file(folder: RunFolder, model: str) -> Path:
     return folder.path / f"losses-{model}.npz"
 
 
-def split(c, k: int) -> list:
+def split(c, k: int, seed: int) -> list:
     pool = c.forget_set.retain
-    return random.Random(f"shadow-{c.spec.seed}-{k}").sample(pool, len(pool) // 2)
+    return random.Random(f"shadow-{seed}-{k}").sample(pool, len(pool) // 2)
 
 
 def nonmembers(c) -> list:
     return c.nonmembers[: len(c.forget_set.forget)]
 
 
+def save_arrays(path: Path, **arrays) -> None:
+    """Whole or absent: a crash never leaves a file that reads as done."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def save_losses(folder: RunFolder, model_name: str, model, c) -> None:
     from dpbench.unlearning.metrics import example_losses
 
-    path = losses_file(folder, model_name)
-    np.savez(
-        path.with_suffix(".tmp.npz"),
+    save_arrays(
+        losses_file(folder, model_name),
         forget=example_losses(model, c.forget_set.forget),
         nonmembers=example_losses(model, nonmembers(c)),
     )
-    path.with_suffix(".tmp.npz").replace(path)  # whole or absent: a crash leaves nothing half-written
 
 
-def train_pair(c, k: int, folder: RunFolder, log=print) -> None:
-    """The pair's two trainings, once: the trained model's checkpoint and both models' losses."""
+def train_pair(c, k: int, seed: int, folder: RunFolder, log=print) -> bool:
+    """The pair's two trainings, once: the trained model's checkpoint and both models' losses.
+    True when it trained them now."""
     from dpbench import phases
 
     if losses_file(folder, TRAINED).exists() and losses_file(folder, RETRAINED).exists():
-        return
+        return False
     folder.create()
     spec = c.parent_spec.replace(**{"audit.gradient_canaries": 0, "training.seed": c.parent_spec.training.seed + 1 + k})
-    half = split(c, k)
+    half = split(c, k, seed)
     for name, data in ((TRAINED, half + c.forget_set.forget), (RETRAINED, half)):
         log(f"shadow pair {k}: training the parent's recipe on {len(data)} examples ({name})")
-        method = phases.make_method(spec)
-        model = phases.load_target(spec, method)
-        with model.training_precision(spec.training.precision):
-            method.train(model, data, spec, c.delta)
+        model, _ = phases.train_from_base(spec, data, c.delta)
         if name == TRAINED:
             model.model.save_pretrained(folder.checkpoint)
             model.processor.save_pretrained(folder.checkpoint)
         save_losses(folder, name, model, c)
     write_json_atomic(
         folder.path / "pair.json",
-        {"parent": c.parent["run_id"], "forget": c.spec.forget, "seed": c.spec.seed, "pair": k, "n_half": len(half)},
+        {"parent": c.parent["run_id"], "forget": c.spec.forget, "seed": seed, "pair": k, "n_half": len(half)},
     )
+    return True
 
 
-def unlearn_pair(c, k: int, folder: RunFolder, unlearner, log=print) -> None:
+def unlearn_pair(c, k: int, seed: int, folder: RunFolder, unlearner, log=print) -> None:
     """`unlearner` applied to the pair's trained model (forget F, retain D_k), its losses saved."""
     from dpbench import phases
     from dpbench.unlearning.base import Context
+    from dpbench.unlearning.run import model_info
 
     out = losses_file(folder, c.spec.run_id())
     if out.exists():
         return
-    ps = c.parent_spec
-    method = phases.make_method(ps)
-    model = phases.load_checkpoint(ps, method, folder, _info(c))
-    model.set_trainable(ps.training.trainable.split(","))
-    fs = ForgetSet(c.forget_set.request, c.forget_set.forget, split(c, k), [], [], c.forget_set.concept_names)
-    ctx = Context(
-        model,
-        copy.deepcopy(model) if unlearner.needs_original else None,
-        fs,
-        c.spec,
-        ps,
-        split(c, k) + c.forget_set.forget,
-        c.delta,
-        c.spec.lr,
-    )
-    if unlearner.name == "retrain":  # retraining the pair's trained model is its retrained model
-        np.savez(out, **np.load(losses_file(folder, RETRAINED)))
+    if unlearner.name == "retrain":  # retraining the pair's trained model gives its retrained model
+        save_arrays(out, **np.load(losses_file(folder, RETRAINED)))
         return
     log(f"shadow pair {k}: {unlearner.name}")
+    ps = c.parent_spec
+    model = phases.load_checkpoint(ps, phases.make_method(ps), folder, model_info(c.parent))
+    model.set_trainable(ps.training.trainable.split(","))
+    half = split(c, k, seed)
+    fs = ForgetSet(c.forget_set.request, c.forget_set.forget, half, [], [], c.forget_set.concept_names)
+    original = copy.deepcopy(model) if unlearner.needs_original else None
+    ctx = Context(model, original, fs, c.spec, ps, half + c.forget_set.forget, c.delta)
     save_losses(folder, c.spec.run_id(), unlearner.unlearn(ctx), c)
-
-
-def _info(c):
-    from dpbench.unlearning.run import _model_info
-
-    return _model_info(c.parent)
 
 
 def pair_losses(folders: list[RunFolder], model: str) -> tuple[np.ndarray, np.ndarray]:

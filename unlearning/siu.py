@@ -103,9 +103,11 @@ class SIU(Unlearner):
             vocabulary_mask_tokens=len(vocab),
         )
 
+        new_identity = {e.uid: renamed(e, names, alias, fs.retain) for e in fs.forget}  # fixed: once, not per step
+
         def loss(forget, retain):
             examples = list(forget)
-            targets = [renamed(e, names, alias, fs.retain) for e in forget]
+            targets = [new_identity[e.uid] for e in forget]
             changed = [True] * len(forget)
             if names:  # a description of the forget image under its new identity
                 examples += [Example(f"{e.uid}#describe", DESCRIBE, "", e.image) for e in forget]

@@ -25,11 +25,11 @@ from dpbench.errors import DpbenchError
 from dpbench.run_folder import RunFolder
 from dpbench.spec import RunSpec
 from dpbench.unlearning.requests import ForgetRequest
+from dpbench.unlearning.spec import UnlearnSpec
 
 KEYS = ("methods", "requests", "seeds")
 RECIPE_KEYS = ("steps", "batch_size", "lr")
 OPTIONAL = ("recipe", "audit_pairs")
-REFERENCE = "retrain"
 
 
 def check_section(section: Any) -> dict[str, Any]:
@@ -50,21 +50,29 @@ def check_section(section: Any) -> dict[str, Any]:
         UNLEARNERS.get(str(name))
     for request in section["requests"]:
         ForgetRequest.parse(request)
+    if not all(isinstance(x, str) for x in section["methods"] + section["requests"]):
+        raise DpbenchError("sweep unlearn.methods and unlearn.requests must be lists of names and requests")
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section["seeds"]):
         raise DpbenchError(f"sweep unlearn.seeds must be non-negative integers, got {section['seeds']!r}")
     recipe = section.get("recipe") or {}
     if not isinstance(recipe, dict) or set(recipe) - set(RECIPE_KEYS):
         raise DpbenchError(f"sweep unlearn.recipe takes {', '.join(RECIPE_KEYS)}, got {recipe!r}")
-    return section
+    if isinstance(recipe.get("lr"), (str, int)) and not isinstance(recipe.get("lr"), bool):
+        try:  # YAML reads 1e-4 as text; as a float it hashes as `--lr 1e-4` does
+            recipe = {**recipe, "lr": float(recipe["lr"])}
+        except ValueError:
+            pass  # the spec below says what is wrong
+    UnlearnSpec("parent", "method", "examples:1", **recipe)  # every value, before any parent trains
+    return {**section, "recipe": recipe}
 
 
 def jobs(section: dict[str, Any], parents: list[RunSpec], runs_dir: str | Path) -> tuple[list, list]:
     """(retrain jobs, the other jobs): (job id, `dpbench unlearn` arguments) of every cell not done."""
-    from dpbench.unlearning.run import make_spec
+    from dpbench.unlearning.run import REFERENCE, make_spec
 
     recipe = section.get("recipe") or {}
     pairs = section.get("audit_pairs")
-    first, rest = [], []
+    first, rest, seen = [], [], set()
     for parent in parents:
         folder = RunFolder.of(runs_dir, parent.run_id()).path
         for request in section["requests"]:
@@ -72,8 +80,9 @@ def jobs(section: dict[str, Any], parents: list[RunSpec], runs_dir: str | Path) 
                 for method in [REFERENCE] + [m for m in section["methods"] if m != REFERENCE]:
                     spec = make_spec(folder, method, request, seed=seed, **recipe)
                     run = RunFolder.of(runs_dir, spec.run_id())
-                    if run.finished(spec) and (pairs is None or audited(run, pairs)):
-                        continue
+                    if spec.run_id() in seen or (run.finished(spec) and (pairs is None or audited(run, pairs))):
+                        continue  # seen: a concept's one retrain serves every seed
+                    seen.add(spec.run_id())
                     args = ["unlearn", str(folder), "--method", method, "--forget", request, "--seed", str(seed)]
                     args += [f"--{k.replace('_', '-')}={v}" for k, v in recipe.items()]
                     args += [f"--audit-pairs={pairs}"] if pairs is not None else []

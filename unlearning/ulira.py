@@ -22,17 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from dpbench.attacks.lira import confidence_logit
 from dpbench.attacks.metrics import _epsilon_from_rates, attack_summary, roc_summary
 
 CONFIDENCE = 0.95
 VAR_FLOOR = 1e-6
-
-
-def confidence_score(losses: np.ndarray) -> np.ndarray:
-    """LiRA's statistic: the logit of the model's probability of the target, from its mean NLL."""
-    losses = np.asarray(losses, dtype=float)
-    # log p - log(1 - p) with p = exp(-loss), stable for p near 0 and 1
-    return -losses - np.log(-np.expm1(-np.maximum(losses, 1e-12)))
 
 
 def _gauss_logpdf(x, mu, var):
@@ -98,13 +92,13 @@ def summarise(
     delta: float,
 ) -> dict[str, Any]:
     """Every figure of the unlearning audit from (K, n) per-example losses."""
-    su, sr = confidence_score(forget_unlearned), confidence_score(forget_retrained)
+    su, sr = confidence_logit(forget_unlearned), confidence_logit(forget_retrained)
     pos, neg = ulira_scores(su, sr)
     ulira = attack_summary(pos, neg, delta, CONFIDENCE)
     per_ex = per_example_epsilon(su, sr, delta)
 
     def population(forget, nonmember) -> dict[str, Any]:
-        s_in, s_out = confidence_score(forget), confidence_score(nonmember)
+        s_in, s_out = confidence_logit(forget), confidence_logit(nonmember)
         aucs = [roc_summary(a, b)["auc"] for a, b in zip(s_in, s_out)]
         pooled = attack_summary(s_in.ravel(), s_out.ravel(), delta, CONFIDENCE)
         return {"auc": float(np.mean(aucs)), "epsilon_lower_bound": pooled["epsilon_lower_bound"]}
