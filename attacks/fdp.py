@@ -96,9 +96,9 @@ def rejects_composed(
     return guesses > 0 and _rejects_curve(inverse, m, guesses, correct, 1 - confidence) > 0
 
 
-# σ on a fixed log grid (1.5 % apart): the blow-up curves are cached by σ, so the guess-count
+# σ on a fixed log grid (0.5 % apart): the blow-up curves are cached by σ, so the guess-count
 # simulation and the real scores share most of them
-SIGMA_GRID = tuple(float(x) for x in np.geomspace(SIGMA_FLOOR, 200.0, 466))
+SIGMA_GRID = tuple(float(x) for x in np.geomspace(SIGMA_FLOOR, 200.0, 1396))
 
 
 def fdp_composed_bound(

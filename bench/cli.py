@@ -100,7 +100,7 @@ def cli(verbose: bool) -> None:
     "--gradient-canaries",
     type=int,
     help="White-box audit: this many gradient canaries inside the training steps, every released gradient "
-    "observed; on an audit-only parameter block, so training is unchanged (0: off). [default: 50000 for the "
+    "observed; on an audit-only parameter block, so training is unchanged (0: off). [default: 100000 for the "
     "gradient methods, 0 for dpzo]",
 )
 @click.option(

@@ -30,7 +30,7 @@ CANARY_KINDS = ("memorable", "mislabelled")
 MAX_GRADIENT_CANARIES = 200_000
 # a gradient method's default (methods with an audit block: Method.audit_block); benchmarks/audit-power.md
 # has its power and cost
-AUDIT_CANARIES = 50_000
+AUDIT_CANARIES = 100_000
 # the auditor keeps every step's release at every canary (float32): steps × canaries at most this
 MAX_CANARY_RELEASES = 250_000_000
 # where the white-box gradient canaries sit (dpbench.attacks.gradient_canaries)

@@ -15,7 +15,7 @@ from dpbench import sweep
 from dpbench.errors import DpbenchError
 from dpbench.results import write_result
 from dpbench.run_folder import RunFolder
-from dpbench.spec import RunSpec, load_spec_file
+from dpbench.spec import AUDIT_CANARIES, RunSpec, load_spec_file
 from dpbench.sweep import expand, is_done, result_path, run_sweep, sweep_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_default_sweep_file():
     assert {s.training.seed for s in specs} == {0, 1, 2}
     # the white-box audit at each method's default: on the audit block for the gradient methods, none for dpzo
     assert {(s.method == "dpzo", s.audit.gradient_canaries, s.audit.canaries, s.audit.canary_kind) for s in specs} == {
-        (False, 50000, 200, "memorable"),
+        (False, AUDIT_CANARIES, 200, "memorable"),
         (True, 0, 200, "memorable"),
     }
 
@@ -97,7 +97,7 @@ def test_utility_sweep_file():
     assert {(s.task, s.model, s.training.seed in (0, 1)) for s in specs} == {("scienceqa", "tiny-llava", True)}
     # no black-box canaries; the white-box ones sit on the audit block, so training is as without them
     assert {(s.method == "dpzo", s.audit.gradient_canaries, s.audit.canaries) for s in specs} == {
-        (False, 50000, 0),
+        (False, AUDIT_CANARIES, 0),
         (True, 0, 0),
     }
 

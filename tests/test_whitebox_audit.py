@@ -284,3 +284,41 @@ def test_the_white_box_analysis_runs_once_when_first_read():
     assert calls == []
     assert report.whitebox == {"m": 2} and report.whitebox_scores == (1, 2) and calls == [1]
     assert TrainReport(1, 0.1, [], PrivacyReport.non_private(1)).whitebox is None
+
+
+def test_the_audits_shares_hold_violation_at_the_stated_confidence(tiny_model, digit_examples):
+    """Weighted Bonferroni: each audit's 1 - level is its share of 1 - confidence, and the shares
+    cover it exactly, so the union of the three flags errs at most 1 - confidence."""
+    tiny_model.set_trainable(["projector"])
+    s = spec(**{"training.steps": 10, "training.batch_size": 4, "audit.gradient_canaries": 500})
+    w = train_dp_sgd(tiny_model, digit_examples, s, DELTA, label="test").whitebox
+    each = w["confidence_each"]
+    assert set(each) == set(gradient_canaries.AUDIT_SHARES) == {"steinke", "fdp", "parametric"}
+    assert sum(1 - level for level in each.values()) == pytest.approx(1 - w["confidence"])
+    assert all(w["confidence"] < level < 1 for level in each.values())
+
+
+def test_the_f_dp_guess_count_is_planned_from_the_claim_alone():
+    """The count depends on the claim (m, σ, rate, steps, δ, level), is one of the planned fractions of m,
+    and is as good, on a fresh simulation of the claim, as the count that simulation finds best: the
+    bounds at the mean right guesses rounded down, a wrong guess's worth apart at most."""
+    gradient_canaries.planned_guesses.cache_clear()
+    m, sigma, rate, steps, delta, level = 4000, 0.8, 0.1, 40, 1e-5, 0.96
+    k = gradient_canaries.planned_guesses(m, sigma, rate, steps, delta, level)
+    assert k in {int(f * m) for f in (0.005, 0.01, 0.02, 0.05)}
+    rng = np.random.default_rng(12345)
+    right = {}
+    for _ in range(8):
+        included = rng.random(m) < 0.5
+        scores = np.zeros(m)
+        for _ in range(steps):
+            y = (included & (rng.random(m) < rate)) + sigma * rng.standard_normal(m)
+            scores += np.logaddexp(np.log1p(-rate), np.log(rate) + (y - 0.5) / sigma**2)
+        order = np.argsort(-scores)
+        for c in (20, 40, 80, 200):
+            right[c] = right.get(c, 0.0) + included[order[:c]].sum() / 8
+    bound = {
+        c: gradient_canaries.fdp_composed_bound(rate, steps, delta, m, c, int(r), level)[1] for c, r in right.items()
+    }
+    assert bound[k] >= 0.85 * max(bound.values())
+    assert bound[k] > min(bound.values())  # not merely any count: the worst is a third below the best here
