@@ -120,11 +120,15 @@ def systems_section(benchmarks: list[Benchmark]) -> list[str]:
     return parts
 
 
-def image(plot: plots.Plot) -> str:
+def figure(plot: plots.Plot) -> str:
+    """The plot as an inline PNG, or a line saying why there is none (a plot with nothing to show is not drawn)."""
+    reason = plots.empty_reason(plot)
+    if reason is not None:
+        return f'<p class="note no-plot">No plot “{escape(plot["title"])}”: {escape(reason)}.</p>'
     data = base64.b64encode(plots.draw(plot)).decode("ascii")
     return (
         f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
-        f'src="data:image/png;base64,{data}">'
+        f'data-points="{plots.n_points(plot)}" src="data:image/png;base64,{data}">'
     )
 
 
@@ -134,9 +138,7 @@ def unlearning_section(forgetting: list[unlearning.UnlearnRow]) -> list[str]:
         task_rows = [r for r in forgetting if r.task == task]
         parts += [f"<h2>{escape(task)}: unlearning</h2>", f'<p class="note">{escape(unlearning.NOTE)}</p>']
         parts.append(plain_table(unlearning.HEAD, [r.texts() for r in task_rows]))
-        plot = unlearning.plot_data(task_rows, task)
-        if plot is not None:  # no empty plot
-            parts.append(image(plot))
+        parts.append(figure(unlearning.plot_data(task_rows, task)))
     return parts
 
 
@@ -162,8 +164,8 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
             "</span></p>",
             *(f'<p class="violation" role="alert">{escape(line)}</p>' for line in violation_lines(task_rows)),
             table(task_rows),
-            image(plots.frontier_data(rows, task)),
-            image(plots.audit_data(rows, task)),
+            figure(plots.frontier_data(rows, task)),
+            figure(plots.audit_data(rows, task)),
         ]
         matched = compute.table(task_rows)
         if matched:
@@ -175,7 +177,7 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
     device_types = sorted({r.device_type for r in rows})
     if device_types:
         parts.append("<h2>Memory and throughput per device type</h2>")
-        parts += [image(plots.systems_data(rows, d)) for d in device_types]
+        parts += [figure(plots.systems_data(rows, d)) for d in device_types]
     parts += unlearning_section(list(forgetting))
     for a in audits:  # the audit's own benchmarks: the bug zoo, soundness, power
         parts += [f"<h2>Audit: {escape(a.title)}</h2>", f'<p class="note">{escape(a.description)}</p>']

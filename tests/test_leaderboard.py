@@ -97,6 +97,8 @@ def test_valid_fixture_renders_and_then_checks_clean(tmp_path):
     assert "http://" not in page and "https://" not in page  # offline: nothing fetched
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 3  # the task's frontier and audit plots, and the cpu memory/throughput bars
+    # frontier: dpsgd's point and the zero-shot line; audit: the zlib attack's ε̂; bars: memory and speed
+    assert re.findall(r'data-points="(\d+)"', page) == ["2", "1", "2"]
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert invoke("--results", str(FIXTURES), "--out", str(out), "--check").exit_code == 0
 
@@ -427,3 +429,25 @@ def test_a_non_private_row_names_no_privacy_option():
     rdp = {"privacy.accountant": "rdp", "training.steps": 7}
     assert options(RunSpec(method="nonprivate").replace(**rdp).to_dict()) == '{"training.steps": 7}'
     assert '"privacy.accountant": "rdp"' in options(RunSpec(method="dpsgd").replace(**rdp).to_dict())
+
+
+def test_a_plot_with_nothing_to_show_is_not_drawn_and_the_page_says_why():
+    from dpbench.leaderboard import plots
+    from dpbench.leaderboard.html_page import render_html
+
+    quiet = make_result()
+    for attack in quiet["audit"]["attacks"].values():
+        attack["epsilon_lower_bound"] = 0.0
+    rows = aggregate([quiet])
+    audit = plots.audit_data(rows, "scienceqa")
+    assert plots.n_points(audit) == 1 and "every point would lie on the ε axis" in plots.empty_reason(audit)
+    with pytest.raises(ValueError, match="not drawing"):
+        plots.draw(audit)
+    none = plots.audit_data(aggregate([make_result(method="nonprivate", epsilon=None)]), "scienceqa")
+    assert plots.n_points(none) == 0 and "no private configuration ran an audit" in plots.empty_reason(none)
+    with pytest.raises(ValueError):
+        plots.draw(none)
+    assert plots.draw(plots.frontier_data(rows, "scienceqa")).startswith(b"\x89PNG")
+    page = render_html(rows, 1)
+    assert page.count("<img ") == 2 and 'alt="scienceqa: empirical' not in page  # frontier and systems only
+    assert '<p class="note no-plot">No plot “scienceqa: empirical ε̂ against accounted ε”: every audit' in page
