@@ -16,7 +16,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from dpbench.leaderboard.aggregate import Row
+from dpbench.leaderboard.aggregate import AUDIT_OPTIONS, Row
 from dpbench.leaderboard.columns import fmt_options
 
 Plot = dict[str, Any]
@@ -50,14 +50,10 @@ def series_label(row: Row, varying: set[str]) -> str:
     return " · ".join(parts)
 
 
-# run-spec fields that change what is audited, not what is trained: left out of the systems labels
-NOT_SYSTEMS = ("attacks", "audit.")
-
-
 def short_label(row: Row, varying: set[str]) -> str:
     """A bar's label: the method and the training options only, each by its last name part."""
     options = json.loads(row.method_options) if row.method_options else {}
-    kept = [f"{k.split('.')[-1]} {v}" for k, v in sorted(options.items()) if not k.startswith(NOT_SYSTEMS)]
+    kept = [f"{k.split('.')[-1]} {v}" for k, v in sorted(options.items()) if not k.startswith(AUDIT_OPTIONS)]
     parts = [row.method + (f" ({', '.join(kept)})" if kept else "")]
     parts += [str(getattr(row, attr)) for attr in ("model", "device", "dataset_source") if attr in varying]
     return " · ".join(parts)
