@@ -45,6 +45,35 @@ class Stat:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The strongest audit's ε̂ and the audit that gave it (None when every audit's ε̂ is 0: naming
+    one of a tie would mislead)."""
+
+    stat: Stat
+    audit: str | None
+
+
+# the audits whose ε̂ a row holds, in the order a tie is named
+AUDIT_BOUNDS = (
+    ("whitebox_eps_hat", "white-box"),
+    ("parametric_eps_hat", "per-step"),
+    ("canary_eps_hat", "black-box"),
+    ("eps_hat", "MIA"),
+)
+# run-spec fields that change what is audited, not what is trained
+AUDIT_OPTIONS = ("attacks", "audit.")
+
+
+def split_options(options_json: str) -> tuple[str, str]:
+    """Canonical JSON of the training options and of the audit's settings, "" for none."""
+    merged = json.loads(options_json) if options_json else {}
+    parts = ({}, {})
+    for k, v in merged.items():
+        parts[k.startswith(AUDIT_OPTIONS)][k] = v
+    return tuple(json.dumps(p, sort_keys=True) if p else "" for p in parts)
+
+
+@dataclass(frozen=True)
 class Row:
     """One leaderboard row: one configuration, its figures aggregated over seeds."""
 
@@ -88,6 +117,24 @@ class Row:
     @property
     def private(self) -> bool:
         return self.target_epsilon is not NON_PRIVATE
+
+    @property
+    def training_options(self) -> str:
+        return split_options(self.method_options)[0]
+
+    @property
+    def audit_options(self) -> str:
+        return split_options(self.method_options)[1]
+
+    @property
+    def strongest_eps_hat(self) -> Bound | None:
+        """The highest mean ε̂ over the audits the row ran."""
+        best = None
+        for attr, name in AUDIT_BOUNDS:
+            stat = getattr(self, attr)
+            if stat is not None and (best is None or stat.mean > best.stat.mean):
+                best = Bound(stat, name)
+        return best if best is None or best.stat.mean > 0 else Bound(best.stat, None)
 
 
 def primary_memory(result: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dpbench.leaderboard.aggregate import CANARY_MARK, Row, Stat
+from dpbench.leaderboard.aggregate import CANARY_MARK, Bound, Row, Stat
 
 HIGHER, LOWER = "higher", "lower"
 ARROWS = {HIGHER: " ↑", LOWER: " ↓", None: ""}
@@ -31,6 +31,7 @@ class Column:
     fmt: str  # key of FORMATS
     better: str | None = None  # HIGHER, LOWER, or None when direction is meaningless
     description: str = ""
+    badge: Callable[[Row], str] | None = None  # a small label beside the value, "" for none
 
     def value(self, row: Row) -> Any:
         return getattr(row, self.attr)
@@ -43,6 +44,8 @@ class Column:
         v = self.value(row)
         if isinstance(v, Stat):
             return v.mean
+        if isinstance(v, Bound):
+            return v.stat.mean
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
         return "" if v is None else str(v)
@@ -59,6 +62,12 @@ def fmt_stat(digits: int) -> Callable[[Stat | None], str]:
         return f"{s.mean:.{digits}f}" if s.std is None else f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
 
     return fmt
+
+
+def fmt_bound(b: Bound | None) -> str:
+    if b is None:
+        return MISSING
+    return fmt_stat(2)(b.stat) + (f" ({b.audit})" if b.audit else "")
 
 
 def fmt_delta(s: Stat | None) -> str:
@@ -88,6 +97,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "stat2": fmt_stat(2),
     "stat3": fmt_stat(3),
     "mean3": lambda s: MISSING if s is None else f"{s.mean:.3f}",  # a figure seeds do not change
+    "bound": fmt_bound,
     "delta": fmt_delta,
     "target": fmt_target,
     "options": fmt_options,
@@ -97,14 +107,30 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "violation": lambda n: MISSING if n is None else f"VIOLATION ({n})" if n else "ok",
 }
 
+
+def audit_badge(row: Row) -> str:
+    """The audit's settings in words, "" when the run kept the defaults: `canaries 200 in training, ...`."""
+    settings = json.loads(row.audit_options) if row.audit_options else {}
+    in_training = row.dataset_source.endswith(CANARY_MARK)
+    parts = []
+    for key, value in sorted(settings.items()):
+        if key == "attacks":
+            parts.append("no membership attacks" if value == [] else "attacks " + ", ".join(map(str, value)))
+            continue
+        part = f"{key.removeprefix('audit.').replace('_', ' ')} {json.dumps(value)}"
+        parts.append(part + (" in training" if key == "audit.canaries" and in_training else ""))
+    if in_training and "audit.canaries" not in settings:
+        parts.insert(0, "canaries in training")
+    return "audit: " + ", ".join(parts) if parts else ""
+
+
+OPTIONS_NOTE = (
+    "method options, and every other run-spec field that differs from its default (in the main table, "
+    "the audit's settings are a badge beside the method instead)"
+)
 COLUMNS: tuple[Column, ...] = (
     Column("method", "Method", "text"),
-    Column(
-        "method_options",
-        "Options",
-        "options",
-        description="method options, and every other run-spec field that differs from its default",
-    ),
+    Column("method_options", "Options", "options", description=OPTIONS_NOTE),
     Column("model", "Model", "text"),
     Column("target_epsilon", "Target ε", "target", description="privacy.epsilon of the run spec"),
     Column(
@@ -174,3 +200,41 @@ COLUMNS: tuple[Column, ...] = (
     Column("model_source", "Model source", "source"),
     Column("n_seeds", "Seeds", "int", description="number of seeds averaged (mean ± sample std)"),
 )
+
+_BY_ATTR = {c.attr: c for c in COLUMNS}
+
+# The compact main table of a task; every column of COLUMNS stays in the full table beside it.
+MAIN_COLUMNS: tuple[Column, ...] = (
+    Column(
+        "method",
+        "Method",
+        "text",
+        description="the method; a badge beside it gives the audit's settings where they are not the defaults "
+        "(canaries in training: the run trained on a changed training set, never averaged with plain runs)",
+        badge=audit_badge,
+    ),
+    Column("training_options", "Options", "options", description=OPTIONS_NOTE),
+    _BY_ATTR["epsilon"],
+    _BY_ATTR["utility"],
+    Column(
+        "strongest_eps_hat",
+        "ε̂ strongest",
+        "bound",
+        LOWER,
+        "the highest of the audits' ε̂ (white-box, per-step, black-box canary, MIA) and the audit that gave it; "
+        "none is named when every ε̂ is 0",
+    ),
+    _BY_ATTR["violations"],
+    _BY_ATTR["peak_memory_mib"],
+    _BY_ATTR["train_samples_per_s"],
+    _BY_ATTR["n_seeds"],
+)
+
+
+def legend() -> list[Column]:
+    """Each described column once, by header: the main table's first, then the full table's."""
+    seen: dict[str, Column] = {}
+    for c in MAIN_COLUMNS + COLUMNS:
+        if c.description:
+            seen.setdefault(c.header, c)
+    return list(seen.values())

@@ -12,12 +12,14 @@ from html import escape
 from dpbench.leaderboard import compute, plots, unlearning
 from dpbench.leaderboard.aggregate import Row
 from dpbench.leaderboard.benchmarks import Benchmark, device_types
-from dpbench.leaderboard.columns import COLUMNS, Column
+from dpbench.leaderboard.columns import Column, legend
 from dpbench.leaderboard.render import (
     NOTE,
     SYSTEMS_NOTE,
     TITLE,
+    details_summary,
     header,
+    main_columns,
     sources_line,
     table_columns,
     task_note,
@@ -33,9 +35,14 @@ th { background: #f3f3f3; cursor: pointer; user-select: none; }
 th[aria-sort="ascending"]::after { content: " ▲"; }
 th[aria-sort="descending"]::after { content: " ▼"; }
 tbody tr:nth-child(even) { background: #fafafa; }
+td[data-sort] { white-space: nowrap; }
+.wide { overflow-x: auto; max-width: 100%; }
+details { margin: 0 0 1.5em; }
+summary { cursor: pointer; color: #1f4e8c; max-width: 60em; }
 img { max-width: 100%; display: block; margin: 1em 0; }
 .note { color: #555; max-width: 60em; }
 .badge { background: #eef3fb; border: 1px solid #c9d7ee; border-radius: 0.3em; padding: 0.1em 0.4em; }
+td .badge { display: inline-block; margin-top: 0.2em; font-size: 0.85em; color: #34507a; }
 p.violation { background: #b00020; color: #fff; font-weight: bold; padding: 0.6em; max-width: 60em; }
 tr.violation td { background: #fde7ea; color: #8a0015; font-weight: bold; }
 """
@@ -67,7 +74,7 @@ document.querySelectorAll("table.sortable th").forEach(function (th, col) {
 """
 
 
-NUMERIC_FORMATS = {"stat1", "stat2", "stat3", "delta", "target", "int"}
+NUMERIC_FORMATS = {"stat1", "stat2", "stat3", "bound", "delta", "target", "int"}
 
 
 def cell(col: Column, row: Row) -> str:
@@ -79,17 +86,35 @@ def cell(col: Column, row: Row) -> str:
         # data-sort="" (a missing value) becomes NaN in the script and sorts last.
         value = "Infinity" if key == float("inf") else (repr(key) if isinstance(key, float) else "")
         sort = f' data-sort="{value}"'
-    return f"<td{sort}>{escape(col.text(row))}</td>"
+    badge = col.badge(row) if col.badge else ""
+    label = f' <span class="badge">{escape(badge)}</span>' if badge else ""
+    return f"<td{sort}>{escape(col.text(row))}{label}</td>"
 
 
-def table(rows: list[Row]) -> str:
-    columns = table_columns(rows)
+def sortable(head: str, body: str, box: str = "") -> str:
+    """A sortable table in a box that scrolls sideways itself when the table is wider than the page."""
+    table = f'<table class="sortable">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+    return f'<div class="{f"wide {box}" if box else "wide"}">{table}</div>'
+
+
+def table(columns: tuple[Column, ...], rows: list[Row], kind: str) -> str:
+    """A sortable table of rows in a container of class `kind` (main or full) that scrolls, not the page."""
     head = "".join(f'<th scope="col">{escape(header(c, rows))}</th>' for c in columns)
     body = "\n".join(
         ('<tr class="violation">' if r.violations else "<tr>") + "".join(cell(c, r) for c in columns) + "</tr>"
         for r in rows
     )
-    return f'<table class="sortable">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+    return sortable(head, body, f"{kind}-table")
+
+
+def task_tables(rows: list[Row]) -> list[str]:
+    """The compact main table, then every column in a details view."""
+    return [
+        table(main_columns(rows), rows, "main"),
+        f"<details><summary>{escape(details_summary(rows))}</summary>",
+        table(table_columns(rows), rows, "full"),
+        "</details>",
+    ]
 
 
 def plain_table(head: list[str], rows: list[list[str]]) -> str:
@@ -104,7 +129,7 @@ def plain_table(head: list[str], rows: list[list[str]]) -> str:
 
     th = "".join(f'<th scope="col">{escape(h)}</th>' for h in head)
     body = "\n".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in rows)
-    return f'<table class="sortable">\n<thead><tr>{th}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+    return sortable(th, body)
 
 
 def systems_section(benchmarks: list[Benchmark]) -> list[str]:
@@ -120,11 +145,15 @@ def systems_section(benchmarks: list[Benchmark]) -> list[str]:
     return parts
 
 
-def image(plot: plots.Plot) -> str:
+def figure(plot: plots.Plot) -> str:
+    """The plot as an inline PNG, or a line saying why there is none (a plot with nothing to show is not drawn)."""
+    reason = plots.empty_reason(plot)
+    if reason is not None:
+        return f'<p class="note no-plot">No plot “{escape(plot["title"])}”: {escape(reason)}.</p>'
     data = base64.b64encode(plots.draw(plot)).decode("ascii")
     return (
         f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
-        f'src="data:image/png;base64,{data}">'
+        f'data-points="{plots.n_points(plot)}" src="data:image/png;base64,{data}">'
     )
 
 
@@ -134,9 +163,7 @@ def unlearning_section(forgetting: list[unlearning.UnlearnRow]) -> list[str]:
         task_rows = [r for r in forgetting if r.task == task]
         parts += [f"<h2>{escape(task)}: unlearning</h2>", f'<p class="note">{escape(unlearning.NOTE)}</p>']
         parts.append(plain_table(unlearning.HEAD, [r.texts() for r in task_rows]))
-        plot = unlearning.plot_data(task_rows, task)
-        if plot is not None:  # no empty plot
-            parts.append(image(plot))
+        parts.append(figure(unlearning.plot_data(task_rows, task)))
     return parts
 
 
@@ -161,9 +188,9 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
             f'<p class="note">{escape(task_note(task_rows))} <span class="badge">{escape(sources_line(task_rows))}'
             "</span></p>",
             *(f'<p class="violation" role="alert">{escape(line)}</p>' for line in violation_lines(task_rows)),
-            table(task_rows),
-            image(plots.frontier_data(rows, task)),
-            image(plots.audit_data(rows, task)),
+            *task_tables(task_rows),
+            figure(plots.frontier_data(rows, task)),
+            figure(plots.audit_data(rows, task)),
         ]
         matched = compute.table(task_rows)
         if matched:
@@ -175,13 +202,13 @@ def render_html(rows: list[Row], n_results: int, benchmarks: list[Benchmark] = (
     device_types = sorted({r.device_type for r in rows})
     if device_types:
         parts.append("<h2>Memory and throughput per device type</h2>")
-        parts += [image(plots.systems_data(rows, d)) for d in device_types]
+        parts += [figure(plots.systems_data(rows, d)) for d in device_types]
     parts += unlearning_section(list(forgetting))
     for a in audits:  # the audit's own benchmarks: the bug zoo, soundness, power
         parts += [f"<h2>Audit: {escape(a.title)}</h2>", f'<p class="note">{escape(a.description)}</p>']
         parts.append(plain_table(a.head, a.rows))
     parts += systems_section(list(benchmarks))
     parts.append("<h2>Columns</h2>\n<ul>")
-    parts += [f"<li><b>{escape(c.header)}</b>: {escape(c.description)}</li>" for c in COLUMNS if c.description]
+    parts += [f"<li><b>{escape(c.header)}</b>: {escape(c.description)}</li>" for c in legend()]
     parts += ["</ul>", f"<script>{SCRIPT}</script>", "</body>", "</html>", ""]
     return "\n".join(parts)

@@ -16,7 +16,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from dpbench.leaderboard.aggregate import Row
+from dpbench.leaderboard.aggregate import AUDIT_OPTIONS, Row
 from dpbench.leaderboard.columns import fmt_options
 
 Plot = dict[str, Any]
@@ -50,14 +50,10 @@ def series_label(row: Row, varying: set[str]) -> str:
     return " · ".join(parts)
 
 
-# run-spec fields that change what is audited, not what is trained: left out of the systems labels
-NOT_SYSTEMS = ("attacks", "audit.")
-
-
 def short_label(row: Row, varying: set[str]) -> str:
     """A bar's label: the method and the training options only, each by its last name part."""
     options = json.loads(row.method_options) if row.method_options else {}
-    kept = [f"{k.split('.')[-1]} {v}" for k, v in sorted(options.items()) if not k.startswith(NOT_SYSTEMS)]
+    kept = [f"{k.split('.')[-1]} {v}" for k, v in sorted(options.items()) if not k.startswith(AUDIT_OPTIONS)]
     parts = [row.method + (f" ({', '.join(kept)})" if kept else "")]
     parts += [str(getattr(row, attr)) for attr in ("model", "device", "dataset_source") if attr in varying]
     return " · ".join(parts)
@@ -144,6 +140,34 @@ def systems_data(rows: list[Row], device_type: str) -> Plot:
     }
 
 
+def n_points(plot: Plot) -> int:
+    """How many marks the plot draws from data (points, baselines, bars)."""
+    if plot["kind"] == "frontier":
+        return sum(len(s["points"]) for s in plot["series"]) + len(plot["baselines"])
+    if plot["kind"] == "audit":
+        return sum(v is not None for s in plot["series"] for p in s["points"] for v in p[1:])
+    if plot["kind"] == "systems":
+        return sum(b[k] is not None for p in plot["panels"] for b in p["bars"] for k in ("memory", "throughput"))
+    return len(plot["points"])  # unlearning
+
+
+def empty_reason(plot: Plot) -> str | None:
+    """Why the plot would show nothing, None when it shows something: such a plot is not drawn."""
+    if n_points(plot) == 0:
+        return {
+            "frontier": "no configuration has a utility figure",
+            "audit": "no private configuration ran an audit (white-box, black-box canary or membership attack)",
+            "systems": "no run recorded memory or throughput",
+            "unlearning": "no row has both efficacy and specificity",
+        }[plot["kind"]]
+    if plot["kind"] == "audit" and not any(v for s in plot["series"] for p in s["points"] for v in p[1:]):
+        return (
+            "every audit's ε̂ is 0 (no evidence of leakage), so every point would lie on the ε axis; "
+            "the table gives them"
+        )
+    return None
+
+
 def png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     # No "Software" tag: the bytes should not change with the matplotlib version string.
@@ -182,7 +206,7 @@ def draw_frontier(plot: Plot) -> bytes:
         ax.axhline(b["y"], color=color, linestyle="--", label=mpl_text(b["label"]))
     if not plot["series"]:
         ax.set_xlim(0.1, 10)
-    ax.set_xlabel("ε (accounted); the audits' ε̂ are in the audit plot below")
+    ax.set_xlabel("ε (accounted); the audits' ε̂ are in the table and the audit plot")
     ax.set_ylabel(mpl_text(plot["ylabel"]))
     ax.set_title(mpl_text(plot["title"]))
     ax.grid(True, alpha=0.3)
@@ -205,12 +229,12 @@ def draw_audit(plot: Plot) -> bytes:
             points = [(p[0], p[k + 1]) for p in s["points"] if p[k + 1] is not None]
             if points:
                 style = {"linestyle": "-" if k == 0 else "none", "fillstyle": "full" if k == 0 else "none"}
-                ax.plot(*zip(*points), color=color, marker=marker, **style)
+                ax.plot(*zip(*points), color=color, marker=marker, clip_on=False, **style)  # ε̂ = 0 on the axis
     for k, (name, marker) in enumerate(AUDIT_MARKERS):
         fill = "full" if k == 0 else "none"
         ax.plot([], [], color="black", marker=marker, linestyle="none", fillstyle=fill, label=name)
     ax.set_xlim(0, top * 1.1)
-    ax.set_ylim(0, top * 1.1)
+    ax.set_ylim(-0.02 * top, top * 1.1)
     ax.set_xlabel("ε (accounted)")
     ax.set_ylabel("ε̂ (empirical lower bound)")
     ax.set_title(mpl_text(plot["title"]))
@@ -245,6 +269,10 @@ DRAW = {"frontier": draw_frontier, "audit": draw_audit, "systems": draw_systems}
 
 
 def draw(plot: Plot) -> bytes:
+    """The plot as PNG bytes; ValueError for a plot that would show nothing (see `empty_reason`)."""
+    reason = empty_reason(plot)
+    if reason is not None:
+        raise ValueError(f"not drawing {plot['title']!r}: {reason}")
     if plot["kind"] == "unlearning":  # drawn beside its table's rows (dpbench.leaderboard.unlearning)
         from dpbench.leaderboard.unlearning import draw as draw_unlearning
 

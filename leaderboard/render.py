@@ -13,11 +13,21 @@ from typing import Iterable
 
 from dpbench.errors import DpbenchError
 from dpbench.leaderboard import compute, unlearning
-from dpbench.leaderboard.aggregate import Row, aggregate
+from dpbench.leaderboard.aggregate import CANARY_MARK, Row, aggregate
 from dpbench.leaderboard.audit_benchmarks import AuditTable, collect_audit_tables
 from dpbench.leaderboard.benchmarks import Benchmark, collect_benchmarks, device_types
 from dpbench.leaderboard.collect import Collection, collect, display_path
-from dpbench.leaderboard.columns import ARROWS, COLUMNS, HIGHER, LOWER, Column, fmt_target
+from dpbench.leaderboard.columns import (
+    ARROWS,
+    COLUMNS,
+    HIGHER,
+    LOWER,
+    MAIN_COLUMNS,
+    Column,
+    fmt_source,
+    fmt_target,
+    legend,
+)
 
 README, INDEX = "README.md", "index.html"
 TITLE = "dpbench leaderboard"
@@ -73,25 +83,50 @@ def task_note(rows: list[Row]) -> str:
 
 
 SOURCE_COLUMNS = ("dataset_source", "model_source")
+BY_ATTR = {c.attr: c for c in COLUMNS}
+
+
+def varies(rows: list[Row], attr: str) -> bool:
+    return len({getattr(r, attr) for r in rows}) > 1
+
+
+def base_source(row: Row) -> str:
+    return row.dataset_source.removesuffix(CANARY_MARK)
 
 
 def table_columns(rows: list[Row]) -> tuple[Column, ...]:
-    """The columns of one task's table: a source column only where sources differ between rows
+    """The columns of one task's full table: a source column only where sources differ between rows
     (`sources_line` says them once otherwise)."""
-    return tuple(c for c in COLUMNS if c.attr not in SOURCE_COLUMNS or len({getattr(r, c.attr) for r in rows}) > 1)
+    return tuple(c for c in COLUMNS if c.attr not in SOURCE_COLUMNS or varies(rows, c.attr))
+
+
+def main_columns(rows: list[Row]) -> tuple[Column, ...]:
+    """The columns of one task's compact table: MAIN_COLUMNS, with the model, device and data source
+    after the options only where they differ between rows (`sources_line` says them once otherwise;
+    canaries in training are the method's badge)."""
+    shown = [BY_ATTR[a] for a in ("model", "device", "model_source") if varies(rows, a)]
+    if len({base_source(r) for r in rows}) > 1:
+        shown.append(BY_ATTR["dataset_source"])
+    return MAIN_COLUMNS[:2] + tuple(shown) + MAIN_COLUMNS[2:]
 
 
 def sources_line(rows: list[Row]) -> str:
-    """The task's data and model sources, once (those that differ between rows are columns)."""
-    by_attr = {c.attr: c for c in COLUMNS}
+    """The task's model, device, data and model sources, each once where every row shares it."""
     parts = []
-    for attr, name in (("dataset_source", "Data"), ("model_source", "Model")):
-        values = {getattr(r, attr) for r in rows}
-        if len(values) == 1:
-            parts.append(f"{name}: {by_attr[attr].text(rows[0])}")
+    if len({base_source(r) for r in rows}) == 1:
+        data = fmt_source(base_source(rows[0]))
+        marked = sum(r.dataset_source.endswith(CANARY_MARK) for r in rows)
+        parts.append(f"Data: {data}" + (f" ({marked} row(s) with audit canaries in training)" if marked else ""))
+    model = [rows[0].model] if not varies(rows, "model") else []
+    if not varies(rows, "model_source"):
+        model.append(BY_ATTR["model_source"].text(rows[0]))
+    if model:
+        parts.append("Model: " + ", ".join(model))
     weights = sorted({r.weights for r in rows if r.weights})
     if weights:
         parts.append("base weights sha256 " + ", ".join(w + "…" for w in weights))
+    if not varies(rows, "device"):
+        parts.append(f"Device: {rows[0].device}")
     return ". ".join(parts) + "." if parts else ""
 
 
@@ -115,6 +150,22 @@ SYSTEMS_NOTE = (
 def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(escape_md(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     return out + ["| " + " | ".join(escape_md(c) for c in row) + " |" for row in rows]
+
+
+def details_summary(rows: list[Row]) -> str:
+    """What the full table adds to the main one, by column title."""
+    full, shown = table_columns(rows), {c.title for c in main_columns(rows)}
+    return f"All {len(full)} columns: adds " + ", ".join(c.title for c in full if c.title not in shown)
+
+
+def cell_text(col: Column, row: Row) -> str:
+    """A cell as Markdown text: the value, then its badge, if any."""
+    badge = col.badge(row) if col.badge else ""
+    return col.text(row) + (f" · {badge}" if badge else "")
+
+
+def markdown_rows(columns: tuple[Column, ...], rows: list[Row]) -> list[str]:
+    return markdown_table([header(c, rows) for c in columns], [[cell_text(c, r) for c in columns] for r in rows])
 
 
 def render_systems_markdown(benchmarks: list[Benchmark]) -> list[str]:
@@ -162,15 +213,12 @@ def render_markdown(
         out += ["No results yet: add result files to `leaderboard/results/`.", ""]
     for task in tasks(rows):
         task_rows = [r for r in rows if r.task == task]
-        columns = table_columns(task_rows)
         out += [f"## {escape_md(task)}", "", escape_md(task_note(task_rows) + " " + sources_line(task_rows)), ""]
         out += [f"> **{escape_md(line)}**" for line in violation_lines(task_rows)]
         out += [""] if violation_lines(task_rows) else []
-        out.append("| " + " | ".join(escape_md(header(c, task_rows)) for c in columns) + " |")
-        out.append("|" + "|".join("---" for _ in columns) + "|")
-        for row in task_rows:
-            out.append("| " + " | ".join(escape_md(c.text(row)) for c in columns) + " |")
-        out.append("")
+        out += [*markdown_rows(main_columns(task_rows), task_rows), ""]
+        out += [f"<details><summary>{escape_md(details_summary(task_rows))}</summary>", ""]
+        out += [*markdown_rows(table_columns(task_rows), task_rows), "", "</details>", ""]
         matched = compute.table(task_rows)
         if matched:
             out += [
@@ -185,7 +233,7 @@ def render_markdown(
     out += render_audit_markdown(list(audits))
     out += render_systems_markdown(list(benchmarks))
     out += ["## Columns", ""]
-    out += [f"- **{escape_md(c.header)}**: {escape_md(c.description)}" for c in COLUMNS if c.description]
+    out += [f"- **{escape_md(c.header)}**: {escape_md(c.description)}" for c in legend()]
     out += ["", "See `index.html` for sortable tables and privacy–utility plots.", ""]
     return "\n".join(out)
 

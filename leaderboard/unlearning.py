@@ -138,8 +138,8 @@ def group_bound(rs: list[dict[str, Any]]) -> str:
     return f"k={k}: vacuous (δ term ≥ 1)" if vacuous else f"k={k}: ({eps:.3g}, {delta:.2g})"
 
 
-def plot_data(task_rows: list[UnlearnRow], task: str) -> dict[str, Any] | None:
-    """Efficacy against specificity, a point per row; None when no row has both (no empty plot)."""
+def plot_data(task_rows: list[UnlearnRow], task: str) -> dict[str, Any]:
+    """Efficacy against specificity, a point per row that has both (none: `plots.draw` refuses it)."""
     points = [
         {
             "label": f"{r.method} ({r.parent}{'' if r.epsilon is None else f' ε{r.epsilon:g}'}, {r.forget})",
@@ -150,8 +150,6 @@ def plot_data(task_rows: list[UnlearnRow], task: str) -> dict[str, Any] | None:
         for r in task_rows
         if r.cells[0] is not None and r.cells[2] is not None
     ]
-    if not points:
-        return None
     return {"kind": "unlearning", "title": f"{task}: unlearning efficacy against specificity", "points": points}
 
 

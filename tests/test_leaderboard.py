@@ -63,6 +63,14 @@ def invoke(*args: str):
     return CliRunner().invoke(leaderboard_command, list(args))
 
 
+def tables(readme: str, task: str = "scienceqa") -> tuple[list[str], list[str]]:
+    """A task's compact main table and its full table (in the details view), as Markdown lines."""
+    section = readme.split(f"## {task}\n", 1)[1].split("\n## ", 1)[0].split("### ", 1)[0]
+    main, full = section.split("<details>", 1)
+    rows = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    return rows(main), rows(full)
+
+
 def test_fixture_is_schema_valid():
     assert validation_errors(json.loads(FIXTURE.read_text())) == []
 
@@ -72,31 +80,31 @@ def test_valid_fixture_renders_and_then_checks_clean(tmp_path):
     result = invoke("--results", str(FIXTURES), "--out", str(out))
     assert result.exit_code == 0, result.output
     readme = (out / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| dpsgd"))
-    for cell in (
-        "tiny-llava",
-        "0.700",
-        "2.98",
-        "1.0e-04",
-        "0.35",
-        "zlib",
-        "0.560",
-        "0.030",
-        "512.0",
-        "x86_64 CPU (2 cores)",
-        "32.0",
-    ):
-        assert cell in row, cell
+    main, full = tables(readme)
+    assert main[0] == (
+        "| Method | Options | ε (accounted) ↓ | Utility ↑ | ε̂ strongest ↓ | Audit | Peak memory (MiB) ↓ "
+        "| Train samples/s ↑ | Seeds |"
+    )
+    (compact,) = [line for line in main if line.startswith("| dpsgd")]
+    # the fixture's attacks are the audit's settings: a badge beside the method, not an option
+    assert compact.startswith("| dpsgd · audit: attacks loss, zlib, mink, mink++, reference, image | ")
+    assert "attacks" not in compact.split(" | ")[1]
+    assert "| 2.98 | 0.700 | 0.35 (MIA) | — | 512.0 | 32.0 | 1 |" in compact
+    (row,) = [line for line in full if line.startswith("| dpsgd")]  # the full table keeps every column
+    assert len(full[0].split(" | ")) == 21 and 'attacks=["loss", "zlib"' in row
     # the sources, said once above the table rather than in every row
     assert "embedded sample" not in row and "not a released model" not in row
     task_line = next(line for line in readme.splitlines() if line.startswith("Utility:"))
     for said in ("embedded sample", "not the real dataset", "not a released model", "sha256 3e28ed6f3828"):
         assert said in task_line, said
     page = (out / "index.html").read_text()
-    assert "<td>dpsgd</td>" in page and 'class="sortable"' in page
+    assert '<td>dpsgd <span class="badge">audit: attacks loss' in page and "<td>dpsgd</td>" in page
+    assert 'class="sortable"' in page and page.count('<div class="wide main-table">') == 1
     assert "http://" not in page and "https://" not in page  # offline: nothing fetched
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 3  # the task's frontier and audit plots, and the cpu memory/throughput bars
+    # frontier: dpsgd's point and the zero-shot line; audit: the zlib attack's ε̂; bars: memory and speed
+    assert re.findall(r'data-points="(\d+)"', page) == ["2", "1", "2"]
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert invoke("--results", str(FIXTURES), "--out", str(out), "--check").exit_code == 0
 
@@ -134,11 +142,11 @@ def test_hostile_strings_are_escaped_in_html_and_markdown(tmp_path):
         assert HOSTILE not in text and "</td><b>" not in text
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert page.count("<script>") == 1  # only the page's own sorting script
-    row = next(line for line in readme.splitlines() if "alert" in line)
-    header = next(line for line in readme.splitlines() if line.startswith("| Method"))
-    cells = re.split(r"(?<!\\)\|", row)  # an unescaped | in the model name would add a cell
-    assert len(cells) == len(re.split(r"(?<!\\)\|", header))
-    assert "evil\\|model" in row
+    for lines in tables(readme):  # the main table and the full one
+        row = next(line for line in lines if "alert" in line)
+        cells = re.split(r"(?<!\\)\|", row)  # an unescaped | in the model name would add a cell
+        assert len(cells) == len(re.split(r"(?<!\\)\|", lines[0]))
+    assert "evil\\|model" in row and "Model: evil\\|model" in readme  # the full table; once above the main
 
 
 def test_seeds_aggregate_to_mean_and_sample_std():
@@ -160,8 +168,10 @@ def test_seeds_aggregate_to_mean_and_sample_std():
     assert rows[2].utility == Stat(0.1, None, 1)  # one seed: no spread to report
     readme = render_markdown(rows, 5)
     zero = f"{results[0]['model']['zero_shot']['accuracy']:.3f}"  # the pre-trained model, next to utility
-    assert f"| 0.700 ± 0.200 | {zero} | 3.00 ± 0.10 |" in readme
-    baseline_row = next(line for line in readme.splitlines() if line.startswith("| nonprivate"))
+    main, full = tables(readme)
+    assert any("| 3.00 ± 0.10 | 0.700 ± 0.200 | 0.35 ± 0.00 (MIA) |" in line for line in main)
+    assert any(f"| 0.700 ± 0.200 | {zero} | 3.00 ± 0.10 |" in line for line in full)
+    baseline_row = next(line for line in full if line.startswith("| nonprivate"))
     assert (
         f"| non-private | 0.950 | {zero} | — | — | — | — | — | — | — | — | — | — | — | 512.0 |" in baseline_row
     )  # no accounting, no audit
@@ -234,9 +244,12 @@ def test_canary_trained_runs_are_a_row_of_their_own_and_say_so(tmp_path):
     assert (
         invoke("--results", str(write_results(tmp_path / "results", [plain, canary])), "--out", str(out)).exit_code == 0
     )
-    main_table = (out / "README.md").read_text().split("### ")[0]  # before the compute-matched view
-    lines = [line for line in main_table.splitlines() if line.startswith("| dpsgd")]
+    main, full = tables((out / "README.md").read_text())
+    lines = [line for line in full if line.startswith("| dpsgd")]
     assert len(lines) == 2 and sum("with audit canaries in training" in line for line in lines) == 1
+    # the compact table has no data column: the canary-trained row says so in its badge
+    lines = [line for line in main if line.startswith("| dpsgd")]
+    assert len(lines) == 2 and sum(line.startswith("| dpsgd · audit: canaries in training, ") for line in lines) == 1
 
 
 # -- the systems section: committed `dpbench bench` outputs ------------------------------------
@@ -427,3 +440,66 @@ def test_a_non_private_row_names_no_privacy_option():
     rdp = {"privacy.accountant": "rdp", "training.steps": 7}
     assert options(RunSpec(method="nonprivate").replace(**rdp).to_dict()) == '{"training.steps": 7}'
     assert '"privacy.accountant": "rdp"' in options(RunSpec(method="dpsgd").replace(**rdp).to_dict())
+
+
+def test_the_strongest_audit_is_the_highest_bound_and_named_only_above_zero():
+    r = make_result()
+    r["audit"]["whitebox"] = whitebox(1.2, r["privacy"]["epsilon"])
+    (row,) = aggregate([r])
+    assert (row.strongest_eps_hat.audit, row.strongest_eps_hat.stat.mean) == ("white-box", 1.2)
+    r["audit"]["whitebox"] = whitebox(0.1, r["privacy"]["epsilon"])  # below the zlib attack's 0.35
+    (row,) = aggregate([r])
+    assert (row.strongest_eps_hat.audit, row.strongest_eps_hat.stat.mean) == ("MIA", 0.35)
+    for attack in r["audit"]["attacks"].values():
+        attack["epsilon_lower_bound"] = 0.0
+    r["audit"]["whitebox"] = whitebox(0.0, r["privacy"]["epsilon"])
+    (row,) = aggregate([r])
+    assert row.strongest_eps_hat.audit is None and row.strongest_eps_hat.stat.mean == 0  # a tie of zeros: none named
+    r["audit"] = None  # no audit ran: nothing to name, not a zero
+    assert validation_errors(r) == [] and aggregate([r])[0].strongest_eps_hat is None
+
+
+def test_the_main_table_moves_audit_settings_to_a_badge_and_the_details_keep_every_column():
+    from dpbench.leaderboard.columns import COLUMNS, audit_badge
+    from dpbench.leaderboard.html_page import render_html
+    from dpbench.leaderboard.render import main_columns, table_columns
+
+    audited = make_result(**{"audit.canaries": 200, "audit.references": 0, "training.steps": 7})
+    audited["dataset"]["n_canaries"] = 200
+    rows = aggregate([audited, make_result(seed=1, model="other-model")])
+    row = next(r for r in rows if r.model == "tiny-llava")
+    assert "audit." not in row.training_options and "training.steps" in row.training_options
+    assert audit_badge(row).startswith("audit: attacks loss, zlib, mink, mink++, reference, image, canaries 200 in")
+    # the model differs between the rows, so the main table names it; the device does not
+    assert [c.title for c in main_columns(rows)][:3] == ["Method", "Options", "Model"]
+    assert "Device" not in [c.title for c in main_columns(rows)] and len(main_columns(rows)) < 12
+    page = render_html(rows, 2)
+    main, full = page.split('<div class="wide main-table">')[1].split('<div class="wide full-table">')
+    assert '<span class="badge">audit: attacks loss' in main and "audit.canaries" not in main
+    assert "audit.canaries=200" in full and "<details><summary>All 22 columns: adds " in main
+    for column in table_columns(rows):
+        assert f'<th scope="col">{column.header}</th>' in full, column.title
+    # every column but the model source, which the rows share and the note above says once
+    assert {c.attr for c in table_columns(rows)} == {c.attr for c in COLUMNS} - {"model_source"}
+
+
+def test_a_plot_with_nothing_to_show_is_not_drawn_and_the_page_says_why():
+    from dpbench.leaderboard import plots
+    from dpbench.leaderboard.html_page import render_html
+
+    quiet = make_result()
+    for attack in quiet["audit"]["attacks"].values():
+        attack["epsilon_lower_bound"] = 0.0
+    rows = aggregate([quiet])
+    audit = plots.audit_data(rows, "scienceqa")
+    assert plots.n_points(audit) == 1 and "every point would lie on the ε axis" in plots.empty_reason(audit)
+    with pytest.raises(ValueError, match="not drawing"):
+        plots.draw(audit)
+    none = plots.audit_data(aggregate([make_result(method="nonprivate", epsilon=None)]), "scienceqa")
+    assert plots.n_points(none) == 0 and "no private configuration ran an audit" in plots.empty_reason(none)
+    with pytest.raises(ValueError):
+        plots.draw(none)
+    assert plots.draw(plots.frontier_data(rows, "scienceqa")).startswith(b"\x89PNG")
+    page = render_html(rows, 1)
+    assert page.count("<img ") == 2 and 'alt="scienceqa: empirical' not in page  # frontier and systems only
+    assert '<p class="note no-plot">No plot “scienceqa: empirical ε̂ against accounted ε”: every audit' in page
