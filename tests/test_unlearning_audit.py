@@ -70,6 +70,24 @@ def test_group_privacy_is_k_epsilon_and_k_e_to_the_k_minus_1_epsilon_delta():
     assert ulira.group_privacy(8.0, 1e-5, 22)["vacuous"]
 
 
+def test_the_population_attack_scores_a_seeded_sample_of_held_out_examples():
+    """At least POPULATION non-members (a handful reads a retrained model's AUC far from 0.5), never the
+    same few first ones of the split, the same at every call."""
+    from types import SimpleNamespace
+
+    from dpbench.unlearning import shadows
+
+    held_out = [f"x{i}" for i in range(1000)]
+    c = SimpleNamespace(nonmembers=held_out, forget_set=SimpleNamespace(forget=["f"] * 14))
+    sample = shadows.nonmembers(c)
+    assert len(sample) == len(set(sample)) == shadows.POPULATION and set(sample) <= set(held_out)
+    assert sample != held_out[: shadows.POPULATION] and sample == shadows.nonmembers(c)
+    c.forget_set.forget = ["f"] * 300  # a forget set larger than the population: as many non-members
+    assert len(shadows.nonmembers(c)) == 300
+    c.nonmembers = held_out[:50]  # fewer held out than asked: all of them
+    assert sorted(shadows.nonmembers(c)) == sorted(held_out[:50])
+
+
 def test_fewer_than_three_pairs_are_refused():
     u, r = simulate(k=2)
     with pytest.raises(ValueError, match="3 shadow pairs"):

@@ -25,10 +25,13 @@ from dpbench.run_folder import RunFolder
 from dpbench.unlearning.requests import ForgetSet
 
 TRAINED, RETRAINED = "trained", "retrained"
+POPULATION = 200  # non-members scored under every model (`nonmembers`)
 
 
 def pair_folder(runs_dir: str | Path, parent: str, forget: str, seed: int, k: int) -> RunFolder:
-    key = json.dumps({"parent": parent, "forget": forget, "seed": seed, "pair": k}, sort_keys=True)
+    key = json.dumps(
+        {"parent": parent, "forget": forget, "seed": seed, "pair": k, "population": POPULATION}, sort_keys=True
+    )
     return RunFolder.of(runs_dir, f"shadow-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
 
 
@@ -42,7 +45,10 @@ def split(c, k: int, seed: int) -> list:
 
 
 def nonmembers(c) -> list:
-    return c.nonmembers[: len(c.forget_set.forget)]
+    """The population attack's non-members: a seeded sample of the task's held-out examples, at
+    least POPULATION of them (a handful reads a retrained model's AUC far from 0.5 by chance)."""
+    n = min(len(c.nonmembers), max(POPULATION, len(c.forget_set.forget)))
+    return random.Random("shadow-nonmembers").sample(c.nonmembers, n)
 
 
 def save_arrays(path: Path, **arrays) -> None:
