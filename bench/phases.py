@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from dpbench.attacks.audit import audit_run
 from dpbench.attacks.base import ATTACKS
@@ -24,7 +24,7 @@ from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.models.base import VisionLanguageModel
 from dpbench.models.lora import merge_lora, setup_parameters
 from dpbench.models.random_init import ModelShape
-from dpbench.models.registry import check_model_name, check_shape, is_systems_only, load_hf, load_model
+from dpbench.models.registry import check_model_name, check_shape, is_systems_only, load_hf, load_model, load_skeleton
 from dpbench.models.token_pruning import install_token_pruning
 from dpbench.privacy import check_delta, default_delta
 from dpbench.run_folder import RunFolder
@@ -43,8 +43,8 @@ from dpbench.tasks.base import TASKS, Task, TaskData
 
 
 @dataclass
-class Prepared:
-    """Everything a run needs before it trains; names resolved, data and model loaded."""
+class Checked:
+    """Every input of a run, checked; the data read, no weights loaded."""
 
     spec: RunSpec
     task: Task
@@ -55,7 +55,6 @@ class Prepared:
     fit: list[Example]  # what the method trains on: `train` and the included canaries
     delta: float
     scored: list[Example]  # where utility is measured
-    model: VisionLanguageModel
 
     @property
     def utility_notes(self) -> list[str]:
@@ -63,6 +62,13 @@ class Prepared:
         a = self.spec.audit  # canaries off an audit block (on the model, or dpzo's) change training
         changed = a.gradient_canaries and (a.canary_placement == "model" or not self.method.audit_block)
         return notes + ([WHITEBOX_NOTE] if changed else [])
+
+
+@dataclass
+class Prepared(Checked):
+    """A checked run with its model, loaded and transformed."""
+
+    model: VisionLanguageModel
 
 
 @dataclass
@@ -160,26 +166,38 @@ def load_checkpoint(spec: RunSpec, method: Method, folder: RunFolder, base_info)
     return adapt(load_hf(folder.checkpoint, spec.device, base_info), spec, method)
 
 
-def prepare(spec: RunSpec) -> Prepared:
+def check(spec: RunSpec) -> Checked:
+    """Every input of the run, before any weights load or any file of the run is written: names,
+    options and device, the data's layout, n_train, the model's parameter groups, the canaries
+    against its vocabulary and the gradient canaries against its trainable coordinates (both read
+    off its weightless skeleton), δ. The `--nproc` launcher and `dpbench audit` stop here."""
     resolve_names(spec)
     task, method = TASKS.get(spec.task)(), make_method(spec)
     data = task.load(spec.data_dir)
     train = training_examples(spec, data)
-    model = load_target(spec, method)
-    trainable = model.parameter_counts()[1]
+    skeleton = load_skeleton(spec.model, model_shape(spec))
+    setup_parameters(skeleton, spec)
+    method.check_model(skeleton)
+    trainable = skeleton.parameter_counts()[1]
     if spec.audit.canary_placement == "model" and spec.audit.gradient_canaries > trainable:  # one coordinate each
         raise DpbenchError(
             f"audit.gradient_canaries = {spec.audit.gradient_canaries} exceeds the model's {trainable} trainable "
             "coordinates; ask for fewer"
         )
-    canaries = run_canaries(spec, train, model.tokenizer)
+    canaries = run_canaries(spec, train, skeleton.tokenizer)
     fit = train + canaries.included_examples() if canaries else train
     delta = run_delta(spec, len(fit))
     if method.private:
         check_delta(delta, len(fit))
     scored = data.nonmembers if spec.eval_split == "validation" else data.test
     scored = scored[: spec.eval_limit] if spec.eval_limit else scored
-    return Prepared(spec, task, method, data, train, canaries, fit, delta, scored, model)
+    return Checked(spec, task, method, data, train, canaries, fit, delta, scored)
+
+
+def prepare(c: Checked) -> Prepared:
+    """The checked run with its model loaded."""
+    model = load_target(c.spec, c.method)
+    return Prepared(**{f.name: getattr(c, f.name) for f in fields(Checked)}, model=model)
 
 
 def train(p: Prepared) -> Trained:

@@ -19,17 +19,15 @@ from dpbench.results import load_result, write_result
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import AuditRecord, RunResult
 from dpbench.spec import RunSpec
-from dpbench.tasks.base import TASKS
 
 
 def rescore(result: RunResult, spec: RunSpec, folder: RunFolder, attacks: list[str] | None):
-    """Score the saved model again: the run's own audit, from its checkpoint."""
-    method = phases.make_method(spec)
-    data = TASKS.get(spec.task)().load(spec.data_dir)
-    train = phases.training_examples(spec, data)
-    members, nonmembers = phases.audit_sets(spec, train, data)
+    """Score the saved model again: the run's own audit, from its checkpoint, on the inputs the
+    run's checks give."""
+    c = phases.check(spec)
+    members, nonmembers = phases.audit_sets(spec, c.train, c.data)
     base = load_model(spec.model, spec.device)
-    target = phases.load_checkpoint(spec, method, folder, base.info)
+    target = phases.load_checkpoint(spec, c.method, folder, base.info)
     return audit_run(
         spec,
         attacks or list(spec.attacks),
@@ -37,12 +35,12 @@ def rescore(result: RunResult, spec: RunSpec, folder: RunFolder, attacks: list[s
         base,
         members,
         nonmembers,
-        data.test,
+        c.data.test,
         delta=result.privacy["delta"] or phases.run_delta(spec, result.dataset.n_train),
         target_epochs=result.training.epochs,
         folder=folder,
         train_reference=phases.train_reference,
-        canaries=phases.run_canaries(spec, train, base.tokenizer),
+        canaries=c.canaries,
     )
 
 

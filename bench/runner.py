@@ -38,7 +38,8 @@ def run(
     phases.check_utility_run(spec)
     w = distributed.init(spec.device, spec.training.nproc)
     try:
-        prepared = phases.prepare(spec)  # every input checked, nothing written yet
+        checked = phases.check(spec)  # every input, before any weights load or anything is written
+        prepared = phases.prepare(checked)
         if not w.main:
             phases.train(prepared)
             return None
@@ -104,11 +105,11 @@ def launch(
 ) -> None:
     """`dpbench run --nproc N`: the run under torch's launcher, N processes on this machine. This
     process checks every input first, as one process would (so a bad one is one line, before any
-    rank starts or anything is written), then holds the run's lock while the ranks train; rank 0
-    writes the result and prints it."""
+    rank starts or anything is written) but loads no weights, then holds the run's lock while the
+    ranks train; rank 0 writes the result and prints it."""
     phases.check_utility_run(spec)
     distributed.check_launch(spec.device, spec.training.nproc)
-    phases.prepare(spec)
+    phases.check(spec)
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
     skip_done = if_not_done and (not save_checkpoint or folder.checkpoint.is_dir())
     with holding(folder, spec, skip_done), tempfile.TemporaryDirectory(prefix="dpbench-ranks-") as tmp:

@@ -44,7 +44,7 @@ SOUND = {"training.n_train": 200, "training.batch_size": 8, "training.steps": 60
 def run(spec: RunSpec, fault: str | None = None, blackbox: bool = False):
     """(white-box section, black-box loss attack or None, training wall s, privacy record)."""
     with broken_mechanism(fault) if fault else nullcontext():
-        p = phases.prepare(spec)
+        p = phases.prepare(phases.check(spec))
         trained = phases.train(p)
     loss = None
     if blackbox:
