@@ -107,8 +107,8 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    """Keyed by size and mtime too: a run loads its base model several times (target, base,
-    reference models), and a 7 B checkpoint's shards are read once per process, not per load."""
+    """Keyed by size and mtime too: a re-audit or an unlearning run loads the same base several
+    times, and a 7 B checkpoint's shards are read once per process, not per load."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(2**24), b""):
