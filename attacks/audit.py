@@ -77,21 +77,15 @@ def audit_run(
     base,
     members,
     nonmembers,
-    test,
     *,
     delta: float,
-    target_epochs: float,
     folder: RunFolder,
-    train_reference: population.ReferenceTrainer,
+    references: ReferenceLosses | None = None,
     canaries: canary_audit.Canaries | None = None,
-    log=print,
 ):
-    """Everything the audit does to a trained model: reference models when an attack needs
-    them, every attack, the canaries. Returns (audit section, attack scores)."""
-    refs = population.reference_losses(
-        spec, attacks, test, members + nonmembers, target_epochs, folder, train_reference, log
-    )
-    scores = score_attacks(attacks, target, base, members, nonmembers, folder, references=refs)
+    """Everything the audit does to a trained model: every attack (those that need reference
+    models read `references`, their losses), the canaries. Returns (audit section, attack scores)."""
+    scores = score_attacks(attacks, target, base, members, nonmembers, folder, references=references)
     canary = None
     if canaries is not None:
         canary_scores = canary_audit.score_canaries(canaries, target, base)
@@ -103,7 +97,7 @@ def audit_run(
         delta,
         n_members=len(members),
         notes=notes,
-        references=refs.info if refs is not None else None,
+        references=references.info if references is not None else None,
         canary=canary,
     )
     return section, scores

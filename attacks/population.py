@@ -1,19 +1,21 @@
-"""Reference models for the offline attacks (lira, rmia): trained once per run, losses cached.
+"""Reference models for the offline attacks (lira, rmia): what they train on, and their losses.
 
 Offline LiRA and RMIA need models that never trained on the audited examples but otherwise
-look like the target. They are trained here with the method-free non-private recipe, from
-the same base model, on population data: the task's `test` split, which the task keeps
-disjoint (image-disjoint too) from `train` (members) and `nonmembers`. Half of the test
-split's images train the references; the other half are RMIA's population samples z, which
-no model trains on. Utility is also measured on the test split: that is harmless, because
-the references only serve the audit and never touch the target model.
+look like the target. The run's phases train them (`dpbench.phases.references`: the method-free
+non-private recipe, from the same base model) on the plan made here, from population data: the
+task's `test` split, which the task keeps disjoint (image-disjoint too) from `train` (members)
+and `nonmembers`. Half of the test split's images train the references; the other half are
+RMIA's population samples z, which no model trains on. Utility is also measured on the test
+split: that is harmless, because the references only serve the audit and never touch the
+target model. The audit receives the references as their losses (`ReferenceLosses`), never as
+models, and this module trains nothing.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,7 +25,6 @@ from dpbench.attacks.signals import ReferenceLosses, per_example_losses
 from dpbench.checks import SEED_LIMIT
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
-from dpbench.registries import METHODS
 from dpbench.run_folder import RunFolder
 
 SEED_OFFSET = 7919  # reference k trains with seed + SEED_OFFSET + k: never the target's own seed
@@ -69,10 +70,6 @@ def reference_steps(spec, target_epochs: float, n_data: int) -> int:
     return max(1, round(target_epochs * n_data / min(spec.training.batch_size, n_data)))
 
 
-# (spec, data, seed, steps) -> a trained model: `dpbench.phases.train_reference`, through the run phases
-ReferenceTrainer = Callable[[Any, list[Example], int, int], Any]
-
-
 def losses_from_models(models, audited: list[Example], population: list[Example]) -> ReferenceLosses:
     """Reference losses of given models (no training, RMIA's default a): for tests and experiments."""
     return ReferenceLosses(
@@ -83,59 +80,83 @@ def losses_from_models(models, audited: list[Example], population: list[Example]
     )
 
 
-def reference_losses(
-    spec,
-    attacks,
-    test: list[Example],
-    audited: list[Example],
-    target_epochs: float,
-    folder: RunFolder,
-    train_reference: ReferenceTrainer,
-    log=print,
-) -> ReferenceLosses | None:
-    """The run's reference losses: from the run folder's cache if it matches, else trained now.
-    None when none of `attacks` needs them or `audit.references` is 0."""
+@dataclass(frozen=True)
+class ReferencePlan:
+    """The reference models an audit needs: each one's seed and training data, their steps, and
+    the examples their losses are read on."""
+
+    seeds: tuple[int, ...]
+    datasets: tuple[tuple[Example, ...], ...]  # each model's random half of `pool`
+    steps: int
+    pool: tuple[Example, ...]  # the half of the test split that references train on
+    population: tuple[Example, ...]  # RMIA's z, the other half: no model trains on them
+    audited: tuple[Example, ...]  # members then non-members
+
+
+def plan_references(
+    spec, attacks, test: list[Example], audited: list[Example], target_epochs: float
+) -> ReferencePlan | None:
+    """What the run's references train on; None when none of `attacks` needs them or
+    `audit.references` is 0."""
     k = spec.audit.references
     if k == 0 or not needing_references(attacks):
         return None
     pool, population = split_population(test, spec.training.seed)
     if len({_group(e) for e in pool}) < 2 or not population:  # a reference needs IN and OUT pool examples
         raise DpbenchError(f"the test split ({len(test)} examples) is too small to train reference models")
-    cached = load_references(folder, population)
-    if cached is not None and cached.uids == tuple(e.uid for e in audited) and len(cached.losses) == k:
-        return cached
-    losses, population_losses, pool_losses, pool_in, sizes = [], [], [], [], []
+    seeds = tuple((spec.training.seed + SEED_OFFSET + i) % SEED_LIMIT for i in range(k))  # a seed, as the target's is
+    datasets = tuple(
+        tuple(halves(pool, seed)[0]) for seed in seeds
+    )  # each a random half: references differ as datasets do
     steps = reference_steps(spec, target_epochs, max(1, len(pool) // 2))
-    for i in range(k):
-        seed = (spec.training.seed + SEED_OFFSET + i) % SEED_LIMIT  # a seed, as the target's is
-        data, _ = halves(pool, seed)  # each a random half: references differ as datasets do
-        log(f"audit: training reference model {i + 1}/{k} ({steps} steps on {len(data)} test-split examples)")
-        model = train_reference(spec, data, seed, steps)
-        losses.append(per_example_losses(model, audited))
-        population_losses.append(per_example_losses(model, population))
-        pool_losses.append(per_example_losses(model, pool))  # the other half is OUT: gives RMIA's a
-        inside = {e.uid for e in data}
-        pool_in.append([e.uid in inside for e in pool])
-        sizes.append(len(data))
-        del model
-    a = estimate_offline_a(np.exp(-np.stack(pool_losses)), pool_in)
+    return ReferencePlan(seeds, datasets, steps, tuple(pool), tuple(population), tuple(audited))
+
+
+def cached_references(folder: RunFolder, plan: ReferencePlan) -> ReferenceLosses | None:
+    """The run folder's reference losses, when they were read off the plan's models and examples."""
+    cached = load_references(folder, list(plan.population))
+    if (
+        cached is not None
+        and cached.uids == tuple(e.uid for e in plan.audited)
+        and len(cached.losses) == len(plan.seeds)
+    ):
+        return cached
+    return None
+
+
+ModelLosses = tuple[np.ndarray, np.ndarray, np.ndarray]  # one reference's losses: audited, population, pool
+
+
+def model_losses(model, plan: ReferencePlan) -> ModelLosses:
+    """What the audit needs of one trained reference model: its losses on the audited examples,
+    on the population samples, and on its pool (in and out of its half: they give RMIA's a)."""
+    return tuple(per_example_losses(model, list(examples)) for examples in (plan.audited, plan.population, plan.pool))
+
+
+def assemble(plan: ReferencePlan, losses: list[ModelLosses], recipe: dict) -> ReferenceLosses:
+    """The references as the audit receives them, from each model's `model_losses`; `recipe`
+    (method, lr) says how they trained, for the result."""
+    k = len(plan.seeds)
+    pool_in = [[e.uid in {d.uid for d in data} for e in plan.pool] for data in plan.datasets]
+    a = estimate_offline_a(np.exp(-np.stack([pool for _, _, pool in losses])), pool_in)
     info = {
         "models": k,
-        "steps": steps,
-        # the one recipe (`dpbench.phases.reference_spec`), whatever the target's method
-        "method": "nonprivate",
-        "lr": METHODS.get("nonprivate").default_lr,
-        "examples_per_model": round(sum(sizes) / k),
-        "population_samples": len(population),
+        "steps": plan.steps,
+        **recipe,
+        "examples_per_model": round(sum(len(d) for d in plan.datasets) / k),
+        "population_samples": len(plan.population),
         "rmia_offline_a": a,
         "data": "test split: half of its images train the references (each a random half of those), "
         "the other half are RMIA's population samples z",
     }
-    refs = ReferenceLosses(
-        tuple(e.uid for e in audited), np.stack(losses), tuple(population), np.stack(population_losses), a, info
+    return ReferenceLosses(
+        tuple(e.uid for e in plan.audited),
+        np.stack([audited for audited, _, _ in losses]),
+        plan.population,
+        np.stack([population for _, population, _ in losses]),
+        a,
+        info,
     )
-    save_references(folder, refs)
-    return refs
 
 
 def save_references(folder: RunFolder, refs: ReferenceLosses) -> None:

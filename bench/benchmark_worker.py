@@ -22,7 +22,7 @@ from dpbench.systems import throughput
 
 def train_systems(spec: RunSpec) -> dict:
     """Train as `dpbench run` does; return peak memory per device and where it went, throughput and tokens kept."""
-    trained = phases.train(phases.prepare(spec))
+    trained = phases.train(phases.prepare(phases.check(spec), with_base=False))  # it only trains
     report = trained.report
     if report.samples == 0:  # Poisson sampling drew no example: nothing was measured
         raise DpbenchError(

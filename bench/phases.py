@@ -1,21 +1,32 @@
-"""The phases of one run: prepare -> train -> evaluate -> audit -> record.
+"""The phases of one run: check -> prepare -> train -> evaluate -> zero-shot -> references ->
+audit -> record -> write.
 
-`dpbench run` (the runner), the benchmark worker, `dpbench audit` and the audit's reference
-models all go through these functions, so a model is loaded, adapted and measured one way.
+`dpbench run` (the runner), its `--nproc` launcher, the benchmark worker, `dpbench audit` and
+the audit's reference models all go through these functions, so inputs are checked, a model is
+loaded, adapted and measured one way. Each step's inputs are made once and handed down: the
+base model is read from disk once per run (in `prepare`) and shared where it is only read
+(zero-shot, the attacks' base-model signal); the target and the reference models start from
+copies of it. The reference models are trained here and reach the audit as their losses.
 The training phase is the first heavy work in the process (the embedded model is built in a
-process of its own), so its memory high-water mark belongs to the method alone.
+process of its own, the base waits on the CPU), so its memory high-water mark belongs to the
+method alone.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
+
+from dpbench.attacks import population
 from dpbench.attacks.audit import audit_run
 from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.canary_audit import CONFIDENCE, UTILITY_NOTE, Canaries, make_canaries
 from dpbench.attacks.gradient_canaries import UTILITY_NOTE as WHITEBOX_NOTE
+from dpbench.attacks.report import write_report
+from dpbench.attacks.signals import ReferenceLosses
 from dpbench.distributed import world
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
@@ -24,9 +35,10 @@ from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.models.base import VisionLanguageModel
 from dpbench.models.lora import merge_lora, setup_parameters
 from dpbench.models.random_init import ModelShape
-from dpbench.models.registry import check_model_name, check_shape, is_systems_only, load_hf, load_model
+from dpbench.models.registry import check_model_name, check_shape, is_systems_only, load_hf, load_model, load_skeleton
 from dpbench.models.token_pruning import install_token_pruning
 from dpbench.privacy import check_delta, default_delta
+from dpbench.results import write_result
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import (
     AuditRecord,
@@ -43,8 +55,8 @@ from dpbench.tasks.base import TASKS, Task, TaskData
 
 
 @dataclass
-class Prepared:
-    """Everything a run needs before it trains; names resolved, data and model loaded."""
+class Checked:
+    """Every input of a run, checked; the data read, no weights loaded."""
 
     spec: RunSpec
     task: Task
@@ -55,7 +67,6 @@ class Prepared:
     fit: list[Example]  # what the method trains on: `train` and the included canaries
     delta: float
     scored: list[Example]  # where utility is measured
-    model: VisionLanguageModel
 
     @property
     def utility_notes(self) -> list[str]:
@@ -63,6 +74,15 @@ class Prepared:
         a = self.spec.audit  # canaries off an audit block (on the model, or dpzo's) change training
         changed = a.gradient_canaries and (a.canary_placement == "model" or not self.method.audit_block)
         return notes + ([WHITEBOX_NOTE] if changed else [])
+
+
+@dataclass
+class Prepared(Checked):
+    """A checked run with its models: the target (trained in place) and, where the run reads it
+    after training, the base model as loaded (never trained)."""
+
+    model: VisionLanguageModel
+    base: VisionLanguageModel | None
 
 
 @dataclass
@@ -147,9 +167,15 @@ def adapt(model: VisionLanguageModel, spec: RunSpec, method: Method) -> VisionLa
     return model
 
 
-def load_target(spec: RunSpec, method: Method) -> VisionLanguageModel:
-    """The base model with the spec's LoRA adapters, trainable groups and transforms."""
-    model = load_model(spec.model, spec.device, model_shape(spec))
+def load_base(spec: RunSpec, device: str) -> VisionLanguageModel:
+    """The spec's model as its checkpoint holds it, on `device`: the one read from disk."""
+    return load_model(spec.model, device, model_shape(spec))
+
+
+def load_target(spec: RunSpec, method: Method, base: VisionLanguageModel | None = None) -> VisionLanguageModel:
+    """The base model (a copy of `base`, else read from disk) with the spec's LoRA adapters,
+    trainable groups and transforms."""
+    model = base.copy(spec.device) if base is not None else load_base(spec, spec.device)
     setup_parameters(model, spec)
     return adapt(model, spec, method)
 
@@ -160,26 +186,51 @@ def load_checkpoint(spec: RunSpec, method: Method, folder: RunFolder, base_info)
     return adapt(load_hf(folder.checkpoint, spec.device, base_info), spec, method)
 
 
-def prepare(spec: RunSpec) -> Prepared:
+def check(spec: RunSpec) -> Checked:
+    """Every input of the run, before any weights load or any file of the run is written: names,
+    options and device, the data's layout, n_train, the model's parameter groups, the canaries
+    against its vocabulary and the gradient canaries against its trainable coordinates (both read
+    off its weightless skeleton), δ. The `--nproc` launcher and `dpbench audit` stop here."""
     resolve_names(spec)
     task, method = TASKS.get(spec.task)(), make_method(spec)
     data = task.load(spec.data_dir)
     train = training_examples(spec, data)
-    model = load_target(spec, method)
-    trainable = model.parameter_counts()[1]
+    skeleton = load_skeleton(spec.model, model_shape(spec))
+    setup_parameters(skeleton, spec)
+    method.check_model(skeleton)
+    trainable = skeleton.parameter_counts()[1]
     if spec.audit.canary_placement == "model" and spec.audit.gradient_canaries > trainable:  # one coordinate each
         raise DpbenchError(
             f"audit.gradient_canaries = {spec.audit.gradient_canaries} exceeds the model's {trainable} trainable "
             "coordinates; ask for fewer"
         )
-    canaries = run_canaries(spec, train, model.tokenizer)
+    canaries = run_canaries(spec, train, skeleton.tokenizer)
     fit = train + canaries.included_examples() if canaries else train
     delta = run_delta(spec, len(fit))
     if method.private:
         check_delta(delta, len(fit))
     scored = data.nonmembers if spec.eval_split == "validation" else data.test
     scored = scored[: spec.eval_limit] if spec.eval_limit else scored
-    return Prepared(spec, task, method, data, train, canaries, fit, delta, scored, model)
+    return Checked(spec, task, method, data, train, canaries, fit, delta, scored)
+
+
+def prepare(c: Checked, *, with_base: bool = True) -> Prepared:
+    """The checked run's models: the base read from disk once, the target a copy of it. The base
+    waits on the CPU until training is done, so the training device's peak is the method's alone;
+    without `with_base` (a process that only trains) the target is read from disk instead."""
+    base = load_base(c.spec, "cpu") if with_base else None
+    model = load_target(c.spec, c.method, base)
+    return Prepared(**{f.name: getattr(c, f.name) for f in fields(Checked)}, model=model, base=base)
+
+
+def load_finished(c: Checked, folder: RunFolder) -> Prepared:
+    """A finished run's models, for a re-audit: its saved checkpoint and the base model."""
+    base = load_base(c.spec, c.spec.device)
+    return Prepared(
+        **{f.name: getattr(c, f.name) for f in fields(Checked)},
+        model=load_checkpoint(c.spec, c.method, folder, base.info),
+        base=base,
+    )
 
 
 def train(p: Prepared) -> Trained:
@@ -208,6 +259,13 @@ def evaluate(task: Task, model: VisionLanguageModel, examples: list[Example]) ->
     return Evaluation(metrics, time.perf_counter() - t0, model.tokens_encoded - tokens_before, len(examples))
 
 
+def zero_shot(p: Prepared) -> dict[str, float]:
+    """The base model's utility on the examples the target is scored on; training is done, so the
+    base moves to the run's device now."""
+    p.base.to(p.spec.device)
+    return p.task.evaluate(p.base, p.scored)
+
+
 def save_checkpoint(p: Prepared, folder: RunFolder) -> None:
     """A plain HF checkpoint: LoRA adapters are merged first, so the audit then scores the merged model."""
     if p.spec.lora is not None:
@@ -216,31 +274,60 @@ def save_checkpoint(p: Prepared, folder: RunFolder) -> None:
     p.model.processor.save_pretrained(folder.checkpoint)
 
 
-def audit(p: Prepared, base: VisionLanguageModel, folder: RunFolder, target_epochs: float, log=print):
+def references(
+    p: Prepared, target_epochs: float, folder: RunFolder, log=print, attacks: list[str] | None = None
+) -> ReferenceLosses | None:
+    """The offline attacks' reference models (`attacks`, default the spec's, say whether any is
+    needed), trained here from copies of the base model one at a time and kept as their losses:
+    what the audit receives. The run folder's cached losses are reused when they match."""
+    members, nonmembers = audit_sets(p.spec, p.train, p.data)
+    attacks = p.spec.attacks if attacks is None else attacks
+    plan = population.plan_references(p.spec, attacks, p.data.test, members + nonmembers, target_epochs)
+    if plan is None:
+        return None
+    cached = population.cached_references(folder, plan)
+    if cached is not None:
+        return cached
+    losses, k = [], len(plan.seeds)
+    for i, (seed, data) in enumerate(zip(plan.seeds, plan.datasets)):
+        log(f"audit: training reference model {i + 1}/{k} ({plan.steps} steps on {len(data)} test-split examples)")
+        model = train_reference(p.spec, p.base, list(data), seed, plan.steps)
+        losses.append(population.model_losses(model, plan))
+        del model
+    recipe = reference_spec(p.spec, plan.seeds[0], plan.steps)
+    refs = population.assemble(plan, losses, {"method": recipe.method, "lr": recipe.training.lr})
+    population.save_references(folder, refs)
+    return refs
+
+
+def audit(p: Prepared, refs: ReferenceLosses | None, folder: RunFolder):
     """The membership-inference attacks and canaries; (None, {}) when the spec asks for neither."""
     if not (p.spec.attacks or p.canaries):
         return None, {}
+    return attack(p, refs, folder)
+
+
+def attack(p: Prepared, refs: ReferenceLosses | None, folder: RunFolder, attacks: list[str] | None = None):
+    """`attacks` (default the spec's) and the canaries on the prepared target, against its base
+    model and the reference losses `refs`: (audit section, attack scores)."""
     members, nonmembers = audit_sets(p.spec, p.train, p.data)
     return audit_run(
         p.spec,
-        p.spec.attacks,
+        p.spec.attacks if attacks is None else attacks,
         p.model,
-        base,
+        p.base,
         members,
         nonmembers,
-        p.data.test,
         delta=p.delta,
-        target_epochs=target_epochs,
         folder=folder,
-        train_reference=train_reference,
+        references=refs,
         canaries=p.canaries,
-        log=log,
     )
 
 
-def with_whitebox(audit_record: AuditRecord | None, trained: Trained) -> AuditRecord | None:
-    """The audit record with the white-box audit the training made, if it made one."""
-    whitebox = trained.report.whitebox
+def with_whitebox(audit_record: AuditRecord | None, whitebox: dict | None) -> AuditRecord | None:
+    """The audit record with the white-box audit the training made (`TrainReport.whitebox`: its
+    analysis runs on first read), if it made one."""
     if whitebox is None:
         return audit_record
     if audit_record is None:
@@ -268,19 +355,23 @@ def reference_spec(spec: RunSpec, seed: int, steps: int) -> RunSpec:
     )
 
 
-def train_from_base(spec: RunSpec, data: list[Example], delta: float | None) -> tuple[VisionLanguageModel, TrainReport]:
-    """`spec`'s recipe on `data` from the base model, away from a run's phases: the attacks'
-    reference models, unlearning's retrained and shadow models."""
+def train_from_base(
+    spec: RunSpec, data: list[Example], delta: float | None, base: VisionLanguageModel | None = None
+) -> tuple[VisionLanguageModel, TrainReport]:
+    """`spec`'s recipe on `data` from the base model (a copy of `base`, else read from disk), away
+    from a run's phases: the attacks' reference models, unlearning's retrained and shadow models."""
     method = make_method(spec)
-    model = load_target(spec, method)
+    model = load_target(spec, method, base)
     with model.training_precision(spec.training.precision):
         report = method.train(model, data, spec, delta)
     return model, report
 
 
-def train_reference(spec: RunSpec, data: list[Example], seed: int, steps: int) -> VisionLanguageModel:
-    """A reference model of the offline attacks (`reference_spec`'s recipe)."""
-    return train_from_base(reference_spec(spec, seed, steps), data, None)[0]  # δ: unused without privacy
+def train_reference(
+    spec: RunSpec, base: VisionLanguageModel, data: list[Example], seed: int, steps: int
+) -> VisionLanguageModel:
+    """A reference model of the offline attacks (`reference_spec`'s recipe), from a copy of `base`."""
+    return train_from_base(reference_spec(spec, seed, steps), data, None, base)[0]  # δ: unused without privacy
 
 
 def record(
@@ -346,3 +437,14 @@ def record(
         ),
         audit=audit_record,
     )
+
+
+def write(folder: RunFolder, result: RunResult, scores: dict, trained: Trained) -> None:
+    """The run's files after training: the white-box audit's canary scores (so a re-summary needs
+    no retraining), the audit report, and the result last (a result file means a finished run)."""
+    if trained.report.whitebox_scores is not None:
+        included, canary_scores = trained.report.whitebox_scores
+        np.savez(folder.whitebox_scores, included=included, scores=canary_scores)
+    if result.audit is not None:
+        write_report(folder, result.to_dict(), scores)
+    write_result(folder.result, result.to_dict())

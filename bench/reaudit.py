@@ -8,42 +8,30 @@ change to the audit metrics or report).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dpbench import phases
-from dpbench.attacks.audit import audit_run, load_scores, summarise
+from dpbench.attacks.audit import load_scores, summarise
 from dpbench.attacks.canary_audit import canary_section, load_canary_scores
 from dpbench.attacks.population import skipped_notes
 from dpbench.attacks.report import write_report
 from dpbench.errors import DpbenchError
-from dpbench.models.registry import load_model
 from dpbench.results import load_result, write_result
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import AuditRecord, RunResult
 from dpbench.spec import RunSpec
-from dpbench.tasks.base import TASKS
 
 
 def rescore(result: RunResult, spec: RunSpec, folder: RunFolder, attacks: list[str] | None):
-    """Score the saved model again: the run's own audit, from its checkpoint."""
-    method = phases.make_method(spec)
-    data = TASKS.get(spec.task)().load(spec.data_dir)
-    train = phases.training_examples(spec, data)
-    members, nonmembers = phases.audit_sets(spec, train, data)
-    base = load_model(spec.model, spec.device)
-    target = phases.load_checkpoint(spec, method, folder, base.info)
-    return audit_run(
-        spec,
-        attacks or list(spec.attacks),
-        target,
-        base,
-        members,
-        nonmembers,
-        data.test,
-        delta=result.privacy["delta"] or phases.run_delta(spec, result.dataset.n_train),
-        target_epochs=result.training.epochs,
-        folder=folder,
-        train_reference=phases.train_reference,
-        canaries=phases.run_canaries(spec, train, base.tokenizer),
+    """Score the saved model again: the run's own audit, from its checkpoint, through the run's
+    phases (its checks, then the base and the checkpoint, each read once)."""
+    checked = replace(
+        phases.check(spec), delta=result.privacy["delta"] or phases.run_delta(spec, result.dataset.n_train)
     )
+    p = phases.load_finished(checked, folder)
+    attacks = attacks or list(spec.attacks)
+    refs = phases.references(p, result.training.epochs, folder, attacks=attacks)
+    return phases.attack(p, refs, folder, attacks)
 
 
 def resummarise(result: RunResult, spec: RunSpec, folder: RunFolder) -> tuple[AuditRecord, dict]:

@@ -1,5 +1,5 @@
-"""One run, top to bottom, as `dpbench run` does it: prepare -> train (memory measured) ->
-evaluate -> audit -> record. Each phase lives in `dpbench.phases`."""
+"""One run, top to bottom, as `dpbench run` does it: check -> prepare -> train (memory measured) ->
+evaluate -> zero-shot -> references -> audit -> record -> write. Each phase lives in `dpbench.phases`."""
 
 from __future__ import annotations
 
@@ -11,14 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
-
 from dpbench import distributed, phases
-from dpbench.attacks.report import write_report
 from dpbench.errors import DpbenchError, RunBusy
-from dpbench.models.registry import load_model
 from dpbench.output import launched_rank
-from dpbench.results import write_json_atomic, write_result
+from dpbench.results import write_json_atomic
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import RunResult
 from dpbench.spec import RunSpec
@@ -38,7 +34,8 @@ def run(
     phases.check_utility_run(spec)
     w = distributed.init(spec.device, spec.training.nproc)
     try:
-        prepared = phases.prepare(spec)  # every input checked, nothing written yet
+        checked = phases.check(spec)  # every input, before any weights load or anything is written
+        prepared = phases.prepare(checked, with_base=w.main)  # the base model, read once; the target, its copy
         if not w.main:
             phases.train(prepared)
             return None
@@ -76,26 +73,21 @@ def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_don
             phases.save_checkpoint(prepared, folder)
         lap("evaluate")
 
-        base = load_model(spec.model, spec.device)  # the base model: zero-shot utility, the audit's reference
-        zero_shot = prepared.task.evaluate(base, prepared.scored)
+        zero_shot = phases.zero_shot(prepared)
         lap("zero_shot")
         phase("audit")
         audit_record, scores = None, {}
         if audit:
-            audit_record, scores = phases.audit(prepared, base, folder, trained.report.epochs, log)
-        audit_record = phases.with_whitebox(audit_record, trained)
-        if trained.report.whitebox_scores is not None:  # so a re-summary needs no retraining
-            included, canary_scores = trained.report.whitebox_scores
-            np.savez(folder.whitebox_scores, included=included, scores=canary_scores)
+            references = phases.references(prepared, trained.report.epochs, folder, log)  # their losses
+            audit_record, scores = phases.audit(prepared, references, folder)
+        audit_record = phases.with_whitebox(audit_record, trained.report.whitebox)
         lap("audit")
 
         phase("record")
         result = phases.record(
             prepared, trained, evaluation, zero_shot, audit_record, time.perf_counter() - started, walls
         )
-        if audit_record is not None:
-            write_report(folder, result.to_dict(), scores)
-        write_result(folder.result, result.to_dict())  # last: a result file means a finished run
+        phases.write(folder, result, scores, trained)  # the result last: a result file means a finished run
     return result
 
 
@@ -104,11 +96,11 @@ def launch(
 ) -> None:
     """`dpbench run --nproc N`: the run under torch's launcher, N processes on this machine. This
     process checks every input first, as one process would (so a bad one is one line, before any
-    rank starts or anything is written), then holds the run's lock while the ranks train; rank 0
-    writes the result and prints it."""
+    rank starts or anything is written) but loads no weights, then holds the run's lock while the
+    ranks train; rank 0 writes the result and prints it."""
     phases.check_utility_run(spec)
     distributed.check_launch(spec.device, spec.training.nproc)
-    phases.prepare(spec)
+    phases.check(spec)
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
     skip_done = if_not_done and (not save_checkpoint or folder.checkpoint.is_dir())
     with holding(folder, spec, skip_done), tempfile.TemporaryDirectory(prefix="dpbench-ranks-") as tmp:

@@ -45,14 +45,15 @@ SOUND = {"training.n_train": 200, "training.batch_size": 8, "training.steps": 60
 def run(spec: RunSpec, fault: str | None = None, blackbox: bool = False):
     """(white-box section, black-box loss attack or None, training wall s, privacy record)."""
     with broken_mechanism(fault) if fault else nullcontext():
-        p = phases.prepare(spec)
+        p = phases.prepare(phases.check(spec), with_base=blackbox)
         trained = phases.train(p)
     loss = None
     if blackbox:
         with tempfile.TemporaryDirectory() as tmp:
             folder = RunFolder.of(Path(tmp), spec.run_id()).create()
-            base = phases.load_model(spec.model, spec.device)
-            section, _ = phases.audit(p, base, folder, trained.report.epochs, log=lambda *a: None)
+            p.base.to(spec.device)
+            refs = phases.references(p, trained.report.epochs, folder, log=lambda *a: None)
+            section, _ = phases.audit(p, refs, folder)
             loss = section.attacks["loss"] if section is not None else None
     return trained.report.whitebox, loss, trained.wall_s, trained.report.privacy
 

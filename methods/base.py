@@ -88,11 +88,17 @@ class Method(ABC):
         leaderboard's compute-matched view (`dpbench.leaderboard.compute`)."""
         return 1, 1
 
+    def check_model(self, model: VisionLanguageModel) -> None:
+        """Refuse a model this method cannot train, from its module names and trainable groups
+        alone: the run's checks call it on the model's weightless skeleton, before any folder
+        exists or anything is spent."""
+        if self.per_example_gradients:
+            model.check_per_example_gradients()
+
     def prepare(self, model: VisionLanguageModel) -> None:
         """Change the model before training and evaluation, after the spec's transforms (LoRA,
         trainable groups, token pruning). Subclasses that override this call `super().prepare(model)`."""
-        if self.per_example_gradients:  # refuse before any run folder exists or anything is spent
-            model.check_per_example_gradients()
+        self.check_model(model)
 
     @abstractmethod
     def train(self, model: VisionLanguageModel, data: list[Example], spec: RunSpec, delta: float) -> TrainReport:

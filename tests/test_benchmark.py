@@ -517,7 +517,8 @@ def test_a_measurement_that_sampled_no_example_fails_instead_of_reporting_zero(m
     from dpbench.spec import RunSpec
 
     empty = SimpleNamespace(report=SimpleNamespace(samples=0, steps=1, tokens=0, details={}))
-    monkeypatch.setattr(phases, "prepare", lambda spec: None)
+    monkeypatch.setattr(phases, "check", lambda spec: None)
+    monkeypatch.setattr(phases, "prepare", lambda checked, with_base: None)
     monkeypatch.setattr(phases, "train", lambda prepared: empty)
     with pytest.raises(DpbenchError, match="no example was sampled in 1 step"):
         benchmark_worker.train_systems(RunSpec(method="dpzo"))

@@ -8,6 +8,7 @@ and which parameter groups are trainable.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from copy import deepcopy
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,6 +70,19 @@ class VisionLanguageModel:
         self._pixel_cache: dict[Path, dict[str, torch.Tensor]] = {}
         self._pixel_cache_bytes = 0
         self.autocast: torch.dtype | None = None  # set by `training_precision`: forwards under autocast
+
+    def copy(self, device: str | None = None) -> VisionLanguageModel:
+        """A model of the same weights and processor (deep copies) on `device` (default: this
+        one's), as a fresh load would give it: no caches, counters, adapters or hooks of its own.
+        Meant for an untouched base model; a copy of a transformed one keeps its transforms."""
+        model = deepcopy(self.model).eval()
+        return VisionLanguageModel(model, deepcopy(self.processor), self.info, device=device or str(self.device))
+
+    def to(self, device: str) -> VisionLanguageModel:
+        """The model moved to `device`, in place."""
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
 
     # -- encoding -------------------------------------------------------------------------
     def prompt_text(self, example: Example) -> str:

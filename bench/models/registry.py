@@ -39,6 +39,10 @@ class ModelLoader:
     def load(self, device: str) -> VisionLanguageModel:
         raise NotImplementedError
 
+    def ensure_built(self) -> Path:
+        """The checkpoint folder `load` reads (built first if need be)."""
+        raise NotImplementedError
+
 
 # The pre-trained embedded model ships with the package (weights, tokenizer, processor, config),
 # named by its recipe key: the committed results were measured on these very weights. A rebuild
@@ -103,8 +107,8 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    """Keyed by size and mtime too: a run loads its base model several times (target, base,
-    reference models), and a 7 B checkpoint's shards are read once per process, not per load."""
+    """Keyed by size and mtime too: a re-audit or an unlearning run loads the same base several
+    times, and a 7 B checkpoint's shards are read once per process, not per load."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(2**24), b""):
@@ -265,3 +269,27 @@ def load_model(name_or_path: str, device: str, shape: ModelShape = FULL_SHAPE) -
         name_or_path, "local", str(path.resolve()) if local else None, "llava", weights_sha256(path) if local else None
     )
     return load_hf(name_or_path, device, info)
+
+
+def load_skeleton(name_or_path: str, shape: ModelShape = FULL_SHAPE) -> VisionLanguageModel:
+    """The model's modules and processor without its weights, on the meta device (nothing is
+    allocated or read but the config and the processor's files): what a run's checks read
+    (parameter groups, trainable coordinates, the tokenizer) before, or instead of, a load."""
+    check_model_name(name_or_path)
+    check_shape(name_or_path, shape)
+    if is_systems_only(name_or_path):
+        return MODELS.get(name_or_path)().load("meta", shape)
+    path = MODELS.get(name_or_path)().ensure_built() if name_or_path in MODELS else name_or_path
+    quiet_third_party()
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        processor = architecture(config.model_type).load_processor(path)
+    except (OSError, ValueError) as e:
+        raise DpbenchError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, attn_implementation="eager")
+    info = ModelInfo(name_or_path, "skeleton", None, config.model_type)
+    return VisionLanguageModel(model.eval(), processor, info, device="meta")

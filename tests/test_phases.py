@@ -1,0 +1,164 @@
+"""The run's phases own every model load: the base model is read from disk once per run and
+copied (bit for bit) for the target and the reference models; the audit gets the references as
+losses and never calls back into the phases; the launcher and `dpbench audit` check inputs
+without building the model; the same seed gives the same result."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpbench import phases
+from dpbench.errors import DpbenchError
+from dpbench.spec import RunSpec
+
+ATTACKS = Path(__file__).resolve().parents[1] / "attacks"
+RUN_MODULES = {"dpbench.phases", "dpbench.runner", "dpbench.reaudit", "dpbench.benchmark_worker"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_the_attacks_never_import_the_run_phases():
+    files = sorted(ATTACKS.glob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        assert not imported_modules(path) & RUN_MODULES, path.name
+    assert "train_reference" not in (ATTACKS / "audit.py").read_text() + (ATTACKS / "population.py").read_text()
+
+
+@pytest.fixture
+def disk_loads(monkeypatch):
+    """The paths every model's weights were read from, in order (transformers' one loader)."""
+    from transformers import AutoModelForImageTextToText
+
+    loads, load = [], AutoModelForImageTextToText.from_pretrained
+
+    def counted(path, *args, **kwargs):
+        loads.append(Path(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", counted)
+    return loads
+
+
+def short_spec(checkpoint, **changes) -> RunSpec:
+    return RunSpec.from_dict(
+        {
+            "method": "dpsgd",
+            "model": str(checkpoint),
+            "eval_limit": 8,
+            "attacks": ["loss", "reference", "lira", "rmia"],
+            "training": {"steps": 2, "batch_size": 8, "n_train": 16},
+            "audit": {"references": 2, "reference_steps": 2, "canaries": 8},
+        }
+    ).replace(**changes)
+
+
+def figures(record):
+    """A result without what a second run may change: wall times, throughput, memory, dates, the machine."""
+    if isinstance(record, dict):
+        return {
+            k: figures(v)
+            for k, v in record.items()
+            if k not in ("systems", "environment", "created") and not k.endswith("wall_s")
+        }
+    if isinstance(record, list):
+        return [figures(v) for v in record]
+    return record
+
+
+def test_a_run_reads_its_base_model_once_and_the_same_seed_gives_the_same_result(checkpoint, tmp_path, disk_loads):
+    from dpbench.reaudit import reaudit
+    from dpbench.runner import run
+
+    spec = short_spec(checkpoint)
+    first = run(spec, tmp_path / "a", save_checkpoint=True, log=lambda *_: None).to_dict()
+    # before: the target, the base (zero-shot, the attacks' reference) and each reference model
+    assert disk_loads == [checkpoint]
+    assert first["audit"]["references"]["models"] == 2 and set(first["audit"]["attacks"]) == set(spec.attacks)
+    assert first["audit"]["canary"]["m"] == 8 and first["audit"]["whitebox"] is not None
+
+    second = run(spec, tmp_path / "b", log=lambda *_: None).to_dict()
+    assert figures(second) == figures(first)
+    assert second["systems"]["phases"].keys() == {"prepare", "train", "evaluate", "zero_shot", "audit"}
+
+    disk_loads.clear()  # a re-audit: the base and the checkpoint, once each; the references' losses are cached
+    again = reaudit(tmp_path / "a" / first["run_id"]).to_dict()
+    assert disk_loads == [checkpoint, tmp_path / "a" / first["run_id"] / "checkpoint"]
+    assert again["audit"]["references"] == first["audit"]["references"]
+    assert again["audit"]["canary"]["correct"] == first["audit"]["canary"]["correct"]
+    for name, attack in first["audit"]["attacks"].items():  # the saved checkpoint: the same scores, to rounding
+        assert again["audit"]["attacks"][name]["auc"] == pytest.approx(attack["auc"])
+
+
+def test_a_copy_of_the_base_is_the_checkpoint_as_read_from_disk(checkpoint, digit_examples):
+    """What lets one load serve the target and the references: a copy, even of a base that has
+    already scored examples, has the weights, trainable flags and outputs of a fresh load, and a
+    reference model trained from it is the one trained from disk."""
+    from dpbench.attacks.signals import per_example_losses
+
+    spec = short_spec(checkpoint)
+    base = phases.load_base(spec, "cpu")
+    per_example_losses(base, digit_examples)  # fills the base's caches and counters
+    fresh, copy = phases.load_base(spec, "cpu"), base.copy()
+    assert copy.model is not base.model and copy.tokens_encoded == 0 and not copy._pixel_cache
+    state, fresh_state = copy.model.state_dict(), fresh.model.state_dict()
+    assert state.keys() == fresh_state.keys()
+    for name, tensor in state.items():
+        assert tensor.dtype == fresh_state[name].dtype and torch.equal(tensor, fresh_state[name]), name
+    assert [p.requires_grad for p in copy.model.parameters()] == [p.requires_grad for p in fresh.model.parameters()]
+    assert not copy.model.training and not fresh.model.training
+
+    data = digit_examples[:8]
+    from_copy = phases.train_reference(spec, base, data, seed=3, steps=2)
+    from_disk = phases.train_from_base(phases.reference_spec(spec, 3, 2), data, None)[0]
+    for (name, a), b in zip(from_copy.model.state_dict().items(), from_disk.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert (per_example_losses(from_copy, digit_examples) == per_example_losses(from_disk, digit_examples)).all()
+    for (name, a), b in zip(base.model.state_dict().items(), fresh_state.values()):  # the base itself never trains
+        assert torch.equal(a, b), name
+
+
+def test_the_checks_read_no_weights_and_see_the_models_shape(checkpoint, tmp_path, monkeypatch):
+    from transformers import AutoModelForImageTextToText
+
+    from dpbench import distributed, runner
+    from dpbench.models.registry import load_model, load_skeleton
+
+    counts = {}
+    for lora in (None, "r=2,alpha=4"):  # the skeleton's trainable coordinates are the loaded model's
+        spec = short_spec(checkpoint, lora=lora)
+        skeleton, loaded = load_skeleton(spec.model), load_model(spec.model, "cpu")
+        for m in (skeleton, loaded):
+            phases.setup_parameters(m, spec)
+        assert skeleton.parameter_counts() == loaded.parameter_counts()
+        counts[lora] = loaded.parameter_counts()
+    assert counts[None][1] > counts["r=2,alpha=4"][1]
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a check read the model's weights")
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", no_loading)
+    checked = phases.check(short_spec(checkpoint))
+    assert checked.canaries is not None and len(checked.fit) == 16 + int(checked.canaries.included.sum())
+    trainable = counts["r=2,alpha=4"][1]
+    too_many = {"lora": "r=2,alpha=4", "audit.canary_placement": "model", "audit.gradient_canaries": trainable + 2}
+    with pytest.raises(DpbenchError, match=f"exceeds the model's {trainable} trainable coordinates"):
+        phases.check(short_spec(checkpoint, **too_many))
+
+    launched = []  # `--nproc`: the launcher checks as one process would, and leaves the loading to the ranks
+    monkeypatch.setattr(distributed, "launch", lambda nproc, args: launched.append(nproc) or 0)
+    runner.launch(short_spec(checkpoint, **{"training.nproc": 2}), tmp_path)
+    assert launched == [2]
