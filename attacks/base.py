@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from dpbench.attacks.signals import Signals
-from dpbench.registries import ATTACKS
+from dpbench.registry import ATTACKS
 
 __all__ = ["ATTACKS", "Attack"]  # the registry re-exported beside its base class
 

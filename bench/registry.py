@@ -1,4 +1,4 @@
-"""A small generic registry: one instance per kind of plugin.
+"""A small generic registry, and its instances: one per kind of plugin.
 
 Plugins register by decorator, in their own module::
 
@@ -7,6 +7,8 @@ Plugins register by decorator, in their own module::
 
 A registry imports its plugin package on first lookup, so `dpbench list methods` and
 `METHODS.get("dpsgd")` see every registered class without eager star-imports elsewhere.
+The instances are declared here, apart from the base classes, so that the run spec can ask a
+method for its defaults without importing the methods (and torch) until a name is looked up.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ class UnknownNameError(KeyError, DpbenchError):
 
 
 class Registry(Generic[T]):
-    """`base` is the class every item must subclass, or its "module:Class" name: a registry
-    declared in `dpbench.registries` names it so, and importing the registry stays cheap."""
+    """`base` is the class every item must subclass, or its "module:Class" name: the registries
+    below name it so, and importing them stays cheap."""
 
     def __init__(self, kind: str, base: type | str | None = None, plugins: str | None = None):
         self.kind = kind
@@ -82,3 +84,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+METHODS: Registry = Registry("method", base="dpbench.methods.base:Method", plugins="dpbench.methods")
+TASKS: Registry = Registry("task", base="dpbench.tasks.base:Task", plugins="dpbench.tasks")
+ATTACKS: Registry = Registry("attack", base="dpbench.attacks.base:Attack", plugins="dpbench.attacks")
+MODELS: Registry = Registry("model", base="dpbench.models.registry:ModelLoader", plugins="dpbench.models.registry")
+UNLEARNERS: Registry = Registry(
+    "unlearning method", base="dpbench.unlearning.base:Unlearner", plugins="dpbench.unlearning.methods"
+)

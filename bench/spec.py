@@ -20,7 +20,7 @@ from dpbench.errors import DpbenchError
 from dpbench.files import find_problem, read_config
 from dpbench.models.lora import LoraSpec
 from dpbench.models.pruning_spec import ENTRY_KEYS, TokenPruning
-from dpbench.registries import METHODS
+from dpbench.registry import METHODS
 from dpbench.results import spec_errors
 
 ACCOUNTANTS = ("rdp", "prv")

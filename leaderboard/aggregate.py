@@ -285,7 +285,7 @@ BACKWARD_IN_FORWARDS = 2  # a backward pass costs about two forwards (the usual 
 def train_compute(result: dict[str, Any]) -> float | None:
     """Training compute in forward passes over one example: examples processed x (forward +
     2 x backward passes per example, as the method declares them). None for a method not installed."""
-    from dpbench.registries import METHODS
+    from dpbench.registry import METHODS
 
     spec = result["spec"]
     if spec["method"] not in METHODS:

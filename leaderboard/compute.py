@@ -34,7 +34,7 @@ def _options(row: Row) -> dict:
 def is_own(method: str, key: str) -> bool:
     """Whether an option belongs to the method's configuration rather than to the shared setting:
     the method's own options, its learning rate, its token pruning, its number of steps."""
-    from dpbench.registries import METHODS
+    from dpbench.registry import METHODS
 
     own = METHODS.get(method).options if method in METHODS else {}
     return key in own or key in (STEPS, "training.lr") or key.startswith("token_pruning.")

@@ -10,7 +10,7 @@ from dpbench.errors import DpbenchError
 from dpbench.examples import Example
 from dpbench.models.pruning_spec import ENTRY_KEYS, TokenPruning
 from dpbench.privacy import PrivacyReport
-from dpbench.registries import METHODS
+from dpbench.registry import METHODS
 
 if TYPE_CHECKING:
     from dpbench.models.base import VisionLanguageModel

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dpbench.examples import Example
-from dpbench.registries import TASKS
+from dpbench.registry import TASKS
 
 __all__ = ["TASKS", "Example", "Task", "TaskData"]  # the registry re-exported beside its base class
 

@@ -8,7 +8,7 @@ import pytest
 
 from dpbench.leaderboard import compute
 from dpbench.leaderboard.aggregate import Row, Stat, train_compute
-from dpbench.registries import METHODS
+from dpbench.registry import METHODS
 
 
 def row(method, utility, compute_units, options=None, eps=8.0, source="embedded-sample"):

@@ -16,7 +16,7 @@ from dpbench.models.random_init import (
     shaped_configs,
 )
 from dpbench.models.registry import is_systems_only, load_model
-from dpbench.registries import MODELS
+from dpbench.registry import MODELS
 
 PUBLIC = [LLAVA_1_5_7B, QWEN2_VL_2B, SMOLVLM_256M]
 # registered name -> (a shape small enough for a CPU test, the visual tokens per image the checkpoint makes)

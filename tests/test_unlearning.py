@@ -13,7 +13,7 @@ import torch
 
 from dpbench.cli import main
 from dpbench.errors import DpbenchError
-from dpbench.registries import UNLEARNERS
+from dpbench.registry import UNLEARNERS
 from dpbench.results import load_result
 from dpbench.run_folder import RunFolder
 from dpbench.spec import RunSpec

@@ -19,7 +19,7 @@ from dpbench.methods.dpsgd import train_dp_sgd
 from dpbench.methods.dpzo import DPZO
 from dpbench.methods.faults import FAULTS, broken_mechanism
 from dpbench.methods.nonprivate import NonPrivate
-from dpbench.registries import METHODS
+from dpbench.registry import METHODS
 from dpbench.spec import AUDIT_CANARIES, RunSpec
 
 COUNTS = [

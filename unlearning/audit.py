@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from dpbench.registries import UNLEARNERS
+from dpbench.registry import UNLEARNERS
 from dpbench.results import load_result, write_result
 from dpbench.run_folder import RunFolder
 from dpbench.unlearning import shadows, ulira

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dpbench.checks import finite
 from dpbench.errors import DpbenchError
-from dpbench.registries import UNLEARNERS
+from dpbench.registry import UNLEARNERS
 
 if TYPE_CHECKING:
     import torch

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dpbench.errors import DpbenchError
-from dpbench.registries import UNLEARNERS
+from dpbench.registry import UNLEARNERS
 from dpbench.results import load_result, write_json_atomic, write_result
 from dpbench.run_folder import RunFolder, check_runs_dir
 from dpbench.spec import RunSpec

@@ -34,7 +34,7 @@ OPTIONAL = ("recipe", "audit_pairs")
 
 def check_section(section: Any) -> dict[str, Any]:
     """The section's shape, checked before any run starts; the method names and requests too."""
-    from dpbench.registries import UNLEARNERS
+    from dpbench.registry import UNLEARNERS
 
     if not isinstance(section, dict) or set(section) - {*KEYS, *OPTIONAL} or not set(KEYS) <= set(section):
         raise DpbenchError(

@@ -29,7 +29,7 @@ from dpbench.models.random_init import (
     shaped_configs,
 )
 from dpbench.output import quiet_third_party
-from dpbench.registries import MODELS
+from dpbench.registry import MODELS
 
 
 class ModelLoader:
