@@ -6,7 +6,7 @@ import json
 import pytest
 
 from dpbench.cli import main
-from dpbench.models import registry
+from dpbench.models import pretrain, registry
 from dpbench.results import validation_errors
 
 
@@ -181,9 +181,9 @@ def test_weights_hash_covers_every_shard(tmp_path):
 
 
 def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
-    monkeypatch.setattr(registry, "PRETRAIN_LANGUAGE", dict(steps=2, batch_size=4, lr=1e-3, seed=0, n=16))
-    monkeypatch.setattr(registry, "PRETRAIN_VISION", dict(steps=2, batch_size=8, lr=1e-3, seed=0))
-    monkeypatch.setattr(registry, "PRETRAIN", dict(steps=2, batch_size=4, lr=1e-3, seed=0))
+    monkeypatch.setattr(pretrain, "PRETRAIN_LANGUAGE", dict(steps=2, batch_size=4, lr=1e-3, seed=0, n=16))
+    monkeypatch.setattr(pretrain, "PRETRAIN_VISION", dict(steps=2, batch_size=8, lr=1e-3, seed=0))
+    monkeypatch.setattr(pretrain, "PRETRAIN", dict(steps=2, batch_size=4, lr=1e-3, seed=0))
     loader = registry.TinyLlava()
     path = loader.ensure_built()
     assert (path / "config.json").is_file() and (path / "pretrain_loss.txt").is_file()

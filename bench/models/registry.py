@@ -49,9 +49,6 @@ class ModelLoader:
 # from the recipe on another CPU need not give the same bits (float reductions differ), so the
 # cache is used only when the recipe changed and no shipped folder matches.
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
-PRETRAIN_LANGUAGE = dict(steps=5000, batch_size=32, lr=1e-3, seed=0, n=40000)
-PRETRAIN_VISION = dict(steps=1000, batch_size=64, lr=2e-3, seed=0)
-PRETRAIN = dict(steps=3000, batch_size=32, lr=5e-4, seed=0)  # 2e-3 undid stage 0: text MC 0.997 -> 0.643
 
 
 def _build_tiny_llava(path: str, language_recipe: dict, vision_recipe: dict, lm_recipe: dict) -> None:
@@ -123,11 +120,13 @@ def build_tiny_llava(path: str | Path, recipe: dict | None = None) -> None:
     if path.exists():
         raise DpbenchError(f"{path} exists: give a new folder to build the model into")
     path.parent.mkdir(parents=True, exist_ok=True)
+    from dpbench.models import pretrain  # as below: the recipe loads only when named
+
     recipe = recipe or {}
     stages = [
-        {**PRETRAIN_LANGUAGE, **recipe.get("language", {})},
-        {**PRETRAIN_VISION, **recipe.get("vision", {})},
-        {**PRETRAIN, **recipe.get("lm", {})},
+        {**pretrain.PRETRAIN_LANGUAGE, **recipe.get("language", {})},
+        {**pretrain.PRETRAIN_VISION, **recipe.get("vision", {})},
+        {**pretrain.PRETRAIN, **recipe.get("lm", {})},
     ]
     # its own process, so a training process's memory high-water mark stays clean
     proc = multiprocessing.get_context("spawn").Process(target=_build_tiny_llava, args=(str(path), *stages))
@@ -164,7 +163,7 @@ class TinyLlava(ModelLoader):
         from dpbench.models import pretrain, tiny_llava  # as above: the recipe loads only when named
 
         return "tiny-llava-" + tiny_llava.config_key(
-            pretrain.CORPUS_VERSION, PRETRAIN_LANGUAGE, PRETRAIN_VISION, PRETRAIN
+            pretrain.CORPUS_VERSION, pretrain.PRETRAIN_LANGUAGE, pretrain.PRETRAIN_VISION, pretrain.PRETRAIN
         )
 
     def path(self) -> Path:
