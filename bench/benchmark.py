@@ -303,7 +303,7 @@ def extrapolate(rows: list[dict], full_depth: int) -> list[dict]:
 
 def full_depth(model: str) -> int | None:
     """A random-init systems model's published language-model depth; None for any other model."""
-    from dpbench.models.registry import is_systems_only
+    from dpbench.models.loading import is_systems_only
     from dpbench.registry import MODELS
 
     return MODELS.get(model).public.text["num_hidden_layers"] if is_systems_only(model) else None

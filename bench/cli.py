@@ -227,7 +227,7 @@ def build_model(folder: str) -> None:
 
     dpbench ships the weights the committed results were measured on; a rebuild on another CPU
     need not give the same bits. Use the folder with --model FOLDER."""
-    from dpbench.models.registry import SHIPPED_WEIGHTS, TinyLlava, build_tiny_llava, weights_sha256
+    from dpbench.models.loading import SHIPPED_WEIGHTS, TinyLlava, build_tiny_llava, weights_sha256
 
     build_tiny_llava(folder)
     built, shipped = weights_sha256(folder), weights_sha256(SHIPPED_WEIGHTS / TinyLlava().key())

@@ -34,7 +34,7 @@ from dpbench.errors import DpbenchError
 from dpbench.examples import Example
 from dpbench.files import read_json
 from dpbench.models.base import ModelInfo, VisionLanguageModel
-from dpbench.models.registry import load_model
+from dpbench.models.loading import load_model
 from dpbench.run_folder import RunFolder
 from dpbench.spec import RunSpec
 

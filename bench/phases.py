@@ -33,9 +33,9 @@ from dpbench.examples import Example
 from dpbench.memory_breakdown import MemoryBreakdown
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.models.base import VisionLanguageModel
+from dpbench.models.loading import check_model_name, check_shape, is_systems_only, load_hf, load_model, load_skeleton
 from dpbench.models.lora import merge_lora, setup_parameters
 from dpbench.models.random_init import ModelShape
-from dpbench.models.registry import check_model_name, check_shape, is_systems_only, load_hf, load_model, load_skeleton
 from dpbench.models.token_pruning import install_token_pruning
 from dpbench.privacy import check_delta, default_delta
 from dpbench.results import write_result

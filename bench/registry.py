@@ -89,7 +89,7 @@ class Registry(Generic[T]):
 METHODS: Registry = Registry("method", base="dpbench.methods.base:Method", plugins="dpbench.methods")
 TASKS: Registry = Registry("task", base="dpbench.tasks.base:Task", plugins="dpbench.tasks")
 ATTACKS: Registry = Registry("attack", base="dpbench.attacks.base:Attack", plugins="dpbench.attacks")
-MODELS: Registry = Registry("model", base="dpbench.models.registry:ModelLoader", plugins="dpbench.models.registry")
+MODELS: Registry = Registry("model", base="dpbench.models.loading:ModelLoader", plugins="dpbench.models.loading")
 UNLEARNERS: Registry = Registry(
     "unlearning method", base="dpbench.unlearning.base:Unlearner", plugins="dpbench.unlearning.methods"
 )

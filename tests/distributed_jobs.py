@@ -13,7 +13,7 @@ from dpbench.methods.dpsgd import empty_draw, make_private
 from dpbench.methods.dpzo import DPZO
 from dpbench.methods.dualpriv import DualPriv
 from dpbench.methods.nonprivate import NonPrivate
-from dpbench.models.registry import load_model
+from dpbench.models.loading import load_model
 from dpbench.spec import RunSpec
 
 

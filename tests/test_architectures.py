@@ -15,9 +15,9 @@ from transformers import PreTrainedTokenizerFast
 from dpbench.errors import DpbenchError
 from dpbench.methods.dpsgd import train_dp_sgd
 from dpbench.models.architectures import architecture
+from dpbench.models.loading import load_model
 from dpbench.models.qwen2_vl import image_only_qwen2_vl_processor
 from dpbench.models.random_init_processors import IDEFICS_TEMPLATE, QWEN_TEMPLATE
-from dpbench.models.registry import load_model
 from dpbench.models.token_pruning import STRATEGIES, TokenPruning, install_token_pruning
 from dpbench.spec import RunSpec
 

@@ -355,7 +355,7 @@ def test_per_example_memory_is_read_whole_with_the_audit_block_and_physical_batc
     if clipping == "ghost":
         assert per_example["bytes"] > 0 and "_norm_sample" in per_example["source"]
         return
-    from dpbench.models.registry import load_model
+    from dpbench.models.loading import load_model
 
     model = load_model(str(checkpoint), "cpu")
     model.set_trainable(spec.training.trainable.split(","))

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from dpbench.cli import main
-from dpbench.models import pretrain, registry
+from dpbench.models import loading, pretrain
 from dpbench.results import validation_errors
 
 
@@ -164,8 +164,8 @@ SHIPPED_SHA256 = "3e28ed6f382897b47ace1491e3e46899baf67d29e814951fb3197c1730f527
 
 
 def test_the_default_model_loads_the_shipped_weights_without_building(isolated_cache):
-    loader = registry.TinyLlava()
-    assert loader.path().parent == registry.SHIPPED_WEIGHTS
+    loader = loading.TinyLlava()
+    assert loader.path().parent == loading.SHIPPED_WEIGHTS
     model = loader.load("cpu")
     assert model.info.weights_sha256 == SHIPPED_SHA256
     assert not isolated_cache.exists() or not any(isolated_cache.iterdir())  # nothing built or cached
@@ -174,24 +174,24 @@ def test_the_default_model_loads_the_shipped_weights_without_building(isolated_c
 def test_weights_hash_covers_every_shard(tmp_path):
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"a")
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"b")
-    both = registry.weights_sha256(tmp_path)
+    both = loading.weights_sha256(tmp_path)
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"cc")  # (size, mtime) key the per-process cache
-    assert registry.weights_sha256(tmp_path) != both
-    assert registry.weights_sha256(tmp_path / "missing") is None
+    assert loading.weights_sha256(tmp_path) != both
+    assert loading.weights_sha256(tmp_path / "missing") is None
 
 
 def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
     monkeypatch.setattr(pretrain, "PRETRAIN_LANGUAGE", dict(steps=2, batch_size=4, lr=1e-3, seed=0, n=16))
     monkeypatch.setattr(pretrain, "PRETRAIN_VISION", dict(steps=2, batch_size=8, lr=1e-3, seed=0))
     monkeypatch.setattr(pretrain, "PRETRAIN", dict(steps=2, batch_size=4, lr=1e-3, seed=0))
-    loader = registry.TinyLlava()
+    loader = loading.TinyLlava()
     path = loader.ensure_built()
     assert (path / "config.json").is_file() and (path / "pretrain_loss.txt").is_file()
     assert (path / "pretrain_language_loss.txt").is_file()
     stamp = (path / "config.json").stat().st_mtime_ns
     model = loader.load("cpu")
     assert model.info.source == "embedded-pretrained" and (path / "config.json").stat().st_mtime_ns == stamp
-    assert path.parent != registry.SHIPPED_WEIGHTS and model.info.weights_sha256 == registry.weights_sha256(path)
+    assert path.parent != loading.SHIPPED_WEIGHTS and model.info.weights_sha256 == loading.weights_sha256(path)
     assert model.model.config.image_seq_length == model.visual_tokens_per_image
 
 

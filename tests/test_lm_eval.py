@@ -19,8 +19,8 @@ from dpbench import phases  # noqa: E402
 from dpbench.errors import DpbenchError  # noqa: E402
 from dpbench.lm_eval_model import TASK_DIR, DpbenchLM  # noqa: E402
 from dpbench.models.base import ModelInfo, load_image  # noqa: E402
+from dpbench.models.loading import load_hf  # noqa: E402
 from dpbench.models.pruning_spec import TokenPruning  # noqa: E402
-from dpbench.models.registry import load_hf  # noqa: E402
 from dpbench.runner import run  # noqa: E402
 from dpbench.spec import RunSpec, TrainingSpec  # noqa: E402
 from dpbench.tasks.base import Example  # noqa: E402

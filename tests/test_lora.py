@@ -19,8 +19,8 @@ from dpbench.methods import dpzo
 from dpbench.methods.base import METHODS
 from dpbench.models import tiny_llava
 from dpbench.models.base import VisionLanguageModel
+from dpbench.models.loading import load_hf
 from dpbench.models.lora import LoraSpec, inject_lora, is_adapter_parameter, merge_lora, setup_parameters
-from dpbench.models.registry import load_hf
 from dpbench.results import validation_errors
 from dpbench.spec import RunSpec, load_spec_file
 

@@ -30,7 +30,7 @@ def test_schema_ships_with_the_package():
 def test_the_pretrained_embedded_model_ships_with_the_package():
     from importlib import resources
 
-    from dpbench.models.registry import TinyLlava
+    from dpbench.models.loading import TinyLlava
 
     folder = resources.files("dpbench.models").joinpath("weights", TinyLlava().key())
     for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):

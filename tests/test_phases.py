@@ -135,7 +135,7 @@ def test_the_checks_read_no_weights_and_see_the_models_shape(checkpoint, tmp_pat
     from transformers import AutoModelForImageTextToText
 
     from dpbench import distributed, runner
-    from dpbench.models.registry import load_model, load_skeleton
+    from dpbench.models.loading import load_model, load_skeleton
 
     counts = {}
     for lora in (None, "r=2,alpha=4"):  # the skeleton's trainable coordinates are the loaded model's

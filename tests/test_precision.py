@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dpbench.methods.dpsgd import make_private
-from dpbench.models.registry import load_model
+from dpbench.models.loading import load_model
 from dpbench.spec import RunSpec
 
 

@@ -7,6 +7,7 @@ import torch
 
 from dpbench.cli import main
 from dpbench.errors import DpbenchError
+from dpbench.models.loading import is_systems_only, load_model
 from dpbench.models.random_init import (
     LLAVA_1_5_7B,
     QWEN2_VL_2B,
@@ -15,7 +16,6 @@ from dpbench.models.random_init import (
     parameter_count,
     shaped_configs,
 )
-from dpbench.models.registry import is_systems_only, load_model
 from dpbench.registry import MODELS
 
 PUBLIC = [LLAVA_1_5_7B, QWEN2_VL_2B, SMOLVLM_256M]

@@ -3,7 +3,7 @@ import pytest
 from dpbench.attacks.base import ATTACKS, Attack
 from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS, Method
-from dpbench.models.registry import MODELS
+from dpbench.models.loading import MODELS
 from dpbench.registry import Registry
 from dpbench.tasks.base import TASKS, Task
 

@@ -10,7 +10,7 @@ from dpbench.errors import DpbenchError
 from dpbench.methods.base import METHODS
 from dpbench.methods.dualpriv import DualPriv
 from dpbench.methods.update_pruning import UpdatePruner, kept_count, same_shape_state
-from dpbench.models.registry import load_model
+from dpbench.models.loading import load_model
 from dpbench.models.token_pruning import install_token_pruning
 from dpbench.spec import RunSpec
 

@@ -37,7 +37,7 @@ IDEFICS_TEMPLATE = (
 def _embedded_tokenizer():
     from transformers import AutoTokenizer
 
-    from dpbench.models.registry import TinyLlava
+    from dpbench.models.loading import TinyLlava
 
     return AutoTokenizer.from_pretrained(TinyLlava().ensure_built(), local_files_only=True)
 

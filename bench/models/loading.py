@@ -1,5 +1,7 @@
-"""Model loaders: registered names (the embedded default) and any local checkpoint of a supported
-architecture (`dpbench.models.architectures`: LLaVA, Idefics3/SmolVLM, Qwen2-VL)."""
+"""Loading a model: the registered names (the embedded default, built from its recipe in
+`dpbench.models.pretrain` when no shipped folder matches it, and the random-init systems shapes)
+and any local checkpoint of a supported architecture (`dpbench.models.architectures`: LLaVA,
+Idefics3/SmolVLM, Qwen2-VL); the weights' hash a result records."""
 
 from __future__ import annotations
 
