@@ -12,8 +12,6 @@ import base64
 import html
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,11 +20,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from dpbench.files import write_atomic
 from dpbench.run_folder import RunFolder
 
 __all__ = ["verdict", "write_report"]
 
 Scores = Mapping[str, tuple[np.ndarray, np.ndarray]]
+REPORT_MODE = 0o644  # a report is meant to be read by others (a temp file is 0600)
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem;color:#222}
@@ -223,19 +223,6 @@ def _hist_png(scores: Scores) -> bytes:
     return _png(fig)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file + rename, so a crash never leaves a half-written report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _facts(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     eps, delta = _accounted(result)
     audit = _audit(result)
@@ -418,12 +405,12 @@ def write_report(folder: RunFolder, result: Mapping[str, Any], scores: Scores) -
     roc = hist = None
     if scores:
         roc, hist = _roc_png(scores), _hist_png(scores)
-        _write_atomic(folder.report_roc, roc)
-        _write_atomic(folder.report_hist, hist)
+        write_atomic(folder.report_roc, roc, REPORT_MODE)
+        write_atomic(folder.report_hist, hist, REPORT_MODE)
     else:  # a re-audit without scores must not leave plots from an earlier one behind
         for stale in (folder.report_roc, folder.report_hist):
             stale.unlink(missing_ok=True)
     md, page = folder.report_markdown, folder.report_html
-    _write_atomic(md, _markdown(result, plots=bool(scores)).encode("utf-8"))
-    _write_atomic(page, _html(result, roc, hist).encode("utf-8"))
+    write_atomic(md, _markdown(result, plots=bool(scores)).encode("utf-8"), REPORT_MODE)
+    write_atomic(page, _html(result, roc, hist).encode("utf-8"), REPORT_MODE)
     return md, page

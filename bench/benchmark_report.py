@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from dpbench.errors import DpbenchError
-from dpbench.results import validation_errors, write_json_atomic
+from dpbench.files import write_json_atomic
+from dpbench.schemas import validation_errors
 
 MIB = 2**20
 MEMORY_KINDS = {  # what PeakMemory's record kinds measure

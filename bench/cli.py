@@ -14,8 +14,8 @@ from dpbench.models.lora import LoraSpec
 from dpbench.options import parse_pairs
 from dpbench.output import set_verbose
 from dpbench.registry import ATTACKS, METHODS, MODELS, TASKS, UNLEARNERS
-from dpbench.results import load_result
 from dpbench.run_folder import RunFolder, check_runs_dir
+from dpbench.schemas import load_result
 from dpbench.spec import CANARY_KINDS, CANARY_PLACEMENTS, EVAL_SPLITS, PRECISIONS, RunSpec, load_spec_file, merge
 from dpbench.summary import print_summary
 from dpbench.sweep import sweep_command

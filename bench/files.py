@@ -1,12 +1,13 @@
 """Files a user hands dpbench (spec and sweep files, results, data annotations and records): each
-read one way, and every way it can fail is one line.
+read one way, and every way it can fail is one line; and what dpbench writes, written whole.
 
 One reader refuses what no dpbench file is: anything but a regular file (a device such as
 /dev/zero, a FIFO, a folder), a file over the size cap (`$DPBENCH_MAX_FILE_BYTES` sets it),
 text that is not UTF-8, JSON/YAML/TOML that does not parse or nests deeper than `MAX_DEPTH`
 levels, and NaN or ±Infinity anywhere in it (JSON has neither; Python's reader accepts them),
 named by its JSON path (`$.utility.metrics.accuracy`). `find_problem` is the same check for
-what dpbench writes.
+what dpbench writes: `write_json_atomic` refuses what the reader would, and every write goes
+through a temp file and a rename (`write_atomic`), so no reader sees half a file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import re
 import stat
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -221,3 +223,31 @@ def json_path(trail: tuple | None, shown: int | None = None) -> str:
         else:
             parts.append(f"[{json.dumps(key) if isinstance(key, str) else repr(key)}]")
     return "".join(parts) + tail
+
+
+def write_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file, and a
+    crash leaves none. The file gets the temp file's 0600 unless `mode` says otherwise."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """`data` as indented JSON, written atomically (its folder made if need be). What dpbench would
+    refuse to read (NaN, ±Infinity) is refused here, naming where it is."""
+    path = Path(path)
+    problem = find_problem(data)
+    if problem is not None:
+        raise DpbenchError(f"refusing to write {path}: {problem[0]}: {problem[1]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_atomic(path, text.encode("utf-8"))

@@ -38,7 +38,6 @@ from dpbench.models.lora import merge_lora, setup_parameters
 from dpbench.models.random_init import ModelShape
 from dpbench.models.token_pruning import install_token_pruning
 from dpbench.privacy import check_delta, default_delta
-from dpbench.results import write_result
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import (
     AuditRecord,
@@ -49,6 +48,7 @@ from dpbench.run_result import (
     TrainingRecord,
     UtilityRecord,
 )
+from dpbench.schemas import write_result
 from dpbench.spec import RunSpec
 from dpbench.systems import PeakMemory, check_device, environment, throughput
 from dpbench.tasks.base import TASKS, Task, TaskData

@@ -15,8 +15,8 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
+from dpbench.files import write_json_atomic
 from dpbench.output import note
-from dpbench.results import write_json_atomic
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from dpbench.attacks.canary_audit import canary_section, load_canary_scores
 from dpbench.attacks.population import skipped_notes
 from dpbench.attacks.report import write_report
 from dpbench.errors import DpbenchError
-from dpbench.results import load_result, write_result
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import AuditRecord, RunResult
+from dpbench.schemas import load_result, write_result
 from dpbench.spec import RunSpec
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dpbench.errors import DpbenchError
-from dpbench.results import load_result
+from dpbench.schemas import load_result
 
 if TYPE_CHECKING:
     from dpbench.spec import RunSpec

@@ -110,7 +110,7 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
-        """A result file's contents (already schema-checked: `results.load_result`)."""
+        """A result file's contents (already schema-checked: `schemas.load_result`)."""
         audit = d.get("audit")
         return cls(
             run_id=d["run_id"],

@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 
 from dpbench import distributed, phases
 from dpbench.errors import DpbenchError, RunBusy
+from dpbench.files import write_json_atomic
 from dpbench.output import launched_rank
-from dpbench.results import write_json_atomic
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import RunResult
 from dpbench.spec import RunSpec

@@ -21,7 +21,7 @@ from dpbench.files import find_problem, read_config
 from dpbench.models.lora import LoraSpec
 from dpbench.models.pruning_spec import ENTRY_KEYS, TokenPruning
 from dpbench.registry import METHODS
-from dpbench.results import spec_errors
+from dpbench.schemas import spec_errors
 
 ACCOUNTANTS = ("rdp", "prv")
 # the black-box one-run audit's canaries (dpbench.attacks.canary_audit): a random-noise image whose

@@ -16,7 +16,7 @@ from dpbench.benchmark_report import MIB, device_notes, table
 from dpbench.errors import DpbenchError
 from dpbench.files import FileProblem, read_json
 from dpbench.leaderboard.collect import display_path
-from dpbench.results import validation_errors
+from dpbench.schemas import validation_errors
 
 DEFAULT_DIR = Path("benchmarks")
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from dpbench.errors import DpbenchError
 from dpbench.files import FileProblem, read_json
-from dpbench.results import document_kind, validation_errors
+from dpbench.schemas import document_kind, validation_errors
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from PIL import Image
 
-from dpbench.results import write_json_atomic
+from dpbench.files import write_json_atomic
 from dpbench.tasks.digits import Digit, private_digits
 
 # (root, split, digits of that split, rng) -> how many records it wrote

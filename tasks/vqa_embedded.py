@@ -21,7 +21,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from dpbench.results import write_json_atomic
+from dpbench.files import write_json_atomic
 from dpbench.tasks.digits import WORDS, Digit
 from dpbench.tasks.embedded import build_sample, save_coco_images, train_and_val
 

@@ -241,7 +241,7 @@ def breakdown_errors(breakdown):
     """What the result schema says against one memory breakdown."""
     import jsonschema
 
-    from dpbench.results import schema
+    from dpbench.schemas import schema
 
     part = {"$defs": schema("result")["$defs"], "$ref": "#/$defs/memory_breakdown"}
     return [e.message for e in jsonschema.Draft202012Validator(part).iter_errors(breakdown)]
@@ -380,7 +380,7 @@ def breakdown_of(peak, rest):
 
 def test_bench_reports_the_median_breakdown_in_json_markdown_and_the_plot():
     from dpbench.benchmark_report import plot_png
-    from dpbench.results import validation_errors
+    from dpbench.schemas import validation_errors
     from dpbench.systems import environment
 
     mib = 2**20

@@ -150,8 +150,8 @@ def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatc
 
     from dpbench import phases
     from dpbench.reaudit import reaudit
-    from dpbench.results import validation_errors
     from dpbench.runner import run
+    from dpbench.schemas import validation_errors
     from dpbench.spec import RunSpec
 
     spec = RunSpec.from_dict(
@@ -195,8 +195,8 @@ def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatc
 
 
 def test_zero_references_skip_lira_and_rmia_with_a_note(checkpoint, tmp_path):
-    from dpbench.results import validation_errors
     from dpbench.runner import run
+    from dpbench.schemas import validation_errors
     from dpbench.spec import RunSpec
 
     spec = RunSpec.from_dict(

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dpbench import distributed
-from dpbench.results import validation_errors
+from dpbench.schemas import validation_errors
 
 sys.path.insert(0, str(Path(__file__).parent))  # spawned ranks import their jobs by module name
 import distributed_jobs  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 from dpbench.cli import main
 from dpbench.models import loading, pretrain
-from dpbench.results import validation_errors
+from dpbench.schemas import validation_errors
 
 
 def run_cli(*args):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from dpbench import phases, results, runner
+from dpbench import files, phases, runner
 from dpbench.errors import RunBusy
 from dpbench.run_folder import RunFolder
 from dpbench.spec import RunSpec
@@ -59,7 +59,7 @@ def test_a_failed_rewrite_leaves_the_finished_result_intact(checkpoint, tmp_path
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(results.os, "replace", disk_full_for_results)
+    monkeypatch.setattr(files.os, "replace", disk_full_for_results)
     with pytest.raises(OSError):
         runner.run(spec, tmp_path, log=lambda _: None)
     monkeypatch.undo()

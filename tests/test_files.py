@@ -23,8 +23,8 @@ from dpbench.files import (
     read_config,
     read_json,
     read_text,
+    write_json_atomic,
 )
-from dpbench.results import write_json_atomic
 
 
 def nested(depth: int) -> str:
@@ -136,8 +136,7 @@ def test_numpy_non_finite_values_are_named_too(tmp_path):
     import numpy as np
 
     from dpbench.errors import DpbenchError
-    from dpbench.files import find_problem
-    from dpbench.results import write_json_atomic
+    from dpbench.files import find_problem, write_json_atomic
 
     assert find_problem({"a": [1.0, np.float64("nan")]}) == (
         "$.a[1]",

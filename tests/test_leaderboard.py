@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from dpbench.files import write_json_atomic
 from dpbench.leaderboard.aggregate import MIB, Stat, aggregate, options
 from dpbench.leaderboard.cli import leaderboard_command
 from dpbench.leaderboard.render import build, render_markdown
-from dpbench.results import validation_errors, write_json_atomic
+from dpbench.schemas import validation_errors
 from dpbench.spec import RunSpec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"

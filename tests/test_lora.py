@@ -21,7 +21,7 @@ from dpbench.models import tiny_llava
 from dpbench.models.base import VisionLanguageModel
 from dpbench.models.loading import load_hf
 from dpbench.models.lora import LoraSpec, inject_lora, is_adapter_parameter, merge_lora, setup_parameters
-from dpbench.results import validation_errors
+from dpbench.schemas import validation_errors
 from dpbench.spec import RunSpec, load_spec_file
 
 LORA = LoraSpec(r=2, alpha=4, targets=("q_proj", "v_proj"))

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from dpbench import sweep
 from dpbench.errors import DpbenchError
-from dpbench.results import write_result
 from dpbench.run_folder import RunFolder
+from dpbench.schemas import write_result
 from dpbench.spec import AUDIT_CANARIES, RunSpec, load_spec_file
 from dpbench.sweep import expand, is_done, result_path, run_sweep, sweep_command
 

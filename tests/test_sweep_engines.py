@@ -19,7 +19,7 @@ import ray  # the test extra installs ray and submitit: these tests may not skip
 import yaml
 
 from dpbench.errors import DpbenchError
-from dpbench.results import validation_errors
+from dpbench.schemas import validation_errors
 from dpbench.sweep import engine_options, expand, run_sweep
 from dpbench.sweep_engines import EngineOptions, Resources, run_jobs, slurm_parameters
 

@@ -14,8 +14,8 @@ import torch
 from dpbench.cli import main
 from dpbench.errors import DpbenchError
 from dpbench.registry import UNLEARNERS
-from dpbench.results import load_result
 from dpbench.run_folder import RunFolder
+from dpbench.schemas import load_result
 from dpbench.spec import RunSpec
 from dpbench.tasks.digits import label_of
 from dpbench.unlearning.losses import masked_kl, npo

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dpbench.attacks.lira import confidence_logit
-from dpbench.results import load_result
 from dpbench.run_folder import RunFolder
+from dpbench.schemas import load_result
 from dpbench.unlearning import ulira
 
 

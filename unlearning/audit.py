@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dpbench.registry import UNLEARNERS
-from dpbench.results import load_result, write_result
 from dpbench.run_folder import RunFolder
+from dpbench.schemas import load_result, write_result
 from dpbench.unlearning import shadows, ulira
 from dpbench.unlearning.spec import UnlearnSpec
 

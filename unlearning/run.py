@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from dpbench.errors import DpbenchError
+from dpbench.files import write_json_atomic
 from dpbench.registry import UNLEARNERS
-from dpbench.results import load_result, write_json_atomic, write_result
 from dpbench.run_folder import RunFolder, check_runs_dir
+from dpbench.schemas import load_result, write_result
 from dpbench.spec import RunSpec
 from dpbench.unlearning.requests import ForgetRequest, ForgetSet, select
 from dpbench.unlearning.spec import UnlearnSpec

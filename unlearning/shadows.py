@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpbench.results import write_json_atomic
+from dpbench.files import write_json_atomic
 from dpbench.run_folder import RunFolder
 from dpbench.unlearning.requests import ForgetSet
 

@@ -94,7 +94,7 @@ def jobs(section: dict[str, Any], parents: list[RunSpec], runs_dir: str | Path) 
 
 def audited(run: RunFolder, pairs: int) -> bool:
     """The run's result carries an audit over `pairs` shadow pairs."""
-    from dpbench.results import load_result
+    from dpbench.schemas import load_result
 
     audit = load_result(run.result).get("audit")
     return audit is not None and audit["pairs"] == pairs

@@ -1,10 +1,9 @@
-"""Result files: JSON Schema validation (every error, with its JSON path) and atomic writes."""
+"""The packaged JSON Schemas (run results, `dpbench bench` outputs, unlearning results) and the
+files checked against them: every error, with its JSON path, on reading and before writing."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -14,7 +13,7 @@ import jsonschema
 from referencing import Registry, Resource
 
 from dpbench.errors import DpbenchError
-from dpbench.files import find_problem, read_json
+from dpbench.files import read_json, write_json_atomic
 
 # a document's `kind` -> its schema; a run result has no kind
 KINDS = {"dpbench-bench": "bench", "dpbench-unlearn": "unlearn"}
@@ -79,25 +78,6 @@ def load_result(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     if errors:
         raise DpbenchError(f"{path}: {len(errors)} schema error(s):\n  " + "\n  ".join(errors))
     return result
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write via a temp file in the same folder and rename: readers never see half a file. What
-    dpbench would refuse to read (NaN, ±Infinity) is refused here, naming where it is."""
-    path = Path(path)
-    problem = find_problem(data)
-    if problem is not None:
-        raise DpbenchError(f"refusing to write {path}: {problem[0]}: {problem[1]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
