@@ -2,7 +2,7 @@
 
 `m` canaries are each added to the training set independently with probability ½ (seeded).
 After training, each canary is scored and the most and least member-like are guessed "in" /
-"out"; `canary.one_run_epsilon_lower_bound` turns the right guesses into an ε lower bound.
+"out"; `one_run_bounds.one_run_epsilon_lower_bound` turns the right guesses into an ε lower bound.
 This changes what the method trains on, so it is opt-in (`audit.canaries`) and the result
 says utility came from a canary-trained run.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
+from dpbench.attacks.one_run_bounds import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 from dpbench.attacks.signals import per_example_losses
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError

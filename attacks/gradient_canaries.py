@@ -31,9 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 from dpbench.attacks.canary_audit import CONFIDENCE, GUESS_FRACTIONS, guess_pairs
-from dpbench.attacks.fdp import fdp_composed_bound, fdp_epsilon_lower_bound
+from dpbench.attacks.one_run_bounds import (
+    count_correct,
+    fdp_composed_bound,
+    fdp_epsilon_lower_bound,
+    guess_from_scores,
+    one_run_epsilon_lower_bound,
+)
 from dpbench.attacks.parametric_audit import parametric_section
 from dpbench.errors import DpbenchError
 

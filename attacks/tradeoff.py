@@ -1,6 +1,6 @@
 """The trade-off curve of T Poisson-subsampled Gaussian releases, from Opacus' PRV accountant.
 
-The f-DP one-run audit (`fdp.fdp_composed_bound`) tests the claim "this run is as
+The f-DP one-run audit (`one_run_bounds.fdp_composed_bound`) tests the claim "this run is as
 private as the mechanism it accounts for": T releases, each the Gaussian mechanism (noise σ) on a
 Poisson sample at rate q. Opacus' PRV accountant already builds that mechanism's privacy loss
 distribution Y = log(P/Q) under P, discretised with error bounds (Gopi et al. 2021); under Q its

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dpbench.attacks.canary import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 from dpbench.attacks.metrics import (
     attack_summary,
     clopper_pearson,
@@ -19,6 +18,7 @@ from dpbench.attacks.metrics import (
     empirical_epsilon,
     roc_summary,
 )
+from dpbench.attacks.one_run_bounds import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 
 # ---------------------------------------------------------------- ROC summary
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dpbench.attacks.fdp import fdp_composed_bound, rejects_composed
 from dpbench.attacks.gradient_canaries import fit_mixture, likelihood_ratio_scores
+from dpbench.attacks.one_run_bounds import fdp_composed_bound, rejects_composed
 from dpbench.attacks.parametric_audit import parametric_section
 from dpbench.attacks.tradeoff import blow_up_curve
 from dpbench.privacy import spent_epsilon

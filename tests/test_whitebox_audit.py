@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from dpbench.attacks import gradient_canaries
-from dpbench.attacks.canary import one_run_epsilon_lower_bound
-from dpbench.attacks.fdp import fdp_epsilon_lower_bound, gaussian_sigma
+from dpbench.attacks.one_run_bounds import fdp_epsilon_lower_bound, gaussian_sigma, one_run_epsilon_lower_bound
 from dpbench.methods.dpsgd import train_dp_sgd
 from dpbench.methods.dpzo import DPZO
 from dpbench.methods.faults import FAULTS, broken_mechanism
