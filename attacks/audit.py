@@ -6,12 +6,10 @@ import numpy as np
 
 from dpbench.attacks import canary_audit, population
 from dpbench.attacks.base import ATTACKS
-from dpbench.attacks.metrics import attack_summary
+from dpbench.attacks.metrics import CONFIDENCE, attack_summary
 from dpbench.attacks.signals import ReferenceLosses, Signals
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import AuditRecord
-
-CONFIDENCE = 0.95
 
 
 def score_attacks(

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dpbench.attacks.metrics import CONFIDENCE
 from dpbench.attacks.one_run_bounds import count_correct, guess_from_scores, one_run_epsilon_lower_bound
 from dpbench.attacks.signals import per_example_losses
 from dpbench.cache import cache_dir
@@ -32,7 +33,6 @@ from dpbench.examples import Example
 from dpbench.run_folder import RunFolder
 from dpbench.spec import CANARY_KINDS
 
-CONFIDENCE = 0.95
 # Fractions of the canaries guessed (half "in", half "out"). The best is reported, so each
 # is tested at (1 − confidence) / (number of distinct guess counts) (Bonferroni): the
 # maximum stays a sound bound.

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dpbench.attacks.canary_audit import CONFIDENCE, GUESS_FRACTIONS, guess_pairs
+from dpbench.attacks.canary_audit import GUESS_FRACTIONS, guess_pairs
+from dpbench.attacks.metrics import CONFIDENCE
 from dpbench.attacks.one_run_bounds import (
     count_correct,
     fdp_composed_bound,

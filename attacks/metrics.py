@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 DEFAULT_FPRS: tuple[float, ...] = (0.001, 0.01, 0.05)
+# every audit's confidence: where ε is true, an audit's ε̂ exceeds it with probability at most 1 - CONFIDENCE
+CONFIDENCE = 0.95
 
 
 def _scores(member_scores: ArrayLike, nonmember_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +158,7 @@ def _counts_at(sorted_scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def empirical_epsilon(
-    member_scores: ArrayLike, nonmember_scores: ArrayLike, delta: float, confidence: float = 0.95, seed: int = 0
+    member_scores: ArrayLike, nonmember_scores: ArrayLike, delta: float, confidence: float = CONFIDENCE, seed: int = 0
 ) -> EpsilonBound:
     """Lower confidence bound on ε from member / non-member scores (Jagielski et al. 2020).
 
@@ -208,7 +210,12 @@ def empirical_epsilon(
 
 
 def attack_summary(
-    member_scores: ArrayLike, nonmember_scores: ArrayLike, delta: float, confidence: float = 0.95, *, seed: int = 0
+    member_scores: ArrayLike,
+    nonmember_scores: ArrayLike,
+    delta: float,
+    confidence: float = CONFIDENCE,
+    *,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """One attack's audit figures, shaped like the result schema's ``$defs/attack_result``."""
     roc = roc_summary(member_scores, nonmember_scores)

@@ -35,6 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, special, stats
 
+from dpbench.attacks.metrics import CONFIDENCE
 from dpbench.attacks.tradeoff import SIGMA_FLOOR, blow_up_inverse, epsilon_bounds
 from dpbench.privacy import PRV_FAILURES
 
@@ -69,7 +70,9 @@ def p_value(m: int, guesses: int, correct: int, epsilon: float, delta: float) ->
     return min(beta + alpha * delta * 2 * m, 1.0)
 
 
-def one_run_epsilon_lower_bound(m: int, guesses: int, correct: int, delta: float, confidence: float = 0.95) -> float:
+def one_run_epsilon_lower_bound(
+    m: int, guesses: int, correct: int, delta: float, confidence: float = CONFIDENCE
+) -> float:
     """Largest ε such that ``correct`` of ``guesses`` right guesses rejects (ε, δ)-DP.
 
     ``m``: canaries (each included with probability ½); ``guesses``: non-abstaining guesses
@@ -155,7 +158,7 @@ def _rejects(epsilon: float, m: int, guesses: int, correct: int, significance: f
     return _rejects_curve(lambda x: float(stats.norm.cdf(stats.norm.ppf(x) - mu)), m, guesses, correct, significance)
 
 
-def fdp_epsilon_lower_bound(m: int, guesses: int, correct: int, delta: float, confidence: float = 0.95) -> float:
+def fdp_epsilon_lower_bound(m: int, guesses: int, correct: int, delta: float, confidence: float = CONFIDENCE) -> float:
     """Largest ε whose Gaussian (f-DP) claim `correct` of `guesses` right guesses reject; 0.0 if none."""
     if not (0 <= correct <= guesses <= m):
         raise ValueError(f"need 0 <= correct <= guesses <= m, got {correct}, {guesses}, {m}")
@@ -189,7 +192,7 @@ def rejects_composed(
     m: int,
     guesses: int,
     correct: int,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
 ) -> bool:
     """Do the guesses reject "each canary is protected as by `steps` subsampled Gaussian releases
     at this σ and rate"?"""
@@ -206,7 +209,7 @@ SIGMA_GRID = tuple(float(x) for x in np.geomspace(SIGMA_FLOOR, 200.0, 1396))
 
 
 def fdp_composed_bound(
-    sample_rate: float, steps: int, delta: float, m: int, guesses: int, correct: int, confidence: float = 0.95
+    sample_rate: float, steps: int, delta: float, m: int, guesses: int, correct: int, confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
     """(σ̂, ε̂): the smallest noise multiplier on `SIGMA_GRID` whose composed subsampled-Gaussian
     claim (the run's own rate and steps) the guesses reject, and the ε that σ̂ spends at δ by the

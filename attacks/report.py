@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from dpbench.attacks.metrics import CONFIDENCE
 from dpbench.files import write_atomic
 from dpbench.run_folder import RunFolder
 
@@ -100,7 +101,7 @@ def verdict(result: Mapping[str, Any]) -> str:
     if not bounds:
         return "No membership-inference attack was run, so there is no empirical evidence either way."
     eps, _ = _accounted(result)
-    conf = _audit(result).get("confidence", 0.95)
+    conf = _audit(result).get("confidence", CONFIDENCE)
     worst_name, worst = max(bounds.items(), key=lambda kv: kv[1])
     leak = _leakage(attacks) if attacks else "Only the one-run canary audit was run"
     if eps is None:
@@ -132,7 +133,7 @@ def _table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     attacks = _audit(result).get("attacks") or {}
     fprs = [p["fpr"] for p in next(iter(attacks.values()), {}).get("tpr_at_fpr", [])]
     eps, _ = _accounted(result)
-    conf = _audit(result).get("confidence", 0.95)
+    conf = _audit(result).get("confidence", CONFIDENCE)
     header = [
         "Attack",
         "AUC",

@@ -23,8 +23,9 @@ import numpy as np
 from dpbench.attacks import population
 from dpbench.attacks.audit import audit_run
 from dpbench.attacks.base import ATTACKS
-from dpbench.attacks.canary_audit import CONFIDENCE, UTILITY_NOTE, Canaries, make_canaries
+from dpbench.attacks.canary_audit import UTILITY_NOTE, Canaries, make_canaries
 from dpbench.attacks.gradient_canaries import UTILITY_NOTE as WHITEBOX_NOTE
+from dpbench.attacks.metrics import CONFIDENCE
 from dpbench.attacks.report import write_report
 from dpbench.attacks.signals import ReferenceLosses
 from dpbench.distributed import world

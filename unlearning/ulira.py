@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 
 from dpbench.attacks.lira import confidence_logit
-from dpbench.attacks.metrics import _epsilon_from_rates, attack_summary, roc_summary
+from dpbench.attacks.metrics import CONFIDENCE, _epsilon_from_rates, attack_summary, roc_summary
 
-CONFIDENCE = 0.95
 VAR_FLOOR = 1e-6
 
 
