@@ -13,11 +13,11 @@ from dpbench.run_result import AuditRecord
 
 
 def score_attacks(
-    attacks, target, reference, members, nonmembers, folder: RunFolder, references: ReferenceLosses | None = None
+    attacks, target, base, members, nonmembers, folder: RunFolder, references: ReferenceLosses | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Scores of every attack; attacks that need reference models are left out without them
     (`population.skipped_notes` says so in the result)."""
-    signals = Signals(target, reference, members + nonmembers, work_dir=folder.audit_work, references=references)
+    signals = Signals(target, base, members + nonmembers, work_dir=folder.audit_work, references=references)
     n = len(members)
     scores = {}
     for name in attacks:

@@ -9,5 +9,5 @@ class ImageAttack(Attack):
 
     def score(self, signals):
         target_gain = signals.loss("target", blank_image=True) - signals.loss("target")
-        reference_gain = signals.loss("reference", blank_image=True) - signals.loss("reference")
-        return target_gain - reference_gain
+        base_gain = signals.loss("base", blank_image=True) - signals.loss("base")
+        return target_gain - base_gain

@@ -3,8 +3,9 @@ from dpbench.attacks.base import ATTACKS, Attack
 
 @ATTACKS.register("reference")
 class ReferenceAttack(Attack):
-    """Loss calibrated by a reference model that never saw the private data: the public
-    pre-trained base model (Carlini et al. 2022, Mireshghallah et al. 2022)."""
+    """Loss calibrated by the base model: the target's loss against that of the public
+    pre-trained model it was fine-tuned from, which never saw the private data (the "reference
+    model" of Carlini et al. 2022 and Mireshghallah et al. 2022, hence the attack's name)."""
 
     def score(self, signals):
-        return signals.loss("reference") - signals.loss("target")
+        return signals.loss("base") - signals.loss("target")

@@ -1,9 +1,10 @@
 """What membership-inference attacks read off the models, computed once and shared.
 
 Every attack scores the same examples (members then non-members) from a few signals: the
-fine-tuned (target) model's per-example loss, the same under the public base (reference)
-model, per-token statistics, losses with the image blanked out, and, for the attacks that
-need them (lira, rmia), losses of reference models trained on population data.
+fine-tuned (target) model's per-example loss, the same under the base model (the public
+pre-trained model the target was fine-tuned from), per-token statistics, losses with the image
+blanked out, and, for the attacks that need them (lira, rmia), losses of reference models
+trained on population data.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Signals:
     def __init__(
         self,
         target: VisionLanguageModel,
-        reference: VisionLanguageModel,
+        base: VisionLanguageModel,
         examples: list[Example],
         work_dir: Path,
         batch_size: int = 64,
@@ -71,7 +72,7 @@ class Signals:
     ):
         if references is not None and references.uids != tuple(e.uid for e in examples):
             raise ValueError("reference losses were computed on other examples than the ones audited")
-        self.models = {"target": target, "reference": reference}
+        self.models = {"target": target, "base": base}
         self.examples = examples
         self.work_dir = work_dir
         self.batch_size = batch_size

@@ -51,36 +51,32 @@ def examples(digit_examples):
 
 @pytest.fixture(scope="module")
 def models(tiny_model, examples):
-    reference = tiny_model
+    base = tiny_model
     target = copy.deepcopy(tiny_model)
     memorise(target, examples[:6])
-    return target, reference
+    return target, base
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_every_attack_scores_every_example(name, models, examples, digit_examples, tmp_path):
-    target, reference = models
+    target, base = models
     # stand-in reference models (the base model twice): only the shapes matter here
-    refs = losses_from_models([reference, reference], examples[:12], digit_examples[:4])
-    scores = score_attacks(
-        [name], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path), references=refs
-    )
+    refs = losses_from_models([base, base], examples[:12], digit_examples[:4])
+    scores = score_attacks([name], target, base, examples[:6], examples[6:12], RunFolder(tmp_path), references=refs)
     members, nonmembers = scores[name]
     assert members.shape == nonmembers.shape == (6,)
     assert np.isfinite(members).all() and np.isfinite(nonmembers).all()
 
 
 def test_attacks_needing_references_are_skipped_without_them(models, examples, tmp_path):
-    target, reference = models
-    scores = score_attacks(
-        ["loss", "lira", "rmia"], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path)
-    )
+    target, base = models
+    scores = score_attacks(["loss", "lira", "rmia"], target, base, examples[:6], examples[6:12], RunFolder(tmp_path))
     assert set(scores) == {"loss"}
 
 
 def test_memorised_members_are_separated_by_the_loss_attack(models, examples, tmp_path):
-    target, reference = models
-    scores = score_attacks(["loss", "reference"], target, reference, examples[:6], examples[6:12], RunFolder(tmp_path))
+    target, base = models
+    scores = score_attacks(["loss", "reference"], target, base, examples[:6], examples[6:12], RunFolder(tmp_path))
     audit = summarise(scores, delta=1e-3)
     assert audit.attacks["loss"]["auc"] >= 0.85
     assert audit.attacks["reference"]["auc"] >= 0.85
@@ -89,7 +85,7 @@ def test_memorised_members_are_separated_by_the_loss_attack(models, examples, tm
     np.testing.assert_array_equal(again["loss"][0], scores["loss"][0])
 
 
-def test_reference_and_image_attacks_see_nothing_when_target_is_the_reference(tiny_model, digit_examples, tmp_path):
+def test_reference_and_image_attacks_see_nothing_when_target_is_the_base(tiny_model, digit_examples, tmp_path):
     scores = score_attacks(
         ["reference", "image"], tiny_model, tiny_model, digit_examples[:6], digit_examples[6:12], RunFolder(tmp_path)
     )

@@ -85,7 +85,7 @@ def test_a_run_reads_its_base_model_once_and_the_same_seed_gives_the_same_result
 
     spec = short_spec(checkpoint)
     first = run(spec, tmp_path / "a", save_checkpoint=True, log=lambda *_: None).to_dict()
-    # before: the target, the base (zero-shot, the attacks' reference) and each reference model
+    # before: the target, the base (zero-shot, the attacks' base-model signal) and each reference model
     assert disk_loads == [checkpoint]
     assert first["audit"]["references"]["models"] == 2 and set(first["audit"]["attacks"]) == set(spec.attacks)
     assert first["audit"]["canary"]["m"] == 8 and first["audit"]["whitebox"] is not None
