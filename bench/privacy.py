@@ -147,8 +147,8 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     """The σ that spends `target_epsilon` over `steps` Poisson-sampled releases.
 
     Opacus finds σ by bisection over its accountant, which for RDP evaluates fractional orders
-    in pure Python: about 8 CPU-seconds per call, more than ten DP-SGD steps of the embedded
-    model. The answer depends only on the arguments and Opacus' version, so it is kept on disk
+    in pure Python: one call costs more than many DP-SGD steps of the embedded model
+    (benchmarks/README.md). The answer depends only on the arguments and Opacus' version, so it is kept on disk
     (`$DPBENCH_CACHE/noise-calibration.json`): a sweep's second seed and every benchmark round
     after the first reuse it.
     """

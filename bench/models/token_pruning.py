@@ -23,7 +23,7 @@ Strategies (`STRATEGIES`, selected by name):
                  each a centre + the mean of the remaining tokens most similar to it
                  (54 : 10 as in VisionZip)
   random         a fresh seeded subset per forward: the control, and dualpriv's default (it
-                 beat the informed strategies at keep 0.25 on the embedded validation split)
+                 beat the informed strategies on the embedded validation split: benchmarks/README.md)
 """
 
 from __future__ import annotations
