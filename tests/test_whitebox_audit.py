@@ -188,7 +188,8 @@ def test_no_noise_reaches_the_audits_ceiling(tiny_model, digit_examples):
     s = spec(**{"training.steps": 30, "training.batch_size": 4, "audit.gradient_canaries": 1000})
     w = NonPrivate().train(tiny_model, digit_examples, s.replace(method="nonprivate"), DELTA).whitebox
     assert w["accounted_epsilon"] is None and not w["violation"]
-    assert w["epsilon_lower_bound"] >= 0.9 * w["ceiling"] and w["ceiling"] > 3.5
+    # the ceiling (every guess right) at Steinke's share of the 5 %: a bound that reaches it is as strong as 1000 can be
+    assert w["epsilon_lower_bound"] >= 0.9 * w["ceiling"] and w["ceiling"] > 3.4
 
 
 def test_dpzo_canaries_are_sound_and_say_how_weak_they_are(tiny_model, digit_examples):
