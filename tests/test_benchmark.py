@@ -21,7 +21,6 @@ from dpbench.benchmark import (
     summarise,
 )
 from dpbench.benchmark_report import markdown, plot_png
-from dpbench.cli import main
 from dpbench.errors import DpbenchError
 
 
@@ -421,10 +420,6 @@ def test_bench_reports_the_median_breakdown_in_json_markdown_and_the_plot():
 
 
 # -- the command ---------------------------------------------------------------------------------
-def run_cli(*args):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    return info.value.code
 
 
 @pytest.mark.parametrize(
@@ -443,7 +438,7 @@ def run_cli(*args):
         ("--lora", "r=x"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path, run_cli):
     assert run_cli("bench", "--out-dir", str(tmp_path), *args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
@@ -451,7 +446,7 @@ def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_smoke_in_subprocesses(checkpoint, tmp_path):
+def test_bench_smoke_in_subprocesses(checkpoint, tmp_path, run_cli):
     out = tmp_path / "out"
     assert (
         run_cli(

@@ -5,19 +5,12 @@ import json
 
 import pytest
 
-from dpbench.cli import main
 from dpbench.models import registry
 from dpbench.results import validation_errors
 
 
-def run_cli(*args):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    return info.value.code
-
-
 def test_dpsgd_run_writes_a_valid_audited_result(
-    checkpoint, tmp_path, monkeypatch, dp_accounting_epsilon, dp_accounting_pld_epsilon
+    checkpoint, tmp_path, monkeypatch, dp_accounting_epsilon, dp_accounting_pld_epsilon, run_cli
 ):
     monkeypatch.chdir(tmp_path)
     code = run_cli(
@@ -63,7 +56,7 @@ def test_dpsgd_run_writes_a_valid_audited_result(
     assert again["audit"]["attacks"]["loss"] == result["audit"]["attacks"]["loss"]
 
 
-def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkpoint, tmp_path, monkeypatch):
+def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkpoint, tmp_path, monkeypatch, run_cli):
     monkeypatch.chdir(tmp_path)
     args = ["run", "--method", "dualpriv", "--model", str(checkpoint), "--steps", "3", "--batch-size", "16"]
     args += ["--n-train", "48", "--eval-limit", "8", "--attacks", "loss", "--audit-references", "0"]
@@ -86,7 +79,7 @@ def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkp
     assert json.loads((run_dir / "result.json").read_text())["audit"]["whitebox"] == w
 
 
-def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
+def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch, run_cli):
     monkeypatch.chdir(tmp_path)
     assert (
         run_cli(
@@ -116,7 +109,7 @@ def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
     assert not audit["whitebox"]["violation"] and audit["whitebox"]["parametric"] is None
 
 
-def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoint, tmp_path, monkeypatch):
+def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoint, tmp_path, monkeypatch, run_cli):
     from dpbench.tasks.scienceqa import ScienceQA
 
     scored, evaluate = [], ScienceQA.evaluate

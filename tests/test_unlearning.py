@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from dpbench.cli import main
 from dpbench.errors import DpbenchError
 from dpbench.registries import UNLEARNERS
 from dpbench.results import load_result
@@ -22,12 +21,6 @@ from dpbench.unlearning.losses import masked_kl, npo
 from dpbench.unlearning.requests import ForgetRequest, digit_of, select
 from dpbench.unlearning.run import make_spec, reference_spec, unlearn
 from dpbench.unlearning.spec import UnlearnSpec
-
-
-def run_cli(*args) -> int:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    return info.value.code
 
 
 # -- forget requests ---------------------------------------------------------------------
@@ -195,7 +188,7 @@ def test_the_result_is_reproducible(finished_parent_run, tmp_path):
 
 
 # -- bad input: one line, exit 2, nothing written ---------------------------------------------
-def test_bad_input_is_one_line_before_anything_loads(finished_parent_run, tmp_path, capsys):
+def test_bad_input_is_one_line_before_anything_loads(finished_parent_run, tmp_path, capsys, run_cli):
     folder, _ = finished_parent_run
     runs = tmp_path / "runs"
     cases = [
@@ -214,7 +207,7 @@ def test_bad_input_is_one_line_before_anything_loads(finished_parent_run, tmp_pa
     assert not runs.exists()
 
 
-def test_a_run_without_checkpoint_is_refused(finished_parent_run, tmp_path, capsys):
+def test_a_run_without_checkpoint_is_refused(finished_parent_run, tmp_path, capsys, run_cli):
     folder, _ = finished_parent_run
     copy_dir = tmp_path / "no-checkpoint"
     copy_dir.mkdir()
@@ -315,7 +308,7 @@ def test_a_yaml_learning_rate_reads_as_the_command_line_s():
     assert section["recipe"]["lr"] == 1e-4 and isinstance(section["recipe"]["lr"], float)
 
 
-def test_commands_that_want_a_run_result_refuse_an_unlearning_one(finished_parent_run, capsys):
+def test_commands_that_want_a_run_result_refuse_an_unlearning_one(finished_parent_run, capsys, run_cli):
     folder, runs = finished_parent_run
     result = unlearn(make_spec(folder, "noop", "examples:4", seed=0), folder, runs, log=lambda *a: None)
     unlearned = RunFolder.of(runs, result["run_id"]).path
