@@ -303,6 +303,7 @@ def test_a_training_without_an_optimizer_step_leaves_its_parts_unknown():
     assert "no torch optimizer" in b["optimizer_state"]["source"]
 
 
+@pytest.mark.slow
 def test_a_dp_measurement_records_per_example_gradients_in_its_breakdown(checkpoint):
     from dpbench.benchmark_worker import train_systems
     from dpbench.spec import RunSpec
@@ -330,6 +331,7 @@ def test_a_dp_measurement_records_per_example_gradients_in_its_breakdown(checkpo
     assert rest is None or rest == b["peak"]["bytes"] - grads - per_example - state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clipping", ["per-sample", "ghost"])
 def test_per_example_memory_is_read_whole_with_the_audit_block_and_physical_batches(checkpoint, clipping):
     """The default run's setting: gradient canaries on the audit block (they replace the per-example

@@ -146,6 +146,7 @@ def test_report_shows_the_canary_row_and_notes(tmp_path):
 # -- end to end on a tiny random LLaVA saved as a local checkpoint -------------------------
 
 
+@pytest.mark.slow
 def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatch):
     import shutil
 
@@ -200,6 +201,7 @@ def test_run_with_reference_models_and_canaries(checkpoint, tmp_path, monkeypatc
     assert third["audit"]["references"] == audit["references"]
 
 
+@pytest.mark.slow
 def test_zero_references_skip_lira_and_rmia_with_a_note(checkpoint, tmp_path):
     from dpbench.results import validation_errors
     from dpbench.runner import run

@@ -297,6 +297,7 @@ def test_spec_round_trip_and_hash_compatibility(committed_results):
 # -- `dpbench run --lora` end to end ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_with_lora_records_it_and_saves_a_merged_plain_checkpoint(tiny_model, tmp_path, capsys, run_cli):
     source = tmp_path / "tiny"
     tiny_llava.save(tiny_model.model, tiny_model.processor, source)
