@@ -1,11 +1,14 @@
 # The two commands a newcomer runs on a fresh machine (Python >= 3.11, no GPU needed):
-#   make run    set up .venv with what the main job imports, and run it on the embedded default
-#   make test   set up .venv with the test tools too, and run the test suite
+#   make run       set up .venv with what the main job imports, and run it on the embedded default
+#   make test-all  set up .venv with the test tools too, and run every test (what .ci/run runs)
+# While working on the code:
+#   make test      the fast loop: every test not marked slow (end-to-end runs, dpbench subprocesses,
+#                  torch.distributed and the sweep engines are marked slow; `make test-all` runs them)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-test run test lint leaderboard
+.PHONY: setup setup-test run test test-all lint leaderboard
 
 # the runtime alone: `make run` needs nothing the tests, the linter or the cluster engines bring
 $(VENV)/.runtime: pyproject.toml
@@ -28,6 +31,9 @@ run: setup
 	$(BIN)/dpbench run --method dpsgd --task scienceqa
 
 test: setup-test
+	$(BIN)/python -P -m pytest -q -m "not slow"
+
+test-all: setup-test
 	$(BIN)/python -P -m pytest -q
 
 lint: setup-test

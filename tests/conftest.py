@@ -197,6 +197,53 @@ def autograd_grads():
 
 
 @pytest.fixture(scope="session")
+def assert_per_example_gradients_match(autograd_grads):
+    """The per-example-gradient check every model set-up shares: Opacus' `grad_sample` of each of
+    `params` from one batched backward (left-padded rows of mixed lengths) against one backward
+    per example. Returns the reference gradients ([example][parameter])."""
+    import torch
+    from opacus import GradSampleModule
+
+    from dpbench.methods import grad_samplers  # noqa: F401  (the RMSNorm rules)
+
+    def check(model, examples, params) -> list[list]:
+        assert params, "no trainable parameter to check"
+        reference = autograd_grads(model, examples, params)
+        assert any(float(g.abs().max()) > 0 for grads in reference for g in grads)  # zeros would match anything
+        gsm = GradSampleModule(model.model, loss_reduction="sum").train()  # hooks skip eval mode
+        try:
+            model.per_example_loss(model.encode(examples, [e.target for e in examples]), model=gsm).sum().backward()
+            for j, p in enumerate(params):
+                for i in range(len(examples)):
+                    # float32 sums in another order agree to ~1e-6 of the scale; mixing examples would be O(1)
+                    ref = reference[i][j]
+                    torch.testing.assert_close(
+                        p.grad_sample[i], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()) + 1e-8
+                    )
+        finally:
+            gsm._close()
+            model.model.zero_grad(set_to_none=True)
+            model.model.eval()
+        return reference
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """`dpbench ARGS...` in-process, as the console script runs it; returns the exit code (the
+    output goes to capsys)."""
+    from dpbench.cli import main
+
+    def call(*args) -> int:
+        with pytest.raises(SystemExit) as info:
+            main(list(args))
+        return info.value.code
+
+    return call
+
+
+@pytest.fixture(scope="session")
 def dp_accounting_epsilon():
     """ε of Poisson-subsampled Gaussian releases by Google's dp-accounting (RDP): the
     independent accountant every accounting test compares with."""

@@ -9,7 +9,6 @@ import math
 import pytest
 import yaml
 
-from dpbench.cli import main
 from dpbench.spec import AuditSpec, PrivacySpec, RunSpec, TrainingSpec
 
 WRONG_TYPES = ("text", [1], {"a": 1}, True)
@@ -99,15 +98,14 @@ def test_the_table_covers_every_field_many_ways():
 
 
 @pytest.mark.parametrize("label, spec", CASES, ids=[label for label, _ in CASES])
-def test_a_bad_spec_is_one_line_and_exit_2(label, spec, tmp_path, capsys):
+def test_a_bad_spec_is_one_line_and_exit_2(label, spec, tmp_path, capsys, run_cli):
     config = tmp_path / "spec.yaml"
     config.write_text(yaml.safe_dump(spec))  # PyYAML writes NaN and inf as .nan and .inf
     runs = tmp_path / "runs"
-    with pytest.raises(SystemExit) as info:
-        main(["run", "--config", str(config), "--runs-dir", str(runs)])
+    code = run_cli("run", "--config", str(config), "--runs-dir", str(runs))
     err = capsys.readouterr().err.strip().splitlines()
     err = [line for line in err if not line.startswith("Notice:")]  # the embedded-data notice of a valid load
-    assert info.value.code == 2, (label, err)
+    assert code == 2, (label, err)
     assert len(err) == 1 and err[0].startswith("error: "), (label, err)
     assert "Traceback" not in err[0]
     assert not runs.exists(), label  # nothing written

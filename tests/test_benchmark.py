@@ -21,7 +21,6 @@ from dpbench.benchmark import (
     summarise,
 )
 from dpbench.benchmark_report import markdown, plot_png
-from dpbench.cli import main
 from dpbench.errors import DpbenchError
 
 
@@ -304,6 +303,7 @@ def test_a_training_without_an_optimizer_step_leaves_its_parts_unknown():
     assert "no torch optimizer" in b["optimizer_state"]["source"]
 
 
+@pytest.mark.slow
 def test_a_dp_measurement_records_per_example_gradients_in_its_breakdown(checkpoint):
     from dpbench.benchmark_worker import train_systems
     from dpbench.spec import RunSpec
@@ -331,6 +331,7 @@ def test_a_dp_measurement_records_per_example_gradients_in_its_breakdown(checkpo
     assert rest is None or rest == b["peak"]["bytes"] - grads - per_example - state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clipping", ["per-sample", "ghost"])
 def test_per_example_memory_is_read_whole_with_the_audit_block_and_physical_batches(checkpoint, clipping):
     """The default run's setting: gradient canaries on the audit block (they replace the per-example
@@ -421,10 +422,6 @@ def test_bench_reports_the_median_breakdown_in_json_markdown_and_the_plot():
 
 
 # -- the command ---------------------------------------------------------------------------------
-def run_cli(*args):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    return info.value.code
 
 
 @pytest.mark.parametrize(
@@ -443,7 +440,7 @@ def run_cli(*args):
         ("--lora", "r=x"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path, run_cli):
     assert run_cli("bench", "--out-dir", str(tmp_path), *args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
@@ -451,7 +448,7 @@ def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_smoke_in_subprocesses(checkpoint, tmp_path):
+def test_bench_smoke_in_subprocesses(checkpoint, tmp_path, run_cli):
     out = tmp_path / "out"
     assert (
         run_cli(

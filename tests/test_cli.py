@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from dpbench.cli import main
 from dpbench.files import LIMIT_ENV
 from dpbench.methods.base import METHODS
 from dpbench.methods.nonprivate import NonPrivate
@@ -23,16 +22,15 @@ class Outcome:
 
 
 @pytest.fixture
-def dpbench(capsys, monkeypatch):
+def dpbench(capsys, monkeypatch, run_cli):
     """Run the CLI in-process (as the console script does) and capture what it prints."""
 
     def call(*args, cwd):
         monkeypatch.chdir(cwd)
         capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main(list(args))
+        code = run_cli(*args)
         out = capsys.readouterr()
-        return Outcome(info.value.code, out.out, out.err)
+        return Outcome(code, out.out, out.err)
 
     return call
 

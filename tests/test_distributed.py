@@ -40,6 +40,7 @@ def on_ranks(job, *args, tmp_path, size: int = 2) -> list:
     return [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(size)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clipping", ["per-sample", "ghost"])
 def test_the_clipped_sum_over_two_ranks_is_the_one_process_sum(checkpoint, digit_examples, tmp_path, clipping):
     one = clipped_sum(distributed.World(), checkpoint, digit_examples, clipping)
@@ -49,6 +50,7 @@ def test_the_clipped_sum_over_two_ranks_is_the_one_process_sum(checkpoint, digit
     torch.testing.assert_close(two[0], one, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_noise_is_added_once_across_ranks(checkpoint, digit_examples, tmp_path):
     """σ = 1, C = 0.05: the released noise has variance (σC)² in total; per rank it would be twice that."""
     two = on_ranks(released_noise, checkpoint, digit_examples, 3, tmp_path=tmp_path)
@@ -58,6 +60,7 @@ def test_noise_is_added_once_across_ranks(checkpoint, digit_examples, tmp_path):
     assert 0.9 < variance < 1.1, variance
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dualpriv", "dpzo", "nonprivate"])
 def test_every_rank_applies_the_same_update(checkpoint, digit_examples, tmp_path, method):
     (p0, s0, e0, l0), (p1, s1, e1, l1) = on_ranks(
@@ -79,6 +82,7 @@ def cli_run(tmp_path, checkpoint, *flags):
     return done
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method, audit",
     [
@@ -107,6 +111,7 @@ def test_a_two_process_run_writes_one_result_with_a_memory_record_per_rank(check
         assert set(results[2]["audit"]["attacks"]) == {"loss", "lira"} and results[2]["audit"]["whitebox"]["m"] == 20
 
 
+@pytest.mark.slow
 def test_a_bad_input_to_a_two_process_run_is_one_line_before_any_rank_starts(tmp_path):
     args = ["run", "--nproc", "2", "--data-dir", str(tmp_path / "missing"), "--runs-dir", str(tmp_path / "runs")]
     done = subprocess.run([sys.executable, "-m", "dpbench.cli", *args], capture_output=True, text=True, timeout=300)

@@ -38,22 +38,10 @@ def test_rms_norm_samplers_are_registered_and_match_autograd(norm):
     gsm._close()
 
 
-def test_per_example_gradients_of_the_llava_match_one_by_one_autograd(tiny_model, digit_examples, autograd_grads):
-    examples = digit_examples[:4]
-    params = trainable_lm_params(tiny_model)
-    reference = autograd_grads(tiny_model, examples, params)
-    gsm = GradSampleModule(tiny_model.model, loss_reduction="sum").train()  # hooks skip eval mode
-    batch = tiny_model.encode(examples, [e.target for e in examples])  # left-padded, mixed lengths
-    try:
-        tiny_model.per_example_loss(batch, model=gsm).sum().backward()
-        for j, p in enumerate(params):
-            for i in range(len(examples)):
-                # float32 sums in a different order: agree to 1e-5 of the tensor's scale
-                scale = float(reference[i][j].abs().max())
-                torch.testing.assert_close(p.grad_sample[i], reference[i][j], rtol=1e-4, atol=1e-5 * scale + 1e-8)
-    finally:
-        gsm._close()
-        tiny_model.model.eval()
+def test_per_example_gradients_of_the_llava_match_one_by_one_autograd(
+    tiny_model, digit_examples, assert_per_example_gradients_match
+):
+    assert_per_example_gradients_match(tiny_model, digit_examples[:4], trainable_lm_params(tiny_model))
 
 
 def test_every_per_example_gradient_is_clipped_to_the_bound(tiny_model, digit_examples, autograd_grads):

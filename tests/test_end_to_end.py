@@ -5,19 +5,13 @@ import json
 
 import pytest
 
-from dpbench.cli import main
 from dpbench.models import loading, pretrain
 from dpbench.schemas import validation_errors
 
 
-def run_cli(*args):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    return info.value.code
-
-
+@pytest.mark.slow
 def test_dpsgd_run_writes_a_valid_audited_result(
-    checkpoint, tmp_path, monkeypatch, dp_accounting_epsilon, dp_accounting_pld_epsilon
+    checkpoint, tmp_path, monkeypatch, dp_accounting_epsilon, dp_accounting_pld_epsilon, run_cli
 ):
     monkeypatch.chdir(tmp_path)
     code = run_cli(
@@ -63,7 +57,8 @@ def test_dpsgd_run_writes_a_valid_audited_result(
     assert again["audit"]["attacks"]["loss"] == result["audit"]["attacks"]["loss"]
 
 
-def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkpoint, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkpoint, tmp_path, monkeypatch, run_cli):
     monkeypatch.chdir(tmp_path)
     args = ["run", "--method", "dualpriv", "--model", str(checkpoint), "--steps", "3", "--batch-size", "16"]
     args += ["--n-train", "48", "--eval-limit", "8", "--attacks", "loss", "--audit-references", "0"]
@@ -86,7 +81,8 @@ def test_both_one_run_audits_land_in_a_valid_result_and_survive_a_reaudit(checkp
     assert json.loads((run_dir / "result.json").read_text())["audit"]["whitebox"] == w
 
 
-def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch, run_cli):
     monkeypatch.chdir(tmp_path)
     assert (
         run_cli(
@@ -116,7 +112,8 @@ def test_nonprivate_run_records_no_privacy(checkpoint, tmp_path, monkeypatch):
     assert not audit["whitebox"]["violation"] and audit["whitebox"]["parametric"] is None
 
 
-def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoint, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_eval_split_validation_scores_the_held_out_validation_examples(checkpoint, tmp_path, monkeypatch, run_cli):
     from dpbench.tasks.scienceqa import ScienceQA
 
     scored, evaluate = [], ScienceQA.evaluate
@@ -180,6 +177,7 @@ def test_weights_hash_covers_every_shard(tmp_path):
     assert loading.weights_sha256(tmp_path / "missing") is None
 
 
+@pytest.mark.slow
 def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
     monkeypatch.setattr(pretrain, "PRETRAIN_LANGUAGE", dict(steps=2, batch_size=4, lr=1e-3, seed=0, n=16))
     monkeypatch.setattr(pretrain, "PRETRAIN_VISION", dict(steps=2, batch_size=8, lr=1e-3, seed=0))
@@ -195,6 +193,7 @@ def test_embedded_model_is_built_once_and_reused(isolated_cache, monkeypatch):
     assert model.model.config.image_seq_length == model.visual_tokens_per_image
 
 
+@pytest.mark.slow
 def test_a_default_run_prints_no_third_party_warning_or_bar(tmp_path):
     """Only dpbench's own lines: no Python warning, no transformers loading bar; --verbose shows them."""
     import subprocess

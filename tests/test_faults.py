@@ -25,6 +25,32 @@ def small_spec(checkpoint, **changes) -> RunSpec:
     return RunSpec(method="dpsgd", model=str(checkpoint)).replace(**{**base, **changes})
 
 
+def test_the_run_lock_and_the_failure_record_hold_without_training(tmp_path):
+    """The runner's two guards on their own, in the fast suite (the slow tests below train a run
+    through them): a second holder of a run's lock is refused until the first lets go, and a
+    failure leaves its phase, the error's name and its first line, removed by the next attempt."""
+    spec = RunSpec(method="dpsgd")
+    folder = RunFolder.of(tmp_path, spec.run_id()).create()
+    with runner.holding(folder, spec, if_not_done=False):
+        with pytest.raises(RunBusy, match="running in another process"):
+            with runner.holding(folder, spec, if_not_done=False):
+                pass
+    with runner.holding(folder, spec, if_not_done=False):  # released at exit
+        pass
+    with pytest.raises(RuntimeError), runner.failure_recorded(folder) as phase:
+        phase("evaluate")
+        raise RuntimeError("evaluation exploded\nsecond line")
+    assert json.loads(folder.failure.read_text()) == {
+        "phase": "evaluate",
+        "error": "RuntimeError",
+        "message": "evaluation exploded",
+    }
+    with runner.failure_recorded(folder):
+        assert not folder.failure.exists()  # a new attempt starts without the old record
+    assert not folder.failure.exists() and not folder.result.exists()
+
+
+@pytest.mark.slow
 def test_a_failure_after_the_start_leaves_a_record_and_no_result(checkpoint, tmp_path, monkeypatch):
     spec = small_spec(checkpoint)
     folder = RunFolder.of(tmp_path, spec.run_id())
@@ -46,6 +72,7 @@ def test_a_failure_after_the_start_leaves_a_record_and_no_result(checkpoint, tmp
     assert folder.result.exists() and not folder.failure.exists() and is_done(tmp_path, spec)
 
 
+@pytest.mark.slow
 def test_a_failed_rewrite_leaves_the_finished_result_intact(checkpoint, tmp_path, monkeypatch):
     spec = small_spec(checkpoint)
     folder = RunFolder.of(tmp_path, spec.run_id())
@@ -68,6 +95,7 @@ def test_a_failed_rewrite_leaves_the_finished_result_intact(checkpoint, tmp_path
     assert json.loads(folder.failure.read_text())["phase"] == "record"
 
 
+@pytest.mark.slow
 def test_a_run_held_by_another_process_is_refused_and_a_sweep_skips_it(checkpoint, tmp_path):
     spec = small_spec(checkpoint)
     folder = RunFolder.of(tmp_path, spec.run_id()).create()
@@ -83,6 +111,7 @@ def test_a_run_held_by_another_process_is_refused_and_a_sweep_skips_it(checkpoin
         runner.run(spec, tmp_path, if_not_done=True, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_folder_never_run_a_run_twice(checkpoint, tmp_path):
     """The second sweep reaches the run while the first holds it: it skips, not repeats."""
     spec = small_spec(checkpoint)
@@ -99,6 +128,7 @@ def test_two_sweeps_on_one_folder_never_run_a_run_twice(checkpoint, tmp_path):
     assert calls == ["first", "second"] and is_done(tmp_path, spec)
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_training_leaves_no_result_and_is_rerun(checkpoint, tmp_path):
     spec = small_spec(checkpoint, **{"training.steps": 5000})
     folder = RunFolder.of(tmp_path, spec.run_id())

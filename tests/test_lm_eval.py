@@ -95,6 +95,7 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setenv("DPBENCH_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_lm_eval_accuracy_equals_dpbench_per_example(finished_run, offline, monkeypatch):
     run_dir, data_dir, result = finished_run
     monkeypatch.setenv("DPBENCH_SCIENCEQA_DIR", str(data_dir))
@@ -132,6 +133,7 @@ def test_lm_eval_accuracy_equals_dpbench_per_example(finished_run, offline, monk
     assert not np.allclose(np.concatenate(lm_scores), np.concatenate(unpruned.choice_loglikelihoods(test)), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_multi_token_continuations_and_generation_match_dpbench(finished_run, tiny_model, offline):
     """Requests built by hand, as lm-eval builds them: (context, continuation, {"visual": [PIL image]})."""
     run_dir = finished_run[0]

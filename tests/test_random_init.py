@@ -5,7 +5,6 @@ geometry, and `dpbench run` refusing them before anything runs."""
 import pytest
 import torch
 
-from dpbench.cli import main
 from dpbench.errors import DpbenchError
 from dpbench.models.loading import is_systems_only, load_model
 from dpbench.models.random_init import (
@@ -76,20 +75,14 @@ def test_each_model_has_its_checkpoints_image_geometry_and_trains(name, digit_ex
     assert trained and all(p.grad is not None for p in trained)
 
 
-def run_cli(*args):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    return info.value.code
-
-
-def test_run_refuses_a_random_init_model_in_one_line_before_anything_is_written(capsys, tmp_path):
+def test_run_refuses_a_random_init_model_in_one_line_before_anything_is_written(capsys, tmp_path, run_cli):
     assert run_cli("run", "--model", "llava-1.5-7b-random", "--runs-dir", str(tmp_path / "runs")) == 2
     err = capsys.readouterr().err.strip()
     assert "random weights" in err and "dpbench bench" in err and "\n" not in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_a_sweep_with_a_random_init_model_is_refused_before_it_starts(capsys, tmp_path):
+def test_a_sweep_with_a_random_init_model_is_refused_before_it_starts(capsys, tmp_path, run_cli):
     grid = tmp_path / "grid.yaml"
     grid.write_text(
         "base: {model: smolvlm-256m-random}\ntasks: [scienceqa]\nmethods: [dpsgd]\nepsilons: [8]\nseeds: [0]\n"
@@ -98,7 +91,7 @@ def test_a_sweep_with_a_random_init_model_is_refused_before_it_starts(capsys, tm
     assert "random weights" in capsys.readouterr().err
 
 
-def test_layers_on_a_trained_model_are_refused(capsys, tmp_path):
+def test_layers_on_a_trained_model_are_refused(capsys, tmp_path, run_cli):
     assert run_cli("bench", "--layers", "1,2", "--out-dir", str(tmp_path)) == 2
     assert "random-init systems models only" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

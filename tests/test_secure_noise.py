@@ -92,6 +92,7 @@ def test_use_secure_noise_refuses_an_optimizer_it_does_not_mirror():
         use_secure_noise(optimizer)
 
 
+@pytest.mark.slow
 def test_distributed_sampling_draws_from_the_os_too(tmp_path):
     """Across processes each rank Poisson-samples its shard (dpsgd's ShardSampler): with
     OS_RANDOM, from os.urandom. A one-process gloo group stands in for the ranks."""

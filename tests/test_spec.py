@@ -94,12 +94,19 @@ def test_a_method_recording_its_options_gets_new_run_ids_when_a_default_moves(mo
     assert RunSpec(method="dpsgd").method_options == {}
 
 
-def test_trainable_names_only_parameter_groups_every_architecture_has():
+def test_trainable_names_only_parameter_groups_every_architecture_has(fresh_tiny_model):
     from dpbench.models.architectures import ARCHITECTURES
+    from dpbench.models.lora import setup_parameters
     from dpbench.spec import TRAINABLE_GROUPS
 
     with pytest.raises(DpbenchError, match="unknown trainable group.*bogus"):
         RunSpec.from_dict({"training": {"trainable": "projector,bogus"}})
-    assert RunSpec.from_dict({"training": {"trainable": " vision_tower , projector"}}).training.trainable
+    spaced = RunSpec.from_dict({"training": {"trainable": " vision_tower , projector"}})
+    model = fresh_tiny_model()
+    groups = model.PARAMETER_GROUPS
+    expected = {
+        n for n, _ in model.model.named_parameters() if n.startswith((*groups["vision_tower"], *groups["projector"]))
+    }
+    assert expected and set(setup_parameters(model, spaced)) == expected  # the spaces are not part of the names
     for name in ARCHITECTURES:
         assert tuple(ARCHITECTURES.get(name).parameter_groups) == TRAINABLE_GROUPS

@@ -67,6 +67,7 @@ def same_runs(a: dict, b: dict) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_ray_and_slurm_engines_give_the_local_engines_runs(checkpoint, tmp_path, local_ray):
     specs = expand(grid(checkpoint))
     by_engine = {}
@@ -82,6 +83,7 @@ def test_ray_and_slurm_engines_give_the_local_engines_runs(checkpoint, tmp_path,
     assert same_runs(by_engine["local"], by_engine["ray"]) and same_runs(by_engine["local"], by_engine["slurm"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ray", "slurm"])
 def test_a_failed_run_does_not_stop_the_others(engine, tmp_path, local_ray):
     jobs = [("bad", ["run", "--method", "no-such-method"]), ("good", ["--version"])]
@@ -90,6 +92,7 @@ def test_a_failed_run_does_not_stop_the_others(engine, tmp_path, local_ray):
     assert [o.status for o in outcomes] == [2, 0]
 
 
+@pytest.mark.slow
 def test_a_killed_ray_sweep_resumes_without_losing_or_repeating_a_run(checkpoint, tmp_path):
     file = tmp_path / "sweep.yaml"
     file.write_text(yaml.safe_dump(grid(checkpoint, seeds=(0, 1, 2, 3))))
@@ -149,6 +152,7 @@ def test_an_unreachable_ray_address_is_one_line_at_once(address, message):
         check_reachable(address)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("srun") is not None, reason="a Slurm cluster is here: it would submit")
 def test_slurm_without_a_cluster_is_one_line_before_anything_runs(tmp_path):
     with pytest.raises(DpbenchError, match="could not submit the job array.*--cluster local"):

@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from opacus import GradSampleModule
 
 from dpbench import phases
 from dpbench.errors import DpbenchError
@@ -88,23 +87,12 @@ def test_pruned_batches_keep_text_masks_and_labels_aligned(tiny_model, examples,
 
 @pytest.mark.parametrize("strategy", DETERMINISTIC)
 def test_per_example_gradients_with_pruning_match_one_by_one_autograd(
-    tiny_model, examples, prune, strategy, autograd_grads
+    tiny_model, examples, prune, strategy, assert_per_example_gradients_match
 ):
     prune(strategy, keep_ratio=0.25)
     tiny_model.set_trainable(["projector", "language_model"])
     params = [p for p in tiny_model.model.parameters() if p.requires_grad]
-    reference = autograd_grads(tiny_model, examples, params)
-    gsm = GradSampleModule(tiny_model.model, loss_reduction="sum").train()
-    batch = tiny_model.encode(examples, [e.target for e in examples])
-    tiny_model.per_example_loss(batch, model=gsm).sum().backward()
-    try:
-        for j, p in enumerate(params):
-            for i in range(len(examples)):
-                ref = reference[i][j]  # float noise is ~1e-6 of the scale; mixing examples would be O(1)
-                torch.testing.assert_close(p.grad_sample[i], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
-    finally:
-        gsm._close()
-        tiny_model.model.zero_grad(set_to_none=True)
+    assert_per_example_gradients_match(tiny_model, examples, params)
 
 
 def test_cls_attention_is_the_vision_towers_own_attention_and_picks_its_top_patches(tiny_model, examples, prune):

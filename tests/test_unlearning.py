@@ -4,6 +4,7 @@ method end to end on a tiny parent, and bad input refused before anything loads.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from dpbench.cli import main
 from dpbench.errors import DpbenchError
 from dpbench.registry import UNLEARNERS
 from dpbench.run_folder import RunFolder
@@ -22,12 +22,6 @@ from dpbench.unlearning.losses import masked_kl, npo
 from dpbench.unlearning.requests import ForgetRequest, digit_of, select
 from dpbench.unlearning.run import make_spec, reference_spec, unlearn
 from dpbench.unlearning.spec import UnlearnSpec
-
-
-def run_cli(*args) -> int:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    return info.value.code
 
 
 # -- forget requests ---------------------------------------------------------------------
@@ -146,6 +140,7 @@ def test_masked_kl_is_zero_at_the_original_and_the_vocabulary_mask_hides_its_tok
 
 
 # -- end to end on a tiny parent -----------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", UNLEARNERS.names())
 def test_every_method_unlearns_and_writes_a_valid_result(finished_parent_run, name):
     folder, runs = finished_parent_run
@@ -162,6 +157,7 @@ def test_every_method_unlearns_and_writes_a_valid_result(finished_parent_run, na
         assert len(result["method"]["loss_curve"]) == (0 if name == "noop" else 2)
 
 
+@pytest.mark.slow
 def test_noop_measures_as_its_parent_and_retrain_is_reused(finished_parent_run):
     folder, runs = finished_parent_run
     spec = make_spec(folder, "noop", "examples:4", seed=0)
@@ -179,6 +175,7 @@ def test_noop_measures_as_its_parent_and_retrain_is_reused(finished_parent_run):
     assert (RunFolder.of(runs, reference.run_id()).checkpoint).is_dir()
 
 
+@pytest.mark.slow
 def test_gradient_ascent_raises_the_forget_loss(finished_parent_run):
     folder, runs = finished_parent_run
     ga = unlearn(make_spec(folder, "ga", "examples:4", seed=3, steps=4, lr=1e-2), folder, runs, log=lambda *a: None)
@@ -186,6 +183,7 @@ def test_gradient_ascent_raises_the_forget_loss(finished_parent_run):
     assert ga["method"]["loss_curve"][-1] < ga["method"]["loss_curve"][0]  # it minimises -loss
 
 
+@pytest.mark.slow
 def test_the_result_is_reproducible(finished_parent_run, tmp_path):
     folder, runs = finished_parent_run
     spec = make_spec(folder, "gradiff", "examples:4", seed=5, steps=2)
@@ -195,7 +193,8 @@ def test_the_result_is_reproducible(finished_parent_run, tmp_path):
 
 
 # -- bad input: one line, exit 2, nothing written ---------------------------------------------
-def test_bad_input_is_one_line_before_anything_loads(finished_parent_run, tmp_path, capsys):
+@pytest.mark.slow
+def test_bad_input_is_one_line_before_anything_loads(finished_parent_run, tmp_path, capsys, run_cli):
     folder, _ = finished_parent_run
     runs = tmp_path / "runs"
     cases = [
@@ -214,7 +213,33 @@ def test_bad_input_is_one_line_before_anything_loads(finished_parent_run, tmp_pa
     assert not runs.exists()
 
 
-def test_a_run_without_checkpoint_is_refused(finished_parent_run, tmp_path, capsys):
+def test_bad_input_is_one_line_before_the_parent_is_read(tmp_path, capsys, run_cli, committed_results):
+    """The fast counterpart of the test above: what is refused from the arguments alone, from a
+    folder with no result, and from a finished run saved without its checkpoint."""
+    runs = tmp_path / "runs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_checkpoint = tmp_path / "no-checkpoint"
+    no_checkpoint.mkdir()
+    (no_checkpoint / "result.json").write_text(json.dumps(committed_results[0]))
+    cases = [
+        (empty, ["--method", "forgetful", "--forget", "examples:1"], "unknown unlearning method"),
+        (empty, ["--method", "ga", "--forget", "examples:x"], "bad forget request"),
+        (empty, ["--method", "ga", "--forget", "examples:1", "--option", "nope=1"], "no option"),
+        (empty, ["--method", "kl", "--forget", "examples:1", "--option", "kl_weight=abc"], "finite number"),
+        (empty, ["--method", "ga", "--forget", "examples:1", "--audit-pairs", "2"], "at least 3"),
+        (empty, ["--method", "ga", "--forget", "examples:1"], "has no result.json"),
+        (no_checkpoint, ["--method", "ga", "--forget", "examples:1"], "--save-checkpoint"),
+    ]
+    for folder, args, message in cases:
+        assert run_cli("unlearn", str(folder), *args, "--runs-dir", str(runs)) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not runs.exists()
+
+
+@pytest.mark.slow
+def test_a_run_without_checkpoint_is_refused(finished_parent_run, tmp_path, capsys, run_cli):
     folder, _ = finished_parent_run
     copy_dir = tmp_path / "no-checkpoint"
     copy_dir.mkdir()
@@ -223,13 +248,13 @@ def test_a_run_without_checkpoint_is_refused(finished_parent_run, tmp_path, caps
     assert "--save-checkpoint" in capsys.readouterr().err
 
 
-def test_every_method_is_an_unlearner_with_valid_options():
-    from dpbench.unlearning.base import Unlearner
-
+def test_every_method_takes_its_defaults_and_refuses_an_unknown_option():
+    # its base class, its name and its docstring: test_registry.py, for every registry
     for name in UNLEARNERS.names():
         cls = UNLEARNERS.get(name)
-        assert issubclass(cls, Unlearner) and cls.name == name and (cls.__doc__ or "").strip()
-        cls()  # its defaults pass its own checks
+        assert cls().opts == cls.options  # its defaults pass its own checks
+        with pytest.raises(DpbenchError, match="has no option"):
+            cls(not_an_option=1)
     assert {"retrain", "finetune", "ga", "gradiff", "kl", "idk", "npo", "siu", "noop"} <= set(UNLEARNERS.names())
 
 
@@ -245,6 +270,7 @@ def test_spec_ids_follow_every_field():
     assert len(ids) == 5 and np.all([i.startswith("unlearn-ga-") for i in ids])
 
 
+@pytest.mark.slow
 def test_the_readme_snippet_adds_a_method_that_runs(finished_parent_run, tmp_path, monkeypatch):
     """`unlearning/README.md`'s "Adding an unlearning method" code, as a user's file: registered by
     its import, listed, and run end to end."""
@@ -291,6 +317,7 @@ def test_bad_unlearn_sections_are_refused_before_anything_runs(section, message)
         check_section(section)
 
 
+@pytest.mark.slow
 def test_sweep_jobs_put_the_retrain_references_first_and_skip_finished_cells(finished_parent_run):
     from dpbench.unlearning.sweep import jobs
 
@@ -315,7 +342,8 @@ def test_a_yaml_learning_rate_reads_as_the_command_line_s():
     assert section["recipe"]["lr"] == 1e-4 and isinstance(section["recipe"]["lr"], float)
 
 
-def test_commands_that_want_a_run_result_refuse_an_unlearning_one(finished_parent_run, capsys):
+@pytest.mark.slow
+def test_commands_that_want_a_run_result_refuse_an_unlearning_one(finished_parent_run, capsys, run_cli):
     folder, runs = finished_parent_run
     result = unlearn(make_spec(folder, "noop", "examples:4", seed=0), folder, runs, log=lambda *a: None)
     unlearned = RunFolder.of(runs, result["run_id"]).path

@@ -94,6 +94,7 @@ def test_fewer_than_three_pairs_are_refused():
         ulira.ulira_scores(u, r)
 
 
+@pytest.mark.slow
 def test_the_audit_writes_a_valid_section_and_retrain_reads_as_unlearned(finished_parent_run):
     from dpbench.unlearning.audit import audit
     from dpbench.unlearning.run import make_spec
