@@ -6,6 +6,7 @@ without building the model; the same seed gives the same result."""
 from __future__ import annotations
 
 import ast
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,52 @@ def figures(record):
     return record
 
 
+def assert_parts_within_phases(systems, tolerance=0.01):
+    """Each phase's parts (keyed "<phase>.<part>", disjoint) sum to no more than its wall."""
+    parts = systems["phase_parts"]
+    for phase, wall in systems["phases"].items():
+        assert sum(v for k, v in parts.items() if k.split(".")[0] == phase) <= wall + tolerance, phase
+    assert {k.split(".")[0] for k in parts} <= systems["phases"].keys()
+
+
+def test_a_part_is_filed_under_the_phase_under_way_less_the_parts_it_excludes():
+    from dpbench.timing import Walls, part
+
+    with part("outside"):  # no run open: nothing to record, no error
+        pass
+    walls = Walls()
+    with walls.opened():
+        walls.lap("prepare", "audit")
+        with part("attacks.loss", less=("forward",)):
+            with part("forward"):
+                time.sleep(0.05)
+        with part("forward"):
+            time.sleep(0.02)
+        walls.lap("audit")
+    assert walls.parts.keys() == {"audit.attacks.loss", "audit.forward"}
+    assert walls.parts["audit.forward"] >= 0.07 and walls.parts["audit.attacks.loss"] < 0.03
+    assert_parts_within_phases({"phases": walls.phases, "phase_parts": walls.parts})
+
+
+def test_the_white_box_analysis_is_timed_as_its_own_part(checkpoint, tmp_path, monkeypatch):
+    """The analysis runs lazily when the run first reads `report.whitebox`: its wall must land in
+    audit.whitebox, not in another part or nowhere."""
+    from dpbench.attacks import gradient_canaries
+    from dpbench.runner import run
+
+    analysis = gradient_canaries.whitebox_section
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return analysis(*args, **kwargs)
+
+    monkeypatch.setattr(gradient_canaries, "whitebox_section", slow)
+    spec = short_spec(checkpoint, attacks=["loss"], **{"audit.references": 0, "audit.canaries": 0})
+    systems = run(spec, tmp_path, log=lambda *_: None).to_dict()["systems"]
+    assert systems["phase_parts"]["audit.whitebox"] >= 0.5
+    assert_parts_within_phases(systems)
+
+
 def test_a_run_reads_its_base_model_once_and_the_same_seed_gives_the_same_result(checkpoint, tmp_path, disk_loads):
     from dpbench.reaudit import reaudit
     from dpbench.runner import run
@@ -93,6 +140,10 @@ def test_a_run_reads_its_base_model_once_and_the_same_seed_gives_the_same_result
     second = run(spec, tmp_path / "b", log=lambda *_: None).to_dict()
     assert figures(second) == figures(first)
     assert second["systems"]["phases"].keys() == {"prepare", "train", "evaluate", "zero_shot", "audit"}
+    assert_parts_within_phases(second["systems"])
+    assert {"prepare.data", "prepare.model_load", "train.calibration", "audit.references", "audit.forward"} | {
+        f"audit.attacks.{a}" for a in spec.attacks
+    } | {"audit.canaries", "audit.whitebox", "audit.report"} <= second["systems"]["phase_parts"].keys()
 
     disk_loads.clear()  # a re-audit: the base and the checkpoint, once each; the references' losses are cached
     again = reaudit(tmp_path / "a" / first["run_id"]).to_dict()
