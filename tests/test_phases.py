@@ -120,7 +120,7 @@ def test_the_white_box_analysis_is_timed_as_its_own_part(checkpoint, tmp_path, m
         return analysis(*args, **kwargs)
 
     monkeypatch.setattr(gradient_canaries, "whitebox_section", slow)
-    spec = short_spec(checkpoint, attacks=["loss"], **{"audit.references": 0, "audit.canaries": 0})
+    spec = short_spec(checkpoint, attacks=["loss", "mink++"], **{"audit.references": 0, "audit.canaries": 0})
     systems = run(spec, tmp_path, log=lambda *_: None).to_dict()["systems"]
     assert systems["phase_parts"]["audit.whitebox"] >= 0.5
     assert_parts_within_phases(systems)
