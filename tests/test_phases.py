@@ -157,14 +157,16 @@ def test_a_run_reads_its_base_model_once_and_the_same_seed_gives_the_same_result
 def test_a_copy_of_the_base_is_the_checkpoint_as_read_from_disk(checkpoint, digit_examples):
     """What lets one load serve the target and the references: a copy, even of a base that has
     already scored examples, has the weights, trainable flags and outputs of a fresh load, and a
-    reference model trained from it is the one trained from disk."""
+    reference model trained from it is the one trained from disk. The copy shares the base's
+    encodings (the same processor's), and scores as the fresh load does."""
     from dpbench.attacks.signals import per_example_losses
 
     spec = short_spec(checkpoint)
     base = phases.load_base(spec, "cpu")
     per_example_losses(base, digit_examples)  # fills the base's caches and counters
     fresh, copy = phases.load_base(spec, "cpu"), base.copy()
-    assert copy.model is not base.model and copy.tokens_encoded == 0 and not copy._pixel_cache
+    assert copy.model is not base.model and copy.tokens_encoded == 0 and copy._encodings is base._encodings
+    assert base._encodings.prompt_ids and not fresh._encodings.prompt_ids
     state, fresh_state = copy.model.state_dict(), fresh.model.state_dict()
     assert state.keys() == fresh_state.keys()
     for name, tensor in state.items():
