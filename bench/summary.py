@@ -32,12 +32,18 @@ def _parts(breakdown: dict) -> str:
 
 
 def _phase_parts(parts: dict[str, float]) -> str:
-    """One line: each phase's parts, "audit: references 31.2 s, forward 4.0 s, ..."."""
-    by_phase: dict[str, list[str]] = {}
+    """One line: each phase's parts, "audit: references 31.2 s, forward 4.0 s, attacks 0.1 s, ...";
+    the attacks' own statistics summed (the result has each)."""
+    by_phase: dict[str, dict[str, float]] = {}
     for key, wall in parts.items():
         phase, name = key.split(".", 1)
-        by_phase.setdefault(phase, []).append(f"{name.replace('_', '-')} {wall:.1f} s")
-    return "; ".join(f"{phase.replace('_', '-')}: {', '.join(names)}" for phase, names in by_phase.items())
+        name = name.split(".")[0]  # attacks.lira, attacks.rmia, ... -> attacks
+        by_phase.setdefault(phase, {})[name] = by_phase.get(phase, {}).get(name, 0.0) + wall
+    return "; ".join(
+        f"{phase.replace('_', '-')}: "
+        + ", ".join(f"{name.replace('_', '-')} {wall:.1f} s" for name, wall in names.items())
+        for phase, names in by_phase.items()
+    )
 
 
 def print_summary(result: RunResult, folder: RunFolder) -> None:

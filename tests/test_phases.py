@@ -107,6 +107,13 @@ def test_a_part_is_filed_under_the_phase_under_way_less_the_parts_it_excludes():
     assert_parts_within_phases({"phases": walls.phases, "phase_parts": walls.parts})
 
 
+def test_the_summary_shows_the_parts_on_one_line_with_the_attacks_summed():
+    from dpbench.summary import _phase_parts
+
+    parts = {"prepare.data": 1.0, "audit.forward": 8.0, "audit.attacks.lira": 0.25, "audit.attacks.mink++": 0.25}
+    assert _phase_parts(parts) == "prepare: data 1.0 s; audit: forward 8.0 s, attacks 0.5 s"
+
+
 def test_the_white_box_analysis_is_timed_as_its_own_part(checkpoint, tmp_path, monkeypatch):
     """The analysis runs lazily when the run first reads `report.whitebox`: its wall must land in
     audit.whitebox, not in another part or nowhere."""
