@@ -7,9 +7,10 @@ import numpy as np
 from dpbench.attacks import canary_audit, population
 from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.metrics import CONFIDENCE, attack_summary
-from dpbench.attacks.signals import ReferenceLosses, Signals
+from dpbench.attacks.signals import FORWARD, ReferenceLosses, Signals
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import AuditRecord
+from dpbench.timing import part
 
 
 def score_attacks(
@@ -24,7 +25,8 @@ def score_attacks(
         attack = ATTACKS.get(name)
         if attack.needs_references and references is None:
             continue
-        s = np.asarray(attack().score(signals), dtype=float)
+        with part(f"attacks.{name}", less=(FORWARD,)):  # its statistics; the forward passes are shared
+            s = np.asarray(attack().score(signals), dtype=float)
         scores[name] = (s[:n], s[n:])
     np.savez(
         folder.attack_scores,
@@ -86,7 +88,8 @@ def audit_run(
     scores = score_attacks(attacks, target, base, members, nonmembers, folder, references=references)
     canary = None
     if canaries is not None:
-        canary_scores = canary_audit.score_canaries(canaries, target, base)
+        with part("canaries"):
+            canary_scores = canary_audit.score_canaries(canaries, target, base)
         canary_audit.save_canary_scores(folder, canaries, canary_scores)
         canary = canary_audit.canary_section(canaries.included, canary_scores, canaries.seed, delta)
     notes = population.skipped_notes(attacks, spec.audit.references)

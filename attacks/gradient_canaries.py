@@ -218,18 +218,36 @@ class GradientCanaries:
 
 def fit_mixture(y: np.ndarray, iterations: int = 30) -> tuple[float, float, float]:
     """(s, Δ, w): y ~ (1 − w)·N(0, s²) + w·N(Δ, s²) fitted by EM to the non-zero releases,
-    labels unseen."""
+    labels unseen. At the default run that is 30 passes over 15 million floats: each pass works
+    in two buffers, in place (the same operations in the same order as the formulas in the
+    comments, so the same bits, at under half the time of fresh arrays per operation)."""
     x = y[y != 0].astype(float)
     if x.size == 0:
         return 0.0, 0.0, 0.0
     s = max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1e-12)
     d, w = max(float(np.quantile(x, 0.999)), s), 0.01
+    x2, r, t = np.square(x), np.empty_like(x), np.empty_like(x)
     for _ in range(iterations):
-        z = np.clip((x - d / 2) * d / s**2, -700, 700)
-        r = w / (w + (1 - w) * np.exp(-z))  # responsibility of the canary component
+        # r = w / (w + (1 − w)·exp(−z)), z = clip((x − Δ/2)·Δ/s²): the canary component's responsibility
+        np.subtract(x, d / 2, out=r)
+        r *= d
+        r /= s**2
+        np.clip(r, -700, 700, out=r)
+        np.negative(r, out=r)
+        np.exp(r, out=r)
+        r *= 1 - w
+        r += w
+        np.divide(w, r, out=r)
         w = float(np.clip(r.mean(), 1e-6, 1 - 1e-6))
-        d = float((r * x).sum() / max(r.sum(), 1e-12))
-        s = max(float(np.sqrt(((1 - r) * x**2 + r * (x - d) ** 2).sum() / x.size)), 1e-12)
+        d = float(np.multiply(r, x, out=t).sum() / max(r.sum(), 1e-12))
+        # s² = mean((1 − r)·x² + r·(x − Δ)²)
+        np.subtract(x, d, out=t)
+        np.square(t, out=t)
+        t *= r
+        np.subtract(1, r, out=r)
+        r *= x2
+        r += t
+        s = max(float(np.sqrt(r.sum() / x.size)), 1e-12)
     return s, d, w
 
 
@@ -243,9 +261,15 @@ def likelihood_ratio_scores(y: np.ndarray, noisy: bool = True) -> np.ndarray:
         return (y / step).sum(axis=0) - 0.5  # above 0: at least half a step seen
     s, d, w = fit_mixture(y)
     q = float(np.clip(2 * w, 1e-6, 1 - 1e-6))
-    z = np.clip((y.astype(float) - d / 2) * d / s**2, -700, 700)
-    llr = np.logaddexp(np.log1p(-q), np.log(q) + z)
-    return np.where(y != 0, llr, 0.0).sum(axis=0)
+    llr = y.astype(float)  # in place: log(1 − q) ⊕ (log q + clip((y − Δ/2)·Δ/s²)), 0 where y is
+    llr -= d / 2
+    llr *= d
+    llr /= s**2
+    np.clip(llr, -700, 700, out=llr)
+    llr += np.log(q)
+    np.logaddexp(np.log1p(-q), llr, out=llr)
+    llr[y == 0] = 0.0
+    return llr.sum(axis=0)
 
 
 @dataclass

@@ -18,6 +18,9 @@ from PIL import Image
 
 from dpbench.examples import Example
 from dpbench.models.base import VisionLanguageModel
+from dpbench.timing import part
+
+FORWARD = "forward"  # the run's part (dpbench.timing) for the signals' forward passes, shared by the attacks
 
 
 def per_example_losses(
@@ -88,8 +91,9 @@ class Signals:
         """Per-example mean NLL of the target tokens, shape (n,)."""
         key = ("loss", role, blank_image)
         if key not in self._cache:
-            examples = self._blanked() if blank_image else self.examples
-            self._cache[key] = per_example_losses(self.models[role], examples, self.batch_size)
+            with part(FORWARD):
+                examples = self._blanked() if blank_image else self.examples
+                self._cache[key] = per_example_losses(self.models[role], examples, self.batch_size)
         return self._cache[key]
 
     def reference_losses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,9 +103,10 @@ class Signals:
             raise ValueError("this attack needs reference models (audit.references > 0)")
         key = ("population", "target")
         if key not in self._cache:
-            self._cache[key] = per_example_losses(
-                self.models["target"], list(self.references.population), self.batch_size
-            )
+            with part(FORWARD):
+                self._cache[key] = per_example_losses(
+                    self.models["target"], list(self.references.population), self.batch_size
+                )
         return self.references.losses, self._cache[key], self.references.population_losses
 
     def token_stats(self, role: str = "target") -> list[dict[str, np.ndarray]]:
@@ -111,11 +116,12 @@ class Signals:
             model = self.models[role]
             model.model.eval()
             out = []
-            for chunk in self._batches(self.examples):
-                stats = model.text_token_stats(model.encode(chunk, [e.target for e in chunk]))
-                for i in range(len(chunk)):
-                    m = stats["mask"][i]
-                    out.append({k: stats[k][i][m].cpu().numpy() for k in ("logp", "mu", "sigma")})
+            with part(FORWARD):
+                for chunk in self._batches(self.examples):
+                    stats = model.text_token_stats(model.encode(chunk, [e.target for e in chunk]))
+                    for i in range(len(chunk)):
+                        m = stats["mask"][i]
+                        out.append({k: stats[k][i][m].cpu().numpy() for k in ("logp", "mu", "sigma")})
             self._cache[key] = out
         return self._cache[key]
 

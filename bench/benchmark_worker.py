@@ -5,7 +5,9 @@
 kernel or leaked tensor of one method inflates or flatters the next. It runs the prepare and
 train phases of `dpbench run` (`dpbench.phases`: the same loading, the same `PeakMemory` around
 `Method.train`) but neither evaluates nor audits nor writes a run folder: those would cost far
-more than the steps measured.
+more than the steps measured. So it records no phase walls either: `systems.phases` and
+`systems.phase_parts` (audit references, attacks, white-box analysis, ...) are `dpbench run`'s;
+here the training's own wall is the figure (`train.wall_s`).
 """
 
 from __future__ import annotations

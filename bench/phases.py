@@ -49,10 +49,10 @@ from dpbench.run_result import (
     TrainingRecord,
     UtilityRecord,
 )
-from dpbench.schemas import write_result
 from dpbench.spec import RunSpec
 from dpbench.systems import PeakMemory, check_device, environment, throughput
 from dpbench.tasks.base import TASKS, Task, TaskData
+from dpbench.timing import part
 
 
 @dataclass
@@ -194,7 +194,8 @@ def check(spec: RunSpec) -> Checked:
     off its weightless skeleton), δ. The `--nproc` launcher and `dpbench audit` stop here."""
     resolve_names(spec)
     task, method = TASKS.get(spec.task)(), make_method(spec)
-    data = task.load(spec.data_dir)
+    with part("data"):
+        data = task.load(spec.data_dir)
     train = training_examples(spec, data)
     skeleton = load_skeleton(spec.model, model_shape(spec))
     setup_parameters(skeleton, spec)
@@ -219,8 +220,9 @@ def prepare(c: Checked, *, with_base: bool = True) -> Prepared:
     """The checked run's models: the base read from disk once, the target a copy of it. The base
     waits on the CPU until training is done, so the training device's peak is the method's alone;
     without `with_base` (a process that only trains) the target is read from disk instead."""
-    base = load_base(c.spec, "cpu") if with_base else None
-    model = load_target(c.spec, c.method, base)
+    with part("model_load"):
+        base = load_base(c.spec, "cpu") if with_base else None
+        model = load_target(c.spec, c.method, base)
     return Prepared(**{f.name: getattr(c, f.name) for f in fields(Checked)}, model=model, base=base)
 
 
@@ -376,14 +378,10 @@ def train_reference(
 
 
 def record(
-    p: Prepared,
-    trained: Trained,
-    evaluation: Evaluation,
-    zero_shot: dict[str, float],
-    audit_record: AuditRecord | None,
-    total_wall_s: float,
-    phase_walls: dict[str, float] | None = None,
+    p: Prepared, trained: Trained, evaluation: Evaluation, zero_shot: dict[str, float], audit_record: AuditRecord | None
 ) -> RunResult:
+    """The run's result; its systems' walls (`total_wall_s`, `phases`, `phase_parts`) are the
+    runner's to fill once the report is written."""
     spec, data, model, report = p.spec, p.data, p.model, trained.report
     return RunResult(
         run_id=spec.run_id(),
@@ -431,21 +429,20 @@ def record(
             peak_memory=trained.peak_memory,
             train=throughput(trained.wall_s, report.samples, report.tokens),
             eval=throughput(evaluation.wall_s, evaluation.examples, evaluation.tokens),
-            total_wall_s=total_wall_s,
+            total_wall_s=0.0,
             visual_tokens=trained.visual_tokens,
-            phases={k: round(v, 3) for k, v in phase_walls.items()} if phase_walls else None,
             memory_breakdown=trained.memory_breakdown,
         ),
         audit=audit_record,
     )
 
 
-def write(folder: RunFolder, result: RunResult, scores: dict, trained: Trained) -> None:
-    """The run's files after training: the white-box audit's canary scores (so a re-summary needs
-    no retraining), the audit report, and the result last (a result file means a finished run)."""
+def write_files(folder: RunFolder, result: RunResult, scores: dict, trained: Trained) -> None:
+    """The run's files after training but the result: the white-box audit's canary scores (so a
+    re-summary needs no retraining) and the audit report. The runner writes the result last (a
+    result file means a finished run)."""
     if trained.report.whitebox_scores is not None:
         included, canary_scores = trained.report.whitebox_scores
         np.savez(folder.whitebox_scores, included=included, scores=canary_scores)
     if result.audit is not None:
         write_report(folder, result.to_dict(), scores)
-    write_result(folder.result, result.to_dict())

@@ -17,6 +17,7 @@ from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.files import write_json_atomic
 from dpbench.output import note
+from dpbench.timing import part
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,13 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     in pure Python: one call costs more than many DP-SGD steps of the embedded model
     (benchmarks/README.md). The answer depends only on the arguments and Opacus' version, so it is kept on disk
     (`$DPBENCH_CACHE/noise-calibration.json`): a sweep's second seed and every benchmark round
-    after the first reuse it.
+    after the first reuse it. Its wall is the run's part "calibration" of its phase (dpbench.timing).
     """
+    with part("calibration"):
+        return _calibrate_noise(target_epsilon, delta, sample_rate, steps, accountant)
+
+
+def _calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     key = json.dumps(
         [
             accountant,
@@ -188,9 +194,7 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
     except (OverflowError, RuntimeError, MemoryError):  # PRV_FAILURES but ValueError, handled above
         # PRV cannot discretise this mechanism: calibrate by RDP, which over-states ε (σ errs high)
         note(f"the PRV accountant cannot calibrate σ for ε = {target_epsilon} here: σ is RDP's (more noise)")
-        return calibrate_noise(
-            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps, accountant="rdp"
-        )
+        return _calibrate_noise(target_epsilon, delta, sample_rate, steps, "rdp")
     write_json_atomic(path, {**(known if isinstance(known, dict) else {}), key: sigma})
     return sigma
 

@@ -66,6 +66,8 @@ class SystemsRecord:
     visual_tokens: dict[str, int]
     # wall seconds per phase of `dpbench run` (prepare, train, evaluate, zero_shot, audit); None elsewhere
     phases: dict[str, float] | None = None
+    # parts of the phases, "<phase>.<part>" -> wall seconds (dpbench.timing); None in older results
+    phase_parts: dict[str, float] | None = None
     # where the training device's peak went, per process (dpbench.memory_breakdown); None in older results
     memory_breakdown: list[dict[str, Any]] | None = None
 

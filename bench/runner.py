@@ -17,7 +17,9 @@ from dpbench.files import write_json_atomic
 from dpbench.output import launched_rank
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import RunResult
+from dpbench.schemas import write_result
 from dpbench.spec import RunSpec
+from dpbench.timing import Walls, part
 
 
 def run(
@@ -33,18 +35,19 @@ def run(
     started = time.perf_counter()
     phases.check_utility_run(spec)
     w = distributed.init(spec.device, spec.training.nproc)
-    try:
-        checked = phases.check(spec)  # every input, before any weights load or anything is written
-        prepared = phases.prepare(checked, with_base=w.main)  # the base model, read once; the target, its copy
-        if not w.main:
-            phases.train(prepared)
-            return None
-        return run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_done, log)
-    finally:
-        distributed.shutdown()
+    with Walls(started).opened() as walls:
+        try:
+            checked = phases.check(spec)  # every input, before any weights load or anything is written
+            prepared = phases.prepare(checked, with_base=w.main)  # the base model, read once; the target, its copy
+            if not w.main:
+                phases.train(prepared)
+                return None
+            return run_prepared(prepared, runs_dir, started, walls, audit, save_checkpoint, if_not_done, log)
+        finally:
+            distributed.shutdown()
 
 
-def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_done, log) -> RunResult:
+def run_prepared(prepared, runs_dir, started, walls, audit, save_checkpoint, if_not_done, log) -> RunResult:
     spec = prepared.spec
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
     skip_done = if_not_done and (not save_checkpoint or folder.checkpoint.is_dir())  # a sweep may want its checkpoint
@@ -55,39 +58,37 @@ def run_prepared(prepared, runs_dir, started, audit, save_checkpoint, if_not_don
             f"{prepared.data.source})"
         )
 
-        walls = {"prepare": time.perf_counter() - started}  # wall time per phase, in the result
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            walls[name] = time.perf_counter() - clock
-            clock = time.perf_counter()
-
+        walls.lap("prepare", "train")  # wall time per phase and part, in the result
         phase("train")
         trained = phases.train(prepared)
         distributed.shutdown()  # the other ranks are done: what follows (references included) is rank 0's alone
-        lap("train")
+        walls.lap("train", "evaluate")
         phase("evaluate")
         evaluation = phases.evaluate(prepared.task, prepared.model, prepared.scored)
         if save_checkpoint:
             phases.save_checkpoint(prepared, folder)
-        lap("evaluate")
+        walls.lap("evaluate", "zero_shot")
 
         zero_shot = phases.zero_shot(prepared)
-        lap("zero_shot")
+        walls.lap("zero_shot", "audit")
         phase("audit")
         audit_record, scores = None, {}
         if audit:
-            references = phases.references(prepared, trained.report.epochs, folder, log)  # their losses
+            with part("references"):
+                references = phases.references(prepared, trained.report.epochs, folder, log)  # their losses
             audit_record, scores = phases.audit(prepared, references, folder)
-        audit_record = phases.with_whitebox(audit_record, trained.report.whitebox)
-        lap("audit")
+        with part("whitebox"):  # the white-box analysis runs here, on first read
+            whitebox = trained.report.whitebox
+        audit_record = phases.with_whitebox(audit_record, whitebox)
 
         phase("record")
-        result = phases.record(
-            prepared, trained, evaluation, zero_shot, audit_record, time.perf_counter() - started, walls
-        )
-        phases.write(folder, result, scores, trained)  # the result last: a result file means a finished run
+        result = phases.record(prepared, trained, evaluation, zero_shot, audit_record)
+        with part("report"):
+            phases.write_files(folder, result, scores, trained)
+        walls.lap("audit")
+        result.systems.total_wall_s = time.perf_counter() - started
+        result.systems.phases, result.systems.phase_parts = walls.rounded()
+        write_result(folder.result, result.to_dict())  # the result last: a result file means a finished run
     return result
 
 

@@ -3,6 +3,8 @@ trade-off curve, the f-DP one-run bound against it, and the per-step parametric 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -113,3 +115,50 @@ def test_releases_without_any_canary_signal_give_a_complete_unflagged_record(see
     assert not p["violation"] and p["off"] == [] and p["epsilon_lower_bound"] in (None, 0.0)
     assert {"noise_std", "clip_norm", "sample_rate", "claimed", "confidence", "note"} <= set(p)
     assert p["noise_std"][0] == pytest.approx(1.0, rel=0.02)
+
+
+# The white-box analysis' numeric kernels work in place for speed; these are their formulas
+# written plainly (the code before that change): the results must be the same bits.
+def plain_fit_mixture(y, iterations=30):
+    x = y[y != 0].astype(float)
+    s = max(1.4826 * float(np.median(np.abs(x - np.median(x)))), 1e-12)
+    d, w = max(float(np.quantile(x, 0.999)), s), 0.01
+    for _ in range(iterations):
+        z = np.clip((x - d / 2) * d / s**2, -700, 700)
+        r = w / (w + (1 - w) * np.exp(-z))
+        w = float(np.clip(r.mean(), 1e-6, 1 - 1e-6))
+        d = float((r * x).sum() / max(r.sum(), 1e-12))
+        s = max(float(np.sqrt(((1 - r) * x**2 + r * (x - d) ** 2).sum() / x.size)), 1e-12)
+    return s, d, w
+
+
+def plain_scores(y):
+    s, d, w = plain_fit_mixture(y)
+    q = float(np.clip(2 * w, 1e-6, 1 - 1e-6))
+    z = np.clip((y.astype(float) - d / 2) * d / s**2, -700, 700)
+    return np.where(y != 0, np.logaddexp(np.log1p(-q), np.log(q) + z), 0.0).sum(axis=0)
+
+
+def plain_mixture_nll(theta, s, kept):
+    delta, q = theta
+    q = min(max(q, 1e-9), 1 - 1e-9)
+    ratio = np.exp(np.clip((kept - delta / 2) * delta / s**2, -700, 700))
+    return -((np.log1p(-q + q * ratio) - kept**2 / (2 * s**2)).sum() - kept.size * math.log(s * math.sqrt(2 * math.pi)))
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.7, 3.0])
+def test_the_in_place_kernels_give_the_plain_formulas_bits(sigma):
+    from dpbench.attacks.parametric_audit import _mixture_nll
+
+    rng = np.random.default_rng(int(sigma * 10))
+    included = rng.random(2000) < 0.5
+    y = ((included & (rng.random((40, 2000)) < 0.05)) + sigma * rng.standard_normal((40, 2000))).astype(np.float32)
+    y[rng.random(y.shape) < 0.02] = 0  # pruned releases
+    assert fit_mixture(y) == plain_fit_mixture(y)
+    assert np.array_equal(likelihood_ratio_scores(y), plain_scores(y))
+    kept = y[y != 0].astype(float)
+    for theta in [(1.0, 0.05), (0.4, 0.3), (25.0, 1e-12)]:  # the last: the clip at 700
+        assert _mixture_nll(theta, sigma, kept, np.zeros(0)) == plain_mixture_nll(theta, sigma, kept)
+        assert _mixture_nll(theta, sigma, kept, np.zeros(0), kept**2 / (2 * sigma**2)) == plain_mixture_nll(
+            theta, sigma, kept
+        )

@@ -6,6 +6,7 @@ without building the model; the same seed gives the same result."""
 from __future__ import annotations
 
 import ast
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,59 @@ def figures(record):
     return record
 
 
+def assert_parts_within_phases(systems, tolerance=0.01):
+    """Each phase's parts (keyed "<phase>.<part>", disjoint) sum to no more than its wall."""
+    parts = systems["phase_parts"]
+    for phase, wall in systems["phases"].items():
+        assert sum(v for k, v in parts.items() if k.split(".")[0] == phase) <= wall + tolerance, phase
+    assert {k.split(".")[0] for k in parts} <= systems["phases"].keys()
+
+
+def test_a_part_is_filed_under_the_phase_under_way_less_the_parts_it_excludes():
+    from dpbench.timing import Walls, part
+
+    with part("outside"):  # no run open: nothing to record, no error
+        pass
+    walls = Walls()
+    with walls.opened():
+        walls.lap("prepare", "audit")
+        with part("attacks.loss", less=("forward",)):
+            with part("forward"):
+                time.sleep(0.05)
+        with part("forward"):
+            time.sleep(0.02)
+        walls.lap("audit")
+    assert walls.parts.keys() == {"audit.attacks.loss", "audit.forward"}
+    assert walls.parts["audit.forward"] >= 0.07 and walls.parts["audit.attacks.loss"] < 0.03
+    assert_parts_within_phases({"phases": walls.phases, "phase_parts": walls.parts})
+
+
+def test_the_summary_shows_the_parts_on_one_line_with_the_attacks_summed():
+    from dpbench.summary import _phase_parts
+
+    parts = {"prepare.data": 1.0, "audit.forward": 8.0, "audit.attacks.lira": 0.25, "audit.attacks.mink++": 0.25}
+    assert _phase_parts(parts) == "prepare: data 1.0 s; audit: forward 8.0 s, attacks 0.5 s"
+
+
+def test_the_white_box_analysis_is_timed_as_its_own_part(checkpoint, tmp_path, monkeypatch):
+    """The analysis runs lazily when the run first reads `report.whitebox`: its wall must land in
+    audit.whitebox, not in another part or nowhere."""
+    from dpbench.attacks import gradient_canaries
+    from dpbench.runner import run
+
+    analysis = gradient_canaries.whitebox_section
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return analysis(*args, **kwargs)
+
+    monkeypatch.setattr(gradient_canaries, "whitebox_section", slow)
+    spec = short_spec(checkpoint, attacks=["loss", "mink++"], **{"audit.references": 0, "audit.canaries": 0})
+    systems = run(spec, tmp_path, log=lambda *_: None).to_dict()["systems"]
+    assert systems["phase_parts"]["audit.whitebox"] >= 0.5
+    assert_parts_within_phases(systems)
+
+
 def test_a_run_reads_its_base_model_once_and_the_same_seed_gives_the_same_result(checkpoint, tmp_path, disk_loads):
     from dpbench.reaudit import reaudit
     from dpbench.runner import run
@@ -93,6 +147,10 @@ def test_a_run_reads_its_base_model_once_and_the_same_seed_gives_the_same_result
     second = run(spec, tmp_path / "b", log=lambda *_: None).to_dict()
     assert figures(second) == figures(first)
     assert second["systems"]["phases"].keys() == {"prepare", "train", "evaluate", "zero_shot", "audit"}
+    assert_parts_within_phases(second["systems"])
+    assert {"prepare.data", "prepare.model_load", "train.calibration", "audit.references", "audit.forward"} | {
+        f"audit.attacks.{a}" for a in spec.attacks
+    } | {"audit.canaries", "audit.whitebox", "audit.report"} <= second["systems"]["phase_parts"].keys()
 
     disk_loads.clear()  # a re-audit: the base and the checkpoint, once each; the references' losses are cached
     again = reaudit(tmp_path / "a" / first["run_id"]).to_dict()
@@ -106,14 +164,16 @@ def test_a_run_reads_its_base_model_once_and_the_same_seed_gives_the_same_result
 def test_a_copy_of_the_base_is_the_checkpoint_as_read_from_disk(checkpoint, digit_examples):
     """What lets one load serve the target and the references: a copy, even of a base that has
     already scored examples, has the weights, trainable flags and outputs of a fresh load, and a
-    reference model trained from it is the one trained from disk."""
+    reference model trained from it is the one trained from disk. The copy shares the base's
+    encodings (the same processor's), and scores as the fresh load does."""
     from dpbench.attacks.signals import per_example_losses
 
     spec = short_spec(checkpoint)
     base = phases.load_base(spec, "cpu")
     per_example_losses(base, digit_examples)  # fills the base's caches and counters
     fresh, copy = phases.load_base(spec, "cpu"), base.copy()
-    assert copy.model is not base.model and copy.tokens_encoded == 0 and not copy._pixel_cache
+    assert copy.model is not base.model and copy.tokens_encoded == 0 and copy._encodings is base._encodings
+    assert base._encodings.prompt_ids and not fresh._encodings.prompt_ids
     state, fresh_state = copy.model.state_dict(), fresh.model.state_dict()
     assert state.keys() == fresh_state.keys()
     for name, tensor in state.items():

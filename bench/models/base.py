@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -44,12 +44,22 @@ class ModelInfo:
     weights_sha256: str | None = None  # of the base weights the run starts from (`registry.weights_sha256`)
 
 
+@dataclass
+class EncodingCache:
+    """A processor's per-example encodings: prompt ids by example, image inputs by path (kept
+    while they fit `VisionLanguageModel.PIXEL_CACHE_BYTES`)."""
+
+    prompt_ids: dict[Example, tuple[int, ...]] = field(default_factory=dict)
+    pixels: dict[Path, dict[str, torch.Tensor]] = field(default_factory=dict)
+    pixel_bytes: int = 0
+
+
 class VisionLanguageModel:
     """Wraps an HF image-text-to-text model (LLaVA, Idefics3/SmolVLM, Qwen2-VL) and its processor."""
 
     PIXEL_CACHE_BYTES = 256 * 2**20  # ~80k images at 16 px, ~180 at LLaVA-1.5's 336 px
 
-    def __init__(self, model, processor, info: ModelInfo, device: str = "cpu"):
+    def __init__(self, model, processor, info: ModelInfo, device: str = "cpu", encodings: EncodingCache | None = None):
         self.arch = architecture(model.config.model_type)
         self.arch.prepare_processor(processor, model)
         # parameter groups selectable with `--trainable`, as module-name prefixes
@@ -66,17 +76,18 @@ class VisionLanguageModel:
         self.visual_tokens_kept = self.visual_tokens_per_image  # token pruning lowers it
         self.token_pruner = None  # the installed `TokenPruner`, if any
         self.last_batch: dict | None = None  # the latest `encode` output (text-guided pruning reads it)
-        self._prompt_ids_cache: dict[Example, tuple[int, ...]] = {}
-        self._pixel_cache: dict[Path, dict[str, torch.Tensor]] = {}
-        self._pixel_cache_bytes = 0
+        self._encodings = encodings or EncodingCache()  # a copy shares its original's: the same processor
         self.autocast: torch.dtype | None = None  # set by `training_precision`: forwards under autocast
 
     def copy(self, device: str | None = None) -> VisionLanguageModel:
         """A model of the same weights and processor (deep copies) on `device` (default: this
-        one's), as a fresh load would give it: no caches, counters, adapters or hooks of its own.
-        Meant for an untouched base model; a copy of a transformed one keeps its transforms."""
+        one's), as a fresh load would give it: no counters, adapters or hooks of its own. It shares
+        this one's encoding caches (an encoding is the processor's alone, and the processor is the
+        same), so the target, the base and the reference models encode each example once between
+        them. Meant for an untouched base model; a copy of a transformed one keeps its transforms."""
         model = deepcopy(self.model).eval()
-        return VisionLanguageModel(model, deepcopy(self.processor), self.info, device=device or str(self.device))
+        device = device or str(self.device)
+        return VisionLanguageModel(model, deepcopy(self.processor), self.info, device, self._encodings)
 
     def to(self, device: str) -> VisionLanguageModel:
         """The model moved to `device`, in place."""
@@ -134,11 +145,11 @@ class VisionLanguageModel:
     # them changes no tensor.
     def _prompt_ids(self, example: Example) -> tuple[int, ...]:
         """The prompt's token ids, each image placeholder expanded to its visual tokens."""
-        ids = self._prompt_ids_cache.get(example)
+        ids = self._encodings.prompt_ids.get(example)
         if ids is None:  # the processor itself expands the placeholders (its count is per model)
             images = [self._image(example.image)] if example.image is not None else None
             enc = self.processor(text=[self.prompt_text(example)], images=images, return_tensors=None, padding=False)
-            ids = self._prompt_ids_cache[example] = tuple(enc["input_ids"][0])
+            ids = self._encodings.prompt_ids[example] = tuple(enc["input_ids"][0])
         return ids
 
     def _image(self, path: Path) -> Image.Image:
@@ -150,14 +161,15 @@ class VisionLanguageModel:
         if example.image is None:
             return None
         key = Path(example.image)
-        pixels = self._pixel_cache.get(key)
+        cache = self._encodings
+        pixels = cache.pixels.get(key)
         if pixels is None:
             out = self.processor.image_processor([self._image(key)], return_tensors="pt")
             pixels = {k: out[k] for k in self.arch.image_inputs}
             size = sum(v.numel() * v.element_size() for v in pixels.values())
-            if self._pixel_cache_bytes + size <= self.PIXEL_CACHE_BYTES:
-                self._pixel_cache[key] = pixels
-                self._pixel_cache_bytes += size
+            if cache.pixel_bytes + size <= self.PIXEL_CACHE_BYTES:
+                cache.pixels[key] = pixels
+                cache.pixel_bytes += size
         return pixels
 
     def _keep_placeholders(self, ids: list[int]) -> list[int]:
