@@ -47,6 +47,23 @@ def test_a_per_example_shift_is_caught_where_the_population_attack_is_not():
     assert abs(s["population_loss"]["unlearned"]["auc"] - 0.5) < 0.15  # forget set vs non-members: little signal
 
 
+def test_few_pairs_flag_a_clear_shift_by_its_auc_before_any_epsilon_bound():
+    """4 pairs and 10 forgotten examples (the committed audit's size): 40 scores a side are too few
+    for the ε̂ bound to leave 0, but enough for the AUC's test to tell the models apart."""
+    u, r = simulate(k=4, n=10, shift=0.5, spread=3.0)
+    s = ulira.summarise(u, r, u, r, delta=1e-5)
+    assert s["ulira"]["auc"] > 0.75 and s["ulira"]["auc_p_value"] < 0.05 and s["not_unlearned"]
+    assert s["ulira"]["epsilon_lower_bound"] == 0.0
+
+
+def test_the_not_unlearned_flag_errs_at_about_its_level_on_indistinguishable_models():
+    flags = []
+    for seed in range(60):
+        u, r = simulate(k=4, n=10, shift=0.0, seed=100 + seed)
+        flags.append(ulira.summarise(u, r, u, r, delta=1e-5)["not_unlearned"])
+    assert sum(flags) <= 8  # 5 % of 60 is 3; 8 or more has probability under 0.5 % at the nominal level
+
+
 def test_identical_shadow_models_give_exactly_chance():
     u, _ = simulate()
     pos, neg = ulira.ulira_scores(confidence_logit(u), confidence_logit(u))

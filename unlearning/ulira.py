@@ -6,7 +6,9 @@ on D_k alone, D_k a random half of the pool. For every forgotten example x, K sc
 hypothesis ("unlearned", "never trained").
 
   U-LiRA (Hayes et al. 2024)  a per-example likelihood-ratio test of the two Gaussians fitted to x's
-                              scores, leave-one-pair-out: AUC, TPR at low FPR, ε̂ lower bound (95 %)
+                              scores, leave-one-pair-out: AUC, TPR at low FPR, ε̂ lower bound (95 %);
+                              "not unlearned" when the AUC's one-sided Mann-Whitney test rejects
+                              "no better than chance" at 95 %
   per-example ε (the NeurIPS 2023 unlearning challenge's estimator) from the K against K scores of
                               each x: a plug-in point estimate (error rates floored at 1/(2K))
   PrivLeak (MUSE)             (AUC_unlearned - AUC_retrained) / AUC_retrained of a population loss
@@ -21,6 +23,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from dpbench.attacks.lira import confidence_logit
 from dpbench.attacks.metrics import CONFIDENCE, _epsilon_from_rates, attack_summary, roc_summary
@@ -94,6 +97,9 @@ def summarise(
     su, sr = confidence_logit(forget_unlearned), confidence_logit(forget_retrained)
     pos, neg = ulira_scores(su, sr)
     ulira = attack_summary(pos, neg, delta, CONFIDENCE)
+    # "is the unlearned model told apart from retrained ones at all?": the AUC's one-sided
+    # Mann-Whitney test. The ε̂ bound answers "how much", and needs far more scores to leave 0.
+    p_value = float(stats.mannwhitneyu(pos, neg, alternative="greater").pvalue)
     per_ex = per_example_epsilon(su, sr, delta)
 
     def population(forget, nonmember) -> dict[str, Any]:
@@ -106,9 +112,9 @@ def summarise(
     pop_r = population(forget_retrained, nonmember_retrained)
     return {
         "confidence": CONFIDENCE,
-        "ulira": {k: ulira[k] for k in ("auc", "tpr_at_fpr", "epsilon_lower_bound")},
+        "ulira": {**{k: ulira[k] for k in ("auc", "tpr_at_fpr", "epsilon_lower_bound")}, "auc_p_value": p_value},
         "per_example_epsilon": {"mean": float(per_ex.mean()), "max": float(per_ex.max()), "estimator": "point"},
         "population_loss": {"unlearned": pop_u, "retrained": pop_r},
         "privleak": privleak(pop_u["auc"], pop_r["auc"]),
-        "not_unlearned": ulira["epsilon_lower_bound"] > 0,
+        "not_unlearned": p_value < 1 - CONFIDENCE,
     }
