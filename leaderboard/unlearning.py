@@ -78,7 +78,8 @@ def rows(results: Iterable[dict[str, Any]]) -> list[UnlearnRow]:
     for r in results:
         p, s = r["parent"], r["spec"]
         # seeds of one configuration pool; another recipe, option or dataset is a row of its own
-        key = (p["task"], p["method"], p["epsilon"] if p["private"] else None, s["forget"], method_label(s))
+        parent = f"{p['method']} ({p['n_train']} examples)"  # the parent's recipe: a smaller set memorises more
+        key = (p["task"], parent, p["epsilon"] if p["private"] else None, s["forget"], method_label(s))
         groups[key, json.dumps(s["options"], sort_keys=True), p["dataset_source"]].append(r)
 
     def order(group: tuple) -> tuple:
