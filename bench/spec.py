@@ -123,7 +123,9 @@ class RunSpec:
         if self.token_pruning is None:
             object.__setattr__(self, "token_pruning", default_token_pruning(self.method))
         if self.audit.gradient_canaries is None and isinstance(self.audit, AuditSpec):
-            m = AUDIT_CANARIES if method is not None and method.audit_block else 0
+            # the default never exceeds what the auditor may keep: a long run audits with fewer
+            m = min(AUDIT_CANARIES, MAX_CANARY_RELEASES // max(self.training.steps, 1))
+            m = m if method is not None and method.audit_block else 0
             object.__setattr__(self, "audit", dataclasses.replace(self.audit, gradient_canaries=m))
         if method is not None and method.spec_records_options and isinstance(self.method_options, dict):
             object.__setattr__(self, "method_options", {**method.options, **self.method_options})

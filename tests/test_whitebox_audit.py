@@ -272,6 +272,15 @@ def test_the_auditor_keeps_a_bounded_record():
         RunSpec().replace(**{"training.steps": MAX_CANARY_RELEASES // AUDIT_CANARIES + 1})
 
 
+def test_a_long_run_defaults_to_as_many_canaries_as_the_auditor_may_keep():
+    from dpbench.spec import MAX_CANARY_RELEASES, TrainingSpec
+
+    steps = 4 * MAX_CANARY_RELEASES // AUDIT_CANARIES
+    s = RunSpec(training=TrainingSpec(steps=steps))
+    assert s.audit.gradient_canaries == MAX_CANARY_RELEASES // steps == AUDIT_CANARIES // 4
+    assert RunSpec().audit.gradient_canaries == AUDIT_CANARIES
+
+
 def test_the_white_box_analysis_runs_once_when_first_read():
     """Methods hand their report the analysis, not its result: phases time training without it."""
     from dpbench.methods.base import TrainReport
