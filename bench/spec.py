@@ -124,7 +124,9 @@ class RunSpec:
             object.__setattr__(self, "token_pruning", default_token_pruning(self.method))
         if self.audit.gradient_canaries is None and isinstance(self.audit, AuditSpec):
             # the default never exceeds what the auditor may keep: a long run audits with fewer
-            m = min(AUDIT_CANARIES, MAX_CANARY_RELEASES // max(self.training.steps, 1))
+            steps = self.training.steps  # checked later (a bad value is one line there, not a TypeError here)
+            ok = isinstance(steps, int) and not isinstance(steps, bool) and steps > 0
+            m = min(AUDIT_CANARIES, MAX_CANARY_RELEASES // steps) if ok else AUDIT_CANARIES
             m = m if method is not None and method.audit_block else 0
             object.__setattr__(self, "audit", dataclasses.replace(self.audit, gradient_canaries=m))
         if method is not None and method.spec_records_options and isinstance(self.method_options, dict):
