@@ -130,7 +130,8 @@ def test_two_sweeps_on_one_folder_never_run_a_run_twice(checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_a_run_killed_during_training_leaves_no_result_and_is_rerun(checkpoint, tmp_path):
-    spec = small_spec(checkpoint, **{"training.steps": 5000})
+    # long enough to be killed mid-training; the default canaries would exceed what the auditor may keep at 5000 steps
+    spec = small_spec(checkpoint, **{"training.steps": 5000, "audit.gradient_canaries": 10_000})
     folder = RunFolder.of(tmp_path, spec.run_id())
     config = tmp_path / "spec.yaml"
     config.write_text(json.dumps(spec.to_dict()))
