@@ -26,8 +26,9 @@ ASSUMES = (
     "U-LiRA and the per-example ε compare K shadow models unlearned after training on the forget set with K "
     "retrained without it, each on a random half of the parent's retained examples, under the parent's recipe: "
     "they measure the unlearning method on this recipe and forget set, not the one audited model alone. "
-    "The ε̂ lower bound and the AUC's test (the not-unlearned flag) hold at 95 % for scores drawn as in the shadows, "
-    "taken as independent (the scores of one pair's models share that model); the per-example ε is a point estimate. "
+    "The ε̂ lower bound holds at 95 % for scores drawn as in the shadows, taken as independent; the not-unlearned "
+    "flag tests one value per forgotten example (its scores averaged over the pairs); the per-example ε is a point "
+    "estimate. "
     "Group privacy assumes the parent's (ε, δ) and holds for any post-processing, unlearning included."
 )
 

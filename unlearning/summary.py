@@ -40,7 +40,7 @@ def print_unlearn_summary(result: dict[str, Any]) -> None:
         verdict = "NOT unlearned: the forget set is still detectable" if a["not_unlearned"] else "no evidence left"
         click.echo(
             f"  audit ({a['pairs']} shadow pairs): U-LiRA AUC {u['auc']:.3f}"
-            + (f" (p {u['auc_p_value']:.2g})" if "auc_p_value" in u else "")
+            + (f" (p {u['p_value']:.2g})" if "p_value" in u else "")
             + f", ε̂ ≥ {u['epsilon_lower_bound']:.2f} "
             f"({a['confidence']:.0%}), PrivLeak {a['privleak']:+.3f}: {verdict}"
         )

@@ -7,8 +7,8 @@ hypothesis ("unlearned", "never trained").
 
   U-LiRA (Hayes et al. 2024)  a per-example likelihood-ratio test of the two Gaussians fitted to x's
                               scores, leave-one-pair-out: AUC, TPR at low FPR, ε̂ lower bound (95 %);
-                              "not unlearned" when the AUC's one-sided Mann-Whitney test rejects
-                              "no better than chance" at 95 %
+                              "not unlearned" when a one-sided Wilcoxon test over the forgotten
+                              examples (`not_unlearned_p_value`) rejects "no different" at 95 %
   per-example ε (the NeurIPS 2023 unlearning challenge's estimator) from the K against K scores of
                               each x: a plug-in point estimate (error rates floored at 1/(2K))
   PrivLeak (MUSE)             (AUC_unlearned - AUC_retrained) / AUC_retrained of a population loss
@@ -56,6 +56,18 @@ def ulira_scores(unlearned: np.ndarray, retrained: np.ndarray) -> tuple[np.ndarr
     return np.concatenate(pos), np.concatenate(neg)
 
 
+def not_unlearned_p_value(pos: np.ndarray, neg: np.ndarray, n: int) -> float:
+    """Is the unlearned model told apart from retrained ones at all? One value per forgotten
+    example (its unlearned less its retrained log likelihood ratios, averaged over the pairs), then
+    a one-sided Wilcoxon signed-rank test over the examples: one example's K scores, and one pair's
+    n scores, are not independent draws, so a test over all K·n scores would read too small a p.
+    The ε̂ bound answers "how much", and needs far more scores to leave 0."""
+    d = (np.asarray(pos, float) - np.asarray(neg, float)).reshape(-1, n).mean(axis=0)
+    if not np.any(d):
+        return 1.0  # the same scores on both sides: retrain's own shadows
+    return float(stats.wilcoxon(d, alternative="greater").pvalue)
+
+
 def per_example_epsilon(unlearned: np.ndarray, retrained: np.ndarray, delta: float) -> np.ndarray:
     """Each forgotten example's ε point estimate from its K unlearned and K retrained scores: the
     best threshold's max(ln((1-δ-FPR)/FNR), ln((1-δ-FNR)/FPR)), rates floored at 1/(2K) (a point
@@ -97,9 +109,7 @@ def summarise(
     su, sr = confidence_logit(forget_unlearned), confidence_logit(forget_retrained)
     pos, neg = ulira_scores(su, sr)
     ulira = attack_summary(pos, neg, delta, CONFIDENCE)
-    # "is the unlearned model told apart from retrained ones at all?": the AUC's one-sided
-    # Mann-Whitney test. The ε̂ bound answers "how much", and needs far more scores to leave 0.
-    p_value = float(stats.mannwhitneyu(pos, neg, alternative="greater").pvalue)
+    p_value = not_unlearned_p_value(pos, neg, su.shape[1])
     per_ex = per_example_epsilon(su, sr, delta)
 
     def population(forget, nonmember) -> dict[str, Any]:
@@ -112,7 +122,7 @@ def summarise(
     pop_r = population(forget_retrained, nonmember_retrained)
     return {
         "confidence": CONFIDENCE,
-        "ulira": {**{k: ulira[k] for k in ("auc", "tpr_at_fpr", "epsilon_lower_bound")}, "auc_p_value": p_value},
+        "ulira": {**{k: ulira[k] for k in ("auc", "tpr_at_fpr", "epsilon_lower_bound")}, "p_value": p_value},
         "per_example_epsilon": {"mean": float(per_ex.mean()), "max": float(per_ex.max()), "estimator": "point"},
         "population_loss": {"unlearned": pop_u, "retrained": pop_r},
         "privleak": privleak(pop_u["auc"], pop_r["auc"]),
