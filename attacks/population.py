@@ -137,7 +137,8 @@ def assemble(plan: ReferencePlan, losses: list[ModelLosses], recipe: dict) -> Re
     """The references as the audit receives them, from each model's `model_losses`; `recipe`
     (method, lr) says how they trained, for the result."""
     k = len(plan.seeds)
-    pool_in = [[e.uid in {d.uid for d in data} for e in plan.pool] for data in plan.datasets]
+    insides = [{d.uid for d in data} for data in plan.datasets]  # a set per reference model, built once
+    pool_in = [[e.uid in inside for e in plan.pool] for inside in insides]
     a = estimate_offline_a(np.exp(-np.stack([pool for _, _, pool in losses])), pool_in)
     info = {
         "models": k,

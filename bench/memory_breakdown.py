@@ -63,8 +63,11 @@ def note_per_example(params: Iterable[torch.nn.Parameter]) -> None:
     """A physical batch's per-example gradients (or ghost clipping's norms), read where they are
     whole: after its backward pass, before clipping and the audit's canaries replace them. The DP
     loop calls it; a method without per-example gradients never does."""
+    if not _ACTIVE:  # the training loop calls it every physical batch: nothing to do outside a breakdown
+        return
+    params = list(params)
     for b in _ACTIVE:
-        b.read_per_example(list(params))
+        b.read_per_example(params)
 
 
 class MemoryBreakdown:

@@ -127,6 +127,7 @@ class RunSpec:
             steps = self.training.steps  # checked later (a bad value is one line there, not a TypeError here)
             ok = isinstance(steps, int) and not isinstance(steps, bool) and steps > 0
             m = min(AUDIT_CANARIES, MAX_CANARY_RELEASES // steps) if ok else AUDIT_CANARIES
+            m = m if m >= 2 else 0  # a run too long for even 2 canaries' releases: no white-box audit
             m = m if method is not None and method.audit_block else 0
             object.__setattr__(self, "audit", dataclasses.replace(self.audit, gradient_canaries=m))
         if method is not None and method.spec_records_options and isinstance(self.method_options, dict):

@@ -5,6 +5,7 @@ business; this catches a README that drifted from the CLI."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -26,13 +27,15 @@ def readme_commands() -> list[list[str]]:
                 continue
             words = line.split()[1:]
             # `list a|b|c` is three commands; `[--check]` is the command with and without it
-            alternatives = [words]
-            for i, w in enumerate(words):
+            choices = []  # per word, what it stands for: every combination is a command
+            for w in words:
                 if "|" in w and not w.startswith("-"):
-                    alternatives = [words[:i] + [part] + words[i + 1 :] for part in w.split("|")]
+                    choices.append([[part] for part in w.split("|")])
                 elif w.startswith("[") and w.endswith("]"):
-                    alternatives = [words[:i] + words[i + 1 :], words[:i] + [w[1:-1]] + words[i + 1 :]]
-            commands += alternatives
+                    choices.append([[], [w[1:-1]]])
+                else:
+                    choices.append([[w]])
+            commands += [[x for part in combo for x in part] for combo in itertools.product(*choices)]
     return commands
 
 
