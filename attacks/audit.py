@@ -8,6 +8,7 @@ from dpbench.attacks import canary_audit, population
 from dpbench.attacks.base import ATTACKS
 from dpbench.attacks.metrics import CONFIDENCE, attack_summary
 from dpbench.attacks.signals import FORWARD, ReferenceLosses, Signals
+from dpbench.files import write_npz
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import AuditRecord
 from dpbench.timing import part
@@ -28,7 +29,7 @@ def score_attacks(
         with part(f"attacks.{name}", less=(FORWARD,)):  # its statistics; the forward passes are shared
             s = np.asarray(attack().score(signals), dtype=float)
         scores[name] = (s[:n], s[n:])
-    np.savez(
+    write_npz(
         folder.attack_scores,
         **{f"{k}/members": v[0] for k, v in scores.items()},
         **{f"{k}/nonmembers": v[1] for k, v in scores.items()},

@@ -30,6 +30,7 @@ from dpbench.attacks.signals import per_example_losses
 from dpbench.cache import cache_dir
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.files import write_npz
 from dpbench.run_folder import RunFolder
 from dpbench.spec import CANARY_KINDS
 
@@ -195,7 +196,7 @@ def canary_section(included, scores, seed: int, delta: float) -> dict:
 
 
 def save_canary_scores(folder: RunFolder, canaries: Canaries, scores: np.ndarray) -> None:
-    np.savez(
+    write_npz(
         folder.canary_scores,
         uids=np.array([e.uid for e in canaries.examples]),
         included=canaries.included,

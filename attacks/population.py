@@ -25,6 +25,7 @@ from dpbench.attacks.signals import ReferenceLosses, per_example_losses
 from dpbench.checks import SEED_LIMIT
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.files import write_npz
 from dpbench.run_folder import RunFolder
 
 SEED_OFFSET = 7919  # reference k trains with seed + SEED_OFFSET + k: never the target's own seed
@@ -161,7 +162,7 @@ def assemble(plan: ReferencePlan, losses: list[ModelLosses], recipe: dict) -> Re
 
 
 def save_references(folder: RunFolder, refs: ReferenceLosses) -> None:
-    np.savez(
+    write_npz(
         folder.reference_losses,
         uids=np.array(refs.uids),
         losses=refs.losses,

@@ -12,6 +12,7 @@ through a temp file and a rename (`write_atomic`), so no reader sees half a file
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -251,3 +252,10 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
     write_atomic(path, text.encode("utf-8"))
+
+
+def write_npz(path: str | Path, **arrays) -> None:
+    """`np.savez` to `path` (its name as given), whole or absent, through `write_atomic`."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())

@@ -18,8 +18,6 @@ import random
 import time
 from dataclasses import dataclass, fields
 
-import numpy as np
-
 from dpbench.attacks import population
 from dpbench.attacks.audit import audit_run
 from dpbench.attacks.base import ATTACKS
@@ -31,6 +29,7 @@ from dpbench.attacks.signals import ReferenceLosses
 from dpbench.distributed import world
 from dpbench.errors import DpbenchError
 from dpbench.examples import Example
+from dpbench.files import write_npz
 from dpbench.memory_breakdown import MemoryBreakdown
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.models.base import VisionLanguageModel
@@ -443,6 +442,6 @@ def write_files(folder: RunFolder, result: RunResult, scores: dict, trained: Tra
     result file means a finished run)."""
     if trained.report.whitebox_scores is not None:
         included, canary_scores = trained.report.whitebox_scores
-        np.savez(folder.whitebox_scores, included=included, scores=canary_scores)
+        write_npz(folder.whitebox_scores, included=included, scores=canary_scores)
     if result.audit is not None:
         write_report(folder, result.to_dict(), scores)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpbench.files import write_json_atomic
+from dpbench.files import write_json_atomic, write_npz
 from dpbench.run_folder import RunFolder
 from dpbench.unlearning.requests import ForgetSet
 
@@ -51,17 +51,10 @@ def nonmembers(c) -> list:
     return random.Random("shadow-nonmembers").sample(c.nonmembers, n)
 
 
-def save_arrays(path: Path, **arrays) -> None:
-    """Whole or absent: a crash never leaves a file that reads as done."""
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
 def save_losses(folder: RunFolder, model_name: str, model, c) -> None:
     from dpbench.unlearning.metrics import example_losses
 
-    save_arrays(
+    write_npz(
         losses_file(folder, model_name),
         forget=example_losses(model, c.forget_set.forget),
         nonmembers=example_losses(model, nonmembers(c)),
@@ -102,7 +95,7 @@ def unlearn_pair(c, k: int, seed: int, folder: RunFolder, unlearner, log=print) 
     if out.exists():
         return
     if unlearner.name == "retrain":  # retraining the pair's trained model gives its retrained model
-        save_arrays(out, **np.load(losses_file(folder, RETRAINED)))
+        write_npz(out, **np.load(losses_file(folder, RETRAINED)))
         return
     log(f"shadow pair {k}: {unlearner.name}")
     ps = c.parent_spec
