@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
 from scipy import stats
 
 from dpbench.attacks.gradient_canaries import fit_mixture, likelihood_ratio_scores
@@ -46,6 +47,28 @@ def test_one_gaussian_release_has_the_gaussian_trade_off_curve():
 def guesses(y, included, k):
     top = np.argsort(-likelihood_ratio_scores(y))[:k]
     return int(included[top].sum())
+
+
+@pytest.mark.parametrize(
+    "sigma, rate, steps, delta",
+    [(0.665, 1 / 23, 150, 6.94e-5), (0.3, 1 / 3, 30, 1e-5), (1.0, 0.5, 2, 1e-3), (50.0, 0.1, 4, 1e-5)],
+)
+def test_the_audits_prv_domain_contains_opacus_one_and_gives_its_epsilon(sigma, rate, steps, delta):
+    """The audit's PRV sizes its domain by RDP at integer orders (fast): never smaller than Opacus'
+    own domain, and the same ε bounds from the same mesh."""
+    from opacus.accountants import PRVAccountant
+
+    from dpbench.attacks import tradeoff
+
+    opacus, ours = PRVAccountant(), tradeoff._PRVAccountant()
+    opacus.history = ours.history = [(sigma, rate, steps)]
+    kw = dict(eps_error=tradeoff.EPS_ERROR, delta_error=delta / 1000)
+    args = ([PoissonSubsampledGaussianPRV(rate, sigma)], [steps], tradeoff.EPS_ERROR, delta / 1000)
+    theirs, mine = opacus._get_domain(*args), ours._get_domain(*args)
+    assert mine.t_min <= theirs.t_min and mine.t_max >= theirs.t_max and mine.dt == pytest.approx(theirs.dt)
+    want = opacus._get_dprv(**kw).compute_epsilon(delta, delta / 1000, tradeoff.EPS_ERROR)
+    got = ours._get_dprv(**kw).compute_epsilon(delta, delta / 1000, tradeoff.EPS_ERROR)
+    assert np.allclose(got, want, atol=tradeoff.EPS_ERROR)
 
 
 def test_the_composed_f_dp_bound_is_sound_and_sees_less_noise():

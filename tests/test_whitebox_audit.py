@@ -148,12 +148,15 @@ def test_every_fault_of_the_zoo_is_caught_at_claimed_epsilon_one_or_explained(ti
     model's own coordinates catches the one that passes through real layers' gradients."""
     explained = FAULTS.get(fault).unseen_by_canaries
     placement = "model" if fault == "clip-skip-language-model" else "audit-block"
+    # on the model each canary goes through the step's own clipping one at a time, so fewer of them:
+    # 2000 still flag this fault by every bound at ε 1 (one-run ε̂ about 5)
+    canaries = 2000 if placement == "model" else 20000
     w = audit_of(
         tiny_model,
         digit_examples,
         1.0,
         fault,
-        **{"audit.gradient_canaries": 20000, "audit.canary_placement": placement},
+        **{"audit.gradient_canaries": canaries, "audit.canary_placement": placement},
     )
     if explained and placement == "audit-block":
         assert not w["violation"]  # honest: it is not seen, and the zoo says why
