@@ -84,6 +84,11 @@ class Prepared(Checked):
     model: VisionLanguageModel
     base: VisionLanguageModel | None
 
+    @classmethod
+    def of(cls, c: Checked, model: VisionLanguageModel, base: VisionLanguageModel | None) -> Prepared:
+        """The checked run, every field of it kept, with its models."""
+        return cls(**{f.name: getattr(c, f.name) for f in fields(Checked)}, model=model, base=base)
+
 
 @dataclass
 class Trained:
@@ -222,17 +227,13 @@ def prepare(c: Checked, *, with_base: bool = True) -> Prepared:
     with part("model_load"):
         base = load_base(c.spec, "cpu") if with_base else None
         model = load_target(c.spec, c.method, base)
-    return Prepared(**{f.name: getattr(c, f.name) for f in fields(Checked)}, model=model, base=base)
+    return Prepared.of(c, model, base)
 
 
 def load_finished(c: Checked, folder: RunFolder) -> Prepared:
     """A finished run's models, for a re-audit: its saved checkpoint and the base model."""
     base = load_base(c.spec, c.spec.device)
-    return Prepared(
-        **{f.name: getattr(c, f.name) for f in fields(Checked)},
-        model=load_checkpoint(c.spec, c.method, folder, base.info),
-        base=base,
-    )
+    return Prepared.of(c, load_checkpoint(c.spec, c.method, folder, base.info), base)
 
 
 def train(p: Prepared) -> Trained:

@@ -50,8 +50,10 @@ def run(
 def run_prepared(prepared, runs_dir, started, walls, audit, save_checkpoint, if_not_done, log) -> RunResult:
     spec = prepared.spec
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
-    skip_done = if_not_done and (not save_checkpoint or folder.checkpoint.is_dir())  # a sweep may want its checkpoint
-    with holding(folder, spec, skip_done, launched_rank()), failure_recorded(folder) as phase:
+    with (
+        holding(folder, spec, skip_done(folder, if_not_done, save_checkpoint), launched_rank()),
+        failure_recorded(folder) as phase,
+    ):
         write_json_atomic(folder.spec, spec.to_dict())
         log(
             f"run {spec.run_id()}: {spec.method} on {spec.task} ({len(prepared.fit)} training examples, "
@@ -103,8 +105,10 @@ def launch(
     distributed.check_launch(spec.device, spec.training.nproc)
     phases.check(spec)
     folder = RunFolder.of(runs_dir, spec.run_id()).create()
-    skip_done = if_not_done and (not save_checkpoint or folder.checkpoint.is_dir())
-    with holding(folder, spec, skip_done), tempfile.TemporaryDirectory(prefix="dpbench-ranks-") as tmp:
+    with (
+        holding(folder, spec, skip_done(folder, if_not_done, save_checkpoint)),
+        tempfile.TemporaryDirectory(prefix="dpbench-ranks-") as tmp,
+    ):
         config = Path(tmp) / "spec.json"
         config.write_text(json.dumps(spec.to_dict()))
         args = ["--config", str(config), "--runs-dir", str(runs_dir)]
@@ -114,6 +118,12 @@ def launch(
     if status != 0:
         why = folder.failure_line() or f"a training process failed (exit status {status}); its output above says why"
         raise DpbenchError(f"run {spec.run_id()}: {why}")
+
+
+def skip_done(folder: RunFolder, if_not_done: bool, save_checkpoint: bool) -> bool:
+    """Whether `--if-not-done` skips the run once finished: not when a sweep wants its checkpoint
+    (`--save-checkpoint`, the parent of an `unlearn:` section) and the finished run saved none."""
+    return if_not_done and (not save_checkpoint or folder.checkpoint.is_dir())
 
 
 @contextmanager

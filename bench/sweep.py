@@ -185,7 +185,7 @@ def run_sweep(
             echo(f"{prefix}: running")
             with tempfile.TemporaryDirectory(prefix="dpbench-sweep-") as tmp:
                 status = runner(run_command(write_config(Path(tmp), spec), runs_dir, checkpoint))
-            record_outcome(summary, runs_dir, spec, Outcome(status), prefix, echo)
+            record_run(summary, runs_dir, spec, Outcome(status), prefix, echo)
     elif pending:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
         options = options or EngineOptions()
@@ -199,7 +199,7 @@ def run_sweep(
             ]
             outcomes = run_jobs(engine, jobs, options, lambda run_id: echo(f"{prefixes[run_id]}: sent to {engine}"))
         for (prefix, spec), outcome in zip(pending, outcomes):
-            record_outcome(summary, runs_dir, spec, outcome, prefix, echo)
+            record_run(summary, runs_dir, spec, outcome, prefix, echo)
     return summary
 
 
@@ -209,21 +209,42 @@ def write_config(folder: Path, spec: RunSpec) -> Path:
     return config
 
 
+def record_run(summary: SweepSummary, runs_dir: str | Path, spec: RunSpec, outcome: Outcome, prefix: str, echo) -> None:
+    """A grid run's outcome; one that exits 0 is held to having left a valid result for its spec."""
+
+    def unfinished() -> str | None:
+        if is_done(runs_dir, spec):
+            return None
+        return f"exited 0 but left no valid result for this spec at {result_path(runs_dir, spec)}"
+
+    def busy() -> None:
+        echo(f"{prefix}: running or done elsewhere, skipped")
+
+    record_outcome(summary, runs_dir, spec.run_id(), outcome, busy=busy, unfinished=unfinished)
+
+
 def record_outcome(
-    summary: SweepSummary, runs_dir: str | Path, spec: RunSpec, outcome: Outcome, prefix: str, echo
+    summary: SweepSummary,
+    runs_dir: str | Path,
+    run_id: str,
+    outcome: Outcome,
+    *,
+    busy: Callable[[], None] = lambda: None,
+    unfinished: Callable[[], str | None] = lambda: None,
 ) -> None:
-    run_id, status = spec.run_id(), outcome.status
+    """One job's outcome into the summary (a grid run's or an `unlearn:` cell's). `busy`: called when
+    another sweep holds the run or finished it; `unfinished`: why a job that exited 0 did not finish
+    (None: it did)."""
+    status = outcome.status
     if status == RunBusy.exit_code:  # another sweep holds it or finished it: never run twice
         summary.skipped.append(run_id)
-        echo(f"{prefix}: running or done elsewhere, skipped")
+        busy()
     elif status == ENGINE_FAILURE:
         summary.failed.append(f"{run_id}: {outcome.reason}")
     elif status != 0:
         summary.failed.append(f"{run_id}: {failure_reason(runs_dir, run_id, status)}")
-    elif not is_done(runs_dir, spec):  # the run claims success: hold it to that
-        summary.failed.append(
-            f"{run_id}: exited 0 but left no valid result for this spec at {result_path(runs_dir, spec)}"
-        )
+    elif (why := unfinished()) is not None:  # the job claims success: hold it to that
+        summary.failed.append(f"{run_id}: {why}")
     else:
         summary.ran.append(run_id)
 
@@ -287,14 +308,7 @@ def sweep_command(file: str, runs_dir: str, dry_run: bool, engine: str, address:
         for stage in unlearning.jobs(unlearn, specs, runs_dir):  # the retrain references first
             outcomes = run_jobs(engine, stage, options, lambda job: click.echo(f"{job}: running"))
             for (job, _), outcome in zip(stage, outcomes):
-                if outcome.status == RunBusy.exit_code:
-                    summary.skipped.append(job)
-                elif outcome.status == ENGINE_FAILURE:
-                    summary.failed.append(f"{job}: {outcome.reason}")
-                elif outcome.status != 0:
-                    summary.failed.append(f"{job}: {failure_reason(runs_dir, job, outcome.status)}")
-                else:
-                    summary.ran.append(job)
+                record_outcome(summary, runs_dir, job, outcome)
             if summary.failed:  # the methods need their references
                 break
     click.echo(summary.line())

@@ -201,7 +201,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("n_seeds", "Seeds", "int", description="number of seeds averaged (mean ± sample std)"),
 )
 
-_BY_ATTR = {c.attr: c for c in COLUMNS}
+BY_ATTR = {c.attr: c for c in COLUMNS}  # the full table's columns by Row attribute (render reads it too)
 
 # The compact main table of a task; every column of COLUMNS stays in the full table beside it.
 MAIN_COLUMNS: tuple[Column, ...] = (
@@ -214,8 +214,8 @@ MAIN_COLUMNS: tuple[Column, ...] = (
         badge=audit_badge,
     ),
     Column("training_options", "Options", "options", description=OPTIONS_NOTE),
-    _BY_ATTR["epsilon"],
-    _BY_ATTR["utility"],
+    BY_ATTR["epsilon"],
+    BY_ATTR["utility"],
     Column(
         "strongest_eps_hat",
         "ε̂ strongest",
@@ -224,10 +224,10 @@ MAIN_COLUMNS: tuple[Column, ...] = (
         "the highest of the audits' ε̂ (white-box, per-step, black-box canary, MIA) and the audit that gave it; "
         "none is named when every ε̂ is 0",
     ),
-    _BY_ATTR["violations"],
-    _BY_ATTR["peak_memory_mib"],
-    _BY_ATTR["train_samples_per_s"],
-    _BY_ATTR["n_seeds"],
+    BY_ATTR["violations"],
+    BY_ATTR["peak_memory_mib"],
+    BY_ATTR["train_samples_per_s"],
+    BY_ATTR["n_seeds"],
 )
 
 

@@ -147,10 +147,11 @@ def systems_section(benchmarks: list[Benchmark]) -> list[str]:
 
 def figure(plot: plots.Plot) -> str:
     """The plot as an inline PNG, or a line saying why there is none (a plot with nothing to show is not drawn)."""
-    reason = plots.empty_reason(plot)
-    if reason is not None:
-        return f'<p class="note no-plot">No plot “{escape(plot["title"])}”: {escape(reason)}.</p>'
-    data = base64.b64encode(plots.draw(plot)).decode("ascii")
+    try:
+        image = plots.draw(plot)
+    except plots.EmptyPlot as empty:
+        return f'<p class="note no-plot">No plot “{escape(plot["title"])}”: {escape(empty.reason)}.</p>'
+    data = base64.b64encode(image).decode("ascii")
     return (
         f'<img alt="{escape(plot["title"])}" data-plot-hash="{plots.data_hash(plot)}" '
         f'data-points="{plots.n_points(plot)}" src="data:image/png;base64,{data}">'

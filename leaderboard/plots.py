@@ -268,11 +268,19 @@ def draw_systems(plot: Plot) -> bytes:
 DRAW = {"frontier": draw_frontier, "audit": draw_audit, "systems": draw_systems}
 
 
+class EmptyPlot(ValueError):
+    """A plot that would show nothing is not drawn; `reason` says why (`empty_reason`)."""
+
+    def __init__(self, plot: Plot, reason: str):
+        super().__init__(f"not drawing {plot['title']!r}: {reason}")
+        self.reason = reason
+
+
 def draw(plot: Plot) -> bytes:
-    """The plot as PNG bytes; ValueError for a plot that would show nothing (see `empty_reason`)."""
+    """The plot as PNG bytes; EmptyPlot (a ValueError) for a plot that would show nothing."""
     reason = empty_reason(plot)
     if reason is not None:
-        raise ValueError(f"not drawing {plot['title']!r}: {reason}")
+        raise EmptyPlot(plot, reason)
     if plot["kind"] == "unlearning":  # drawn beside its table's rows (dpbench.leaderboard.unlearning)
         from dpbench.leaderboard.unlearning import draw as draw_unlearning
 

@@ -19,6 +19,7 @@ from dpbench.leaderboard.benchmarks import Benchmark, collect_benchmarks, device
 from dpbench.leaderboard.collect import Collection, collect, display_path
 from dpbench.leaderboard.columns import (
     ARROWS,
+    BY_ATTR,
     COLUMNS,
     HIGHER,
     LOWER,
@@ -83,7 +84,6 @@ def task_note(rows: list[Row]) -> str:
 
 
 SOURCE_COLUMNS = ("dataset_source", "model_source")
-BY_ATTR = {c.attr: c for c in COLUMNS}
 
 
 def varies(rows: list[Row], attr: str) -> bool:

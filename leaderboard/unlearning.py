@@ -52,7 +52,8 @@ class UnlearnRow:
     parent: str
     epsilon: float | None
     forget: str
-    method: str
+    method: str  # its label: the name, with the recipe where it has one (`method_label`)
+    method_name: str  # the unlearning method's registered name
     # efficacy, generality, specificity, neighbours, KS, ppl, cost, U-LiRA AUC, U-LiRA ε̂, PrivLeak
     cells: tuple[Stat | None, ...]
     seeds: int
@@ -80,17 +81,16 @@ def rows(results: Iterable[dict[str, Any]]) -> list[UnlearnRow]:
         # seeds of one configuration pool; another recipe, option or dataset is a row of its own
         parent = f"{p['method']} ({p['n_train']} examples)"  # the parent's recipe: a smaller set memorises more
         key = (p["task"], parent, p["epsilon"] if p["private"] else None, s["forget"], method_label(s))
-        groups[key, json.dumps(s["options"], sort_keys=True), p["dataset_source"]].append(r)
+        groups[key, s["method"], json.dumps(s["options"], sort_keys=True), p["dataset_source"]].append(r)
 
     def order(group: tuple) -> tuple:
-        (task, parent, eps, forget, method), *rest = group
-        name = method.split(" ")[0]
+        (task, parent, eps, forget, method), name, *rest = group
         rank = ORDER.index(name) if name in ORDER else len(ORDER)
-        return (task, parent, eps if eps is not None else -1.0, forget, rank, method, *rest)
+        return (task, parent, eps if eps is not None else -1.0, forget, rank, method, name, *rest)
 
     out = []
     for group in sorted(groups, key=order):
-        key, rs = group[0], groups[group]
+        key, name, rs = group[0], group[1], groups[group]
 
         def stat(path) -> Stat | None:
             return Stat.of(path(r["metrics"], r) for r in rs)
@@ -98,6 +98,7 @@ def rows(results: Iterable[dict[str, Any]]) -> list[UnlearnRow]:
         out.append(
             UnlearnRow(
                 *key,
+                method_name=name,
                 cells=(
                     stat(lambda m, r: m["efficacy"]["unlearned"]),
                     stat(lambda m, r: (m["generality"] or {}).get("unlearned")),
@@ -144,7 +145,7 @@ def plot_data(task_rows: list[UnlearnRow], task: str) -> dict[str, Any]:
     points = [
         {
             "label": f"{r.method} ({r.parent}{'' if r.epsilon is None else f' ε{r.epsilon:g}'}, {r.forget})",
-            "method": r.method.split(" ")[0],
+            "method": r.method_name,
             "x": r.cells[2].mean,
             "y": r.cells[0].mean,
         }

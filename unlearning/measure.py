@@ -33,10 +33,7 @@ def utility_figures(c, model, answers_of=None) -> dict[str, Any]:
     answers = m.parent_answers(answers_of or model, fluency_set)
     forget_metric = m.primary(task, model, fs.forget)
     return {
-        # multiple choice: 1 - the forget set's accuracy, already scored
-        "efficacy": 1.0 - forget_metric
-        if m.multiple_choice(fs.forget)
-        else m.efficacy(task, model, fs.forget, fs.concept_names),
+        "efficacy": m.efficacy(task, model, fs.forget, fs.concept_names, scored=forget_metric),
         "generality": m.efficacy(task, model, fs.generality, fs.concept_names) if fs.generality else None,
         "forget_metric": forget_metric,
         "test_metric": m.primary(task, model, c.scored),

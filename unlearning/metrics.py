@@ -44,13 +44,20 @@ def names_concept(text: str, names: Sequence[str]) -> bool:
     return any(re.search(rf"\b{re.escape(n)}\b", text, re.IGNORECASE) for n in names)
 
 
-def efficacy(task: Task, model: VisionLanguageModel, examples: Sequence[Example], names: Sequence[str]) -> float | None:
+def efficacy(
+    task: Task,
+    model: VisionLanguageModel,
+    examples: Sequence[Example],
+    names: Sequence[str],
+    scored: float | None = None,
+) -> float | None:
     """See the module's docstring; None where neither rule applies (a generation task's examples
-    request: its distance to retrain is the measure)."""
+    request: its distance to retrain is the measure). `scored`: the examples' primary metric where
+    the caller has it already (multiple choice does not score them again)."""
     if not examples:
         return None
     if multiple_choice(examples):
-        return 1.0 - primary(task, model, examples)
+        return 1.0 - (primary(task, model, examples) if scored is None else scored)
     if names:
         answers = generations(model, examples)
         return float(np.mean([not names_concept(a, names) for a in answers]))
