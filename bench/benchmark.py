@@ -220,11 +220,13 @@ def median_breakdown(breakdowns: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not breakdowns:
         return None
     last = breakdowns[-1]
+    names = dict.fromkeys(name for b in breakdowns for name in b["components"])  # an older run's may lack one
     return {
         "device": last["device"],
         "peak": {**last["peak"], "bytes": median([b["peak"]["bytes"] for b in breakdowns])},
         "components": {
-            name: median_component([b["components"][name] for b in breakdowns]) for name in last["components"]
+            name: median_component([b["components"][name] for b in breakdowns if name in b["components"]])
+            for name in names
         },
     }
 

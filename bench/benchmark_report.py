@@ -21,7 +21,11 @@ PART_NAMES = {  # a memory breakdown's parts (dpbench.memory_breakdown), as the 
     "per_example_gradients": "Per-example gradients",
     "optimizer_state": "Optimizer state",
     "activations_and_rest": "Activations and rest",
+    "saved_activations": "Saved activations",
 }
+# a part that is a share of another (not beside the others): the plot does not stack it; absent
+# from breakdowns recorded before it was counted
+SHARE_OF = {"saved_activations": "activations_and_rest"}
 
 
 def devices(cases: list[dict]) -> dict[str, dict[str, str]]:
@@ -99,15 +103,21 @@ def breakdown_lines(result: dict[str, Any]) -> list[str]:
     if not cases:
         return []
     first = cases[0]["memory_breakdown"]
+    names = part_names(c["memory_breakdown"] for c in cases)
     depths = any(c.get("layers") is not None for c in cases)
     head = ["Method", "Batch", *(["Layers"] if depths else []), f"Peak, {first['peak']['how']}"]
-    head += [f"{PART_NAMES[name]}, {part['how']}" for name, part in first["components"].items()]
+    head += [f"{PART_NAMES[name]}, {how}" for name, how in names.items()]
     lines = [
         "",
         f"## Where the peak memory goes ({first['device']}, MiB)",
         "",
         "Medians over rounds. The peak is measured; each part is labelled measured or derived (its source below). "
-        "Parts marked * are outside the peak: resident before training, where the peak counts only what came after.",
+        "Parts marked * are outside the peak: resident before training, where the peak counts only what came after."
+        + "".join(
+            f" {PART_NAMES[name]} are a share of {PART_NAMES[whole].lower()}, not a part beside the others."
+            for name, whole in SHARE_OF.items()
+            if name in names
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
@@ -116,20 +126,34 @@ def breakdown_lines(result: dict[str, Any]) -> list[str]:
         b = c["memory_breakdown"]
         row = [f"`{c['label']}`", str(c["batch_size"]), *([str(c.get("layers") or "all")] if depths else [])]
         row.append(fmt(b["peak"]["bytes"] / MIB, ".1f"))
-        row += [part_cell(part) for part in b["components"].values()]
+        row += [part_cell(b["components"].get(name)) for name in names]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    for name in first["components"]:
+    for name in names:
         sources: dict[str, list[str]] = {}
         for c in cases:
-            sources.setdefault(c["memory_breakdown"]["components"][name]["source"], []).append(f"`{c['label']}`")
+            part = c["memory_breakdown"]["components"].get(name)
+            if part is not None:
+                sources.setdefault(part["source"], []).append(f"`{c['label']}`")
         for source, labels in sources.items():
             whom = "" if len(sources) == 1 else f" ({', '.join(dict.fromkeys(labels))})"
             lines.append(f"- {PART_NAMES[name]}: {source}{whom}.")
     return lines
 
 
-def part_cell(part: dict[str, Any]) -> str:
+def part_names(breakdowns) -> dict[str, str]:
+    """Every part the breakdowns have, in PART_NAMES' order, with how the first that has it had it."""
+    seen: dict[str, str] = {}
+    for b in breakdowns:
+        for name, part in b["components"].items():
+            seen.setdefault(name, part["how"])
+    return {name: seen[name] for name in PART_NAMES if name in seen}
+
+
+def part_cell(part: dict[str, Any] | None) -> str:
+    """A part's MiB; "—" where it is not known or the breakdown has no such part (an older run's)."""
+    if part is None:
+        return "—"
     value = fmt(part["bytes"] / MIB if part["bytes"] is not None else None, ".1f")
     return value + ("*" if not part["in_peak"] and part["bytes"] is not None else "")
 
@@ -209,6 +233,8 @@ def breakdown_panel(ax, cases: list[dict], y: list[int]) -> None:
     shown = [(c["memory_breakdown"], yy) for c, yy in zip(cases, y) if c.get("memory_breakdown")]
     left = [0.0] * len(shown)
     for name, label in PART_NAMES.items():
+        if name in SHARE_OF:  # inside another bar already
+            continue
         parts = [b["components"][name] for b, _ in shown]
         widths = [p["bytes"] / MIB if p["in_peak"] and p["bytes"] is not None else 0.0 for p in parts]
         if any(widths):

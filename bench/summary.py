@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dpbench.benchmark_report import PART_NAMES
+from dpbench.benchmark_report import PART_NAMES, SHARE_OF
 from dpbench.run_folder import RunFolder
 from dpbench.run_result import RunResult
 
@@ -21,13 +21,14 @@ def _mib(n: int) -> str:
 
 
 def _parts(breakdown: dict) -> str:
-    """The parts of a peak, each with how it was had; a part outside the peak says so."""
+    """The parts of a peak, each with how it was had; a part outside the peak, or a share of
+    another part, says so."""
     out = []
     for name, part in breakdown["components"].items():
         size = "unknown" if part["bytes"] is None else _mib(part["bytes"])
-        out.append(
-            f"{PART_NAMES[name].lower()} {size} ({part['how']}{'' if part['in_peak'] else ', outside the peak'})"
-        )
+        where = "" if part["in_peak"] else ", outside the peak"
+        where += f", within {PART_NAMES[SHARE_OF[name]].lower()}" if name in SHARE_OF else ""
+        out.append(f"{PART_NAMES[name].lower()} {size} ({part['how']}{where})")
     return ", ".join(out)
 
 

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from dpbench.attacks.gradient_canaries import RAW_SCALE, GradientCanaries, audit_block, deferred_section
 from dpbench.distributed import World, world
 from dpbench.errors import DpbenchError
-from dpbench.memory_breakdown import note_per_example
+from dpbench.memory_breakdown import note_per_example, note_saved_activations
 from dpbench.methods import grad_samplers  # noqa: F401  (registers the RMSNorm rules)
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.output import note
@@ -379,7 +379,8 @@ def dp_steps(
                 idx = idx.tolist()
                 if idx:
                     batch = model.encode([data[i] for i in idx], [data[i].target for i in idx])
-                    per_example = model.per_example_loss(batch, model=dp.module)
+                    with note_saved_activations():  # the memory breakdown's: what the forward saves for backward
+                        per_example = model.per_example_loss(batch, model=dp.module)
                     dp.criterion(per_example).backward()  # ghost: both backward passes
                     note_per_example(dp.params)  # the memory breakdown's, before clipping or canaries
                     running += per_example.detach().sum().item()

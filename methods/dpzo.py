@@ -40,6 +40,7 @@ from dpbench.attacks.gradient_canaries import ScalarCanaries, deferred_section
 from dpbench.checks import check_count, finite
 from dpbench.distributed import World, world
 from dpbench.errors import DpbenchError
+from dpbench.memory_breakdown import note_saved_activations
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.output import note
 from dpbench.privacy import SEEDED_NOISE, PrivacyReport, calibrate_noise, spent_epsilon
@@ -122,7 +123,8 @@ def central_difference(
     def evaluate() -> torch.Tensor:
         for g, state in zip(generators, states):
             g.set_state(state)
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        # the memory breakdown counts the pass: under no_grad autograd saves nothing for backward
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), note_saved_activations():
             torch.default_generator.manual_seed(common_seed)  # the same randomness in both passes
             for d in devices:
                 torch.cuda.default_generators[d].manual_seed(common_seed)

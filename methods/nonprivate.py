@@ -6,6 +6,7 @@ import torch
 
 from dpbench.attacks.gradient_canaries import GradientCanaries, audit_block, deferred_section
 from dpbench.distributed import World, world
+from dpbench.memory_breakdown import note_saved_activations
 from dpbench.methods.base import METHODS, Method, TrainReport
 from dpbench.privacy import PrivacyReport, default_delta
 from dpbench.training_loop import TrainingLoop, adam, chunks, shuffled_batches, trainable_parameters
@@ -45,7 +46,8 @@ class NonPrivate(Method):
                 total = 0.0
                 for part in chunks(w.shard(idx), t.physical_batch_size):  # accumulate: bounded memory
                     batch = model.encode([data[i] for i in part], [data[i].target for i in part])
-                    loss = model.per_example_loss(batch).sum() / len(idx)
+                    with note_saved_activations():  # the memory breakdown's: what the forward saves for backward
+                        loss = model.per_example_loss(batch).sum() / len(idx)
                     loss.backward()
                     total += loss.item()
                     loop.count(batch)

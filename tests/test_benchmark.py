@@ -301,6 +301,110 @@ def test_a_training_without_an_optimizer_step_leaves_its_parts_unknown():
     assert b["weights"]["bytes"] == 24
     assert all(b[name]["bytes"] is None for name in b if name != "weights")
     assert "no torch optimizer" in b["optimizer_state"]["source"]
+    assert "counted no forward" in b["saved_activations"]["source"]
+
+
+def test_saved_activations_count_each_tensor_autograd_saves_once_and_not_the_weights():
+    import torch
+
+    from dpbench.memory_breakdown import MemoryBreakdown, SavedTensors, note_saved_activations
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(3, 8)
+    # the first Linear saves its input x (3×8) for its weight's gradient; ReLU saves its output
+    # (3×16), which the second Linear saves again as its input (one storage: counted once); both
+    # Linears' weights (and their transposes, views of them) are the weights' part, not counted
+    expected = 4 * (3 * 8 + 3 * 16)
+    with SavedTensors(model, "cpu") as saved:
+        out = model(x)
+    assert saved.bytes == expected
+    out.sum().backward()  # what the hooks saved still serves backward
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16), SavedTensors(model, "cpu") as half:
+        model(x)
+    assert half.bytes == 2 * (3 * 8 + 3 * 16)  # bf16 casts of x and ReLU's output; autocast's weight copies not
+    with SavedTensors(model, "cuda:0") as elsewhere:  # another device's breakdown counts none of these
+        model(x)
+    assert elsewhere.bytes == 0
+
+    assert note_saved_activations() is note_saved_activations()  # outside a breakdown: one inert context
+    with MemoryBreakdown(model, "cpu") as parts:
+        for batch in (x, torch.randn(1, 8)):  # then a smaller physical batch: the largest stays
+            with note_saved_activations():  # around the forward, as the training loops have it
+                loss = model(batch).sum()
+            loss.backward()
+    part = parts.breakdown({"device": "cpu", "kind": "cpu-rss-above-baseline", "peak_bytes": 1000})["components"]
+    assert part["saved_activations"]["bytes"] == expected and part["saved_activations"]["how"] == "derived"
+    assert "saved_tensors_hooks" in part["saved_activations"]["source"]
+
+
+TINY_PEAK = {"device": "cpu", "kind": "cpu-rss-above-baseline", "peak_bytes": 2**40}
+
+
+def tiny_breakdown(model, examples, method, physical, *, batch, steps=1, pruning=None):
+    """A short training of `method` on the tiny model inside a memory breakdown: its components."""
+    from dpbench.memory_breakdown import MemoryBreakdown
+    from dpbench.methods.base import METHODS
+    from dpbench.models.token_pruning import install_token_pruning
+    from dpbench.spec import RunSpec
+
+    spec = RunSpec().replace(
+        **{
+            "training.steps": steps,
+            "training.batch_size": batch,
+            "training.physical_batch_size": physical,
+            "training.lr": 1e-9,
+            "privacy.epsilon": 4.0,
+            "privacy.accountant": "rdp",  # calibrates in milliseconds
+            "audit.gradient_canaries": 0,
+        }
+    )
+    model.set_trainable(["projector", "language_model"])
+    pruner = install_token_pruning(model, pruning) if pruning is not None else None
+    m = METHODS.get(method)()
+    m.prepare(model)
+    try:
+        with MemoryBreakdown(model.model, "cpu") as parts:
+            m.train(model, examples, spec, 1e-3)
+    finally:
+        if pruner is not None:
+            pruner.remove()
+    return parts.breakdown(TINY_PEAK)["components"]
+
+
+@pytest.mark.parametrize("method", ["nonprivate", "dpsgd"])
+def test_saved_activations_grow_with_the_physical_batch(fresh_tiny_model, digit_examples, method):
+    model = fresh_tiny_model()
+    # DP-SGD's logical batches are Poisson draws (rate 8/12): two steps fill a physical batch of 4
+    batch, steps = (4, 1) if method == "nonprivate" else (8, 2)
+    parts = {p: tiny_breakdown(model, digit_examples, method, p, batch=batch, steps=steps) for p in (2, 4)}
+    saved = {p: c["saved_activations"] for p, c in parts.items()}
+    assert all(s["bytes"] > 0 and "saved_tensors_hooks" in s["source"] for s in saved.values())
+    assert 1.6 <= saved[4]["bytes"] / saved[2]["bytes"] <= 2.4
+    c = parts[4]  # the remainder is as before: the saved activations are a share of it, not subtracted
+    beside = sum(c[k]["bytes"] for k in ("trained_gradients", "per_example_gradients", "optimizer_state"))
+    assert c["activations_and_rest"]["bytes"] == TINY_PEAK["peak_bytes"] - beside
+    peak = {"bytes": TINY_PEAK["peak_bytes"], "how": "measured", "kind": TINY_PEAK["kind"]}
+    assert breakdown_errors({"device": "cpu", "peak": peak, "components": c}) == []
+
+
+def test_keeping_fewer_visual_tokens_saves_fewer_activations(fresh_tiny_model, digit_examples):
+    from dpbench.models.token_pruning import TokenPruning
+
+    model = fresh_tiny_model()
+    saved = {
+        keep: tiny_breakdown(model, digit_examples, "dualpriv", 4, batch=8, pruning=TokenPruning("random", keep))[
+            "saved_activations"
+        ]["bytes"]
+        for keep in (0.25, 1.0)
+    }
+    assert 0 < saved[0.25] < saved[1.0]
+
+
+def test_dpzo_saves_no_activations_for_a_backward_it_does_not_run(fresh_tiny_model, digit_examples):
+    saved = tiny_breakdown(fresh_tiny_model(), digit_examples, "dpzo", 4, batch=8)["saved_activations"]
+    assert saved["bytes"] == 0 and saved["source"].startswith("none") and "no_grad" in saved["source"]
 
 
 @pytest.mark.slow
@@ -329,6 +433,7 @@ def test_a_dp_measurement_records_per_example_gradients_in_its_breakdown(checkpo
     assert c["weights"]["bytes"] >= grads / 2 and not c["weights"]["in_peak"]
     rest = c["activations_and_rest"]["bytes"]
     assert rest is None or rest == b["peak"]["bytes"] - grads - per_example - state
+    assert c["saved_activations"]["bytes"] > 0 and "saved_tensors_hooks" in c["saved_activations"]["source"]
 
 
 @pytest.mark.slow
@@ -421,6 +526,48 @@ def test_bench_reports_the_median_breakdown_in_json_markdown_and_the_plot():
     assert before[1]["memory_breakdown"] is None and "Where the peak" not in markdown(result_of(before))
 
 
+def test_bench_lists_saved_activations_as_a_share_of_the_rest_beside_older_breakdowns_without_them():
+    from dpbench.schemas import validation_errors
+    from dpbench.systems import environment
+
+    mib = 2**20
+    cases = [Case(BASELINE, 8), Case(MethodEntry("dpsgd"), 8)]
+    new = breakdown_of(8 * mib, 4 * mib)
+    new["components"]["saved_activations"] = {
+        "bytes": 3 * mib,
+        "how": "derived",
+        "in_peak": True,
+        "source": "autograd's saved tensors",
+    }
+    older = breakdown_of(6 * mib, 2 * mib)  # recorded before the saved activations were counted
+    measurements = [
+        {"case": 0, "round": 0, "systems": systems(6 * mib, 1.0, breakdown=older), "error": None},
+        {"case": 1, "round": 0, "systems": systems(8 * mib, 1.0, breakdown=new), "error": None},
+    ]
+    rows = summarise(cases, measurements)
+    assert "saved_activations" not in rows[0]["memory_breakdown"]["components"]
+    assert rows[1]["memory_breakdown"]["components"]["saved_activations"]["bytes"] == 3 * mib
+    result = {
+        **result_of(rows),
+        "kind": "dpbench-bench",
+        "environment": environment("cpu"),
+        "measurements": measurements,
+        "extrapolations": [],
+    }
+    assert validation_errors(result, "bench") == []  # with the part, and without it
+    lines = markdown(result).splitlines()
+    assert (
+        "| Method | Batch | Peak, measured | Weights, derived | Trained gradients, derived | "
+        "Per-example gradients, derived | Optimizer state, derived | Activations and rest, derived | "
+        "Saved activations, derived |"
+    ) in lines
+    assert "| `nonprivate` | 8 | 6.0 | 100.0* | 1.0 | 0.0 | 2.0 | 2.0 | — |" in lines
+    assert "| `dpsgd` | 8 | 8.0 | 100.0* | 1.0 | 0.0 | 2.0 | 4.0 | 3.0 |" in lines
+    assert "- Saved activations: autograd's saved tensors." in lines
+    assert any("Saved activations are a share of activations and rest" in line for line in lines)
+    assert plot_png(result).startswith(b"\x89PNG")
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 
@@ -481,7 +628,9 @@ def test_bench_smoke_in_subprocesses(checkpoint, tmp_path, run_cli):
     assert measured["systems"]["details"]["clipping"] == "ghost" and measured["systems"]["steps"] == 1
     norms = ghost["memory_breakdown"]["components"]["per_example_gradients"]
     assert "norms" in norms["source"] and norms["bytes"] > 0  # ghost clipping keeps norms, not gradients
+    assert ghost["memory_breakdown"]["components"]["saved_activations"]["bytes"] > 0
     assert "`dpsgd:clipping=ghost`" in (out / "b.md").read_text()
+    assert "Saved activations, derived" in (out / "b.md").read_text()
     assert (out / "b.png").read_bytes().startswith(b"\x89PNG")
 
 
