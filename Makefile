@@ -28,7 +28,7 @@ setup: $(VENV)/.runtime
 setup-test: $(VENV)/.test
 
 run: setup
-	$(BIN)/dpbench run --method dpsgd --task scienceqa
+	$(BIN)/dpbench run --method dualpriv --task scienceqa
 
 test: setup-test
 	$(BIN)/python -P -m pytest -q -m "not slow"
