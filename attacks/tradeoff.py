@@ -33,15 +33,24 @@ class _IntegerOrdersRDP(RDPAccountant):
 
 
 def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    """RDP's ε at the integer orders; at all of Opacus' orders when the best integer one is the
+    smallest, since the best order then lies below 2, where integer orders alone would grow the
+    domain (and the trade-off curve's cost) several times over."""
     acc = _IntegerOrdersRDP()
     acc.history = history
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "optimal order is the largest alpha": a looser bound, still a bound
-        return acc.get_epsilon(delta)
+        warnings.simplefilter("ignore")  # Opacus' "optimal order is the smallest/largest alpha"
+        epsilon, order = acc.get_privacy_spent(delta=delta)
+        if order == _IntegerOrdersRDP.DEFAULT_ALPHAS[0]:
+            full = RDPAccountant()
+            full.history = history
+            epsilon, _ = full.get_privacy_spent(delta=delta)
+    return float(epsilon)
 
 
 class _PRVAccountant(PRVAccountant):
-    """Opacus' PRV accountant, its truncation domain bounded by RDP at integer orders alone.
+    """Opacus' PRV accountant, its truncation domain bounded by RDP at integer orders where they
+    are the best ones.
 
     Opacus sizes the domain (Gopi et al., remark 5.6) by the RDP ε at its default orders, most of
     them fractional; that sizing was most of the audit's analysis time, since the f-DP bounds build
@@ -71,6 +80,16 @@ def composed_prv(noise_multiplier: float, sample_rate: float, steps: int, delta:
     """(losses t, pmf under P) of that PRV."""
     dprv = _discrete_prv(noise_multiplier, sample_rate, steps, delta)
     return np.asarray(dprv.domain.ts, dtype=float), np.clip(np.asarray(dprv.pmf, dtype=float), 0.0, None)
+
+
+def pmfs(noise_multiplier: float, sample_rate: float, steps: int, delta: float):
+    """(losses t, pmf under P, pmf under Q = P·e^(−t)) of that PRV, Q not renormalised."""
+    t, p = composed_prv(noise_multiplier, sample_rate, steps, delta)
+    if sample_rate < 1:
+        # each release's loss log(P/Q) is at least log(1 - q): below steps·log(1 - q) the PMF holds
+        # only the convolution's round-off, which e^(-t) would blow up into most of Q's mass
+        p = np.where(t >= steps * np.log1p(-sample_rate) - (t[1] - t[0]), p, 0.0)
+    return t, p, p * np.exp(-np.where(p > 0, t, 0.0))
 
 
 def epsilon_bounds(noise_multiplier: float, sample_rate: float, steps: int, delta: float):
@@ -109,8 +128,7 @@ def blow_up_curve(noise_multiplier: float, sample_rate: float, steps: int, delta
     upper concave hull from (0, 0) to (1, 1)."""
     if noise_multiplier <= 0:
         return np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0])  # no noise: a perfect test
-    t, p = composed_prv(noise_multiplier, sample_rate, steps, delta)
-    q = p * np.exp(-t)
+    t, p, q = pmfs(noise_multiplier, sample_rate, steps, delta)
     q = q / q.sum() if q.sum() > 0 else q
     # reject "out" when Y ≥ t: FPR = Q(Y ≥ t), TPR = P(Y ≥ t)
     tpr = np.flip(np.cumsum(np.flip(p)))

@@ -44,7 +44,8 @@ SOURCES = {
     "activations_and_rest": "the peak less the components it counts (a lower bound: the parts are their largest, "
     "not necessarily their size at the peak)",
     "saved_activations": "the tensors autograd saves for backward in a physical batch's forward (saved_tensors_hooks; "
-    "each storage once; parameters, buffers and their autocast copies left out), the largest physical batch's; "
+    "each storage once; parameters, buffers and the trained ones' autocast copies left out; under bf16 the copy of a "
+    "frozen weight that autograd saves counts, as it is held until the backward), the largest physical batch's; "
     "a share of activations and rest, not subtracted from the peak",
     "no_saved_activations": "none: the method's forwards run without autograd (no_grad, no backward pass), "
     "so they save nothing for backward",
@@ -150,15 +151,23 @@ def counting_hooks(counters: list[SavedTensors]) -> saved_tensors_hooks:
     saved tensor to `counters` and saves it unchanged; the packed value is a detached alias, no
     reference to the tensor's graph (torch's advice against a reference cycle)."""
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def pack(t: torch.Tensor) -> tuple[torch.Tensor, int]:
         for c in counters:
             c.pack(t)
-        return t.detach()
+        return t.detach(), t._version
 
     return saved_tensors_hooks(pack, _unpack)
 
 
-def _unpack(t: torch.Tensor) -> torch.Tensor:
+def _unpack(packed: tuple[torch.Tensor, int]) -> torch.Tensor:
+    # hooks switch off autograd's own check that a saved tensor was not changed in place; the
+    # detached alias shares the tensor's version counter, so the check is made here instead
+    t, version = packed
+    if t._version != version:
+        raise RuntimeError(
+            "a tensor saved for backward was modified by an in-place operation "
+            f"(version {t._version}, saved at {version})"
+        )
     return t
 
 

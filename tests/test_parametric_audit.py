@@ -44,6 +44,16 @@ def test_one_gaussian_release_has_the_gaussian_trade_off_curve():
     assert np.max(np.abs(tpr[inside] - exact)) < 0.01
 
 
+@pytest.mark.parametrize("sigma", [0.4, 0.665, 2.0])
+def test_the_null_distribution_is_a_distribution_at_little_noise(sigma):
+    """Q = P·e^(−t) must have mass 1: the PMF's round-off far below the least possible loss,
+    blown up by e^(−t), once made Q's mass 10^37 at σ 0.4 (and every test of such a claim free)."""
+    from dpbench.attacks.tradeoff import pmfs
+
+    t, p, q = pmfs(sigma, 1 / 23, 150, 6.94e-5)
+    assert np.isfinite(q).all() and q.sum() == pytest.approx(1.0, abs=1e-3)
+
+
 def guesses(y, included, k):
     top = np.argsort(-likelihood_ratio_scores(y))[:k]
     return int(included[top].sum())
@@ -66,6 +76,7 @@ def test_the_audits_prv_domain_contains_opacus_one_and_gives_its_epsilon(sigma, 
     args = ([PoissonSubsampledGaussianPRV(rate, sigma)], [steps], tradeoff.EPS_ERROR, delta / 1000)
     theirs, mine = opacus._get_domain(*args), ours._get_domain(*args)
     assert mine.t_min <= theirs.t_min and mine.t_max >= theirs.t_max and mine.dt == pytest.approx(theirs.dt)
+    assert mine.size <= 1.5 * theirs.size  # where the best order is below 2, Opacus' orders size it
     want = opacus._get_dprv(**kw).compute_epsilon(delta, delta / 1000, tradeoff.EPS_ERROR)
     got = ours._get_dprv(**kw).compute_epsilon(delta, delta / 1000, tradeoff.EPS_ERROR)
     assert np.allclose(got, want, atol=tradeoff.EPS_ERROR)

@@ -162,6 +162,8 @@ def test_every_fault_of_the_zoo_is_caught_at_claimed_epsilon_one_or_explained(ti
         assert not w["violation"]  # honest: it is not seen, and the zoo says why
         return
     assert w["violation"], w["flags"]
+    if placement == "model":
+        assert all(w["flags"].values()), w["flags"]
     if placement == "audit-block":
         assert w["parametric"]["off"]  # and it names what is off
 
