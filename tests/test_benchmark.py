@@ -321,6 +321,16 @@ def test_saved_activations_count_each_tensor_autograd_saves_once_and_not_the_wei
     assert saved.bytes == expected
     out.sum().backward()  # what the hooks saved still serves backward
     assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+    hooked = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(hooked, model.parameters()))  # the same gradients, bit for bit
+    with SavedTensors(model, "cpu"):  # hooks switch off autograd's in-place check: theirs must stand in
+        h = model[0](x)
+        y = h * h  # saves h
+    h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        y.sum().backward()
     with torch.autocast("cpu", dtype=torch.bfloat16), SavedTensors(model, "cpu") as half:
         model(x)
     assert half.bytes == 2 * (3 * 8 + 3 * 16)  # bf16 casts of x and ReLU's output; autocast's weight copies not
