@@ -23,21 +23,50 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 from dpbench.attacks.tradeoff import SIGMA_FLOOR, epsilon_bounds
 
 ASSUMPTION = "each step is a Poisson-subsampled Gaussian mechanism on each canary's coordinate"
 
 
-def _censored_normal_nll(s: float, kept: np.ndarray, censored_tau: np.ndarray) -> float:
-    ll = stats.norm.logpdf(kept, scale=s).sum()
-    if censored_tau.size:
-        ll += np.log(np.clip(2 * stats.norm.cdf(censored_tau / s) - 1, 1e-300, None)).sum()
+class Censored:
+    """The censoring thresholds of the pruned releases. Update pruning sets one threshold per tensor
+    per step, so millions of entries share a few thousand values: each term of a likelihood is
+    computed once per distinct threshold and gathered back into place, so the sum is taken over
+    the same array as entry by entry (the same bits, a thousandth of the special-function calls)."""
+
+    def __init__(self, tau: np.ndarray):
+        self.values, self.index = np.unique(tau, return_inverse=True)
+        self.size = tau.size
+
+    def total(self, per_value: np.ndarray) -> float:
+        """Σ over the entries of a function given at each distinct threshold."""
+        return per_value[self.index].sum()
+
+
+# stats.norm's cdf and logpdf, without their argument checks and masking (most of their time on
+# millions of entries): the formulas scipy evaluates, for a positive scale
+def _norm_cdf(x):
+    return special.ndtr(x)
+
+
+def _norm_logpdf(x: np.ndarray, s: float) -> np.ndarray:
+    z = x / s
+    return -(z**2) / 2.0 - _NORM_LOG_C - np.log(np.float64(s))
+
+
+_NORM_LOG_C = np.log(np.sqrt(2 * np.pi))
+
+
+def _censored_normal_nll(s: float, kept: np.ndarray, censored: Censored) -> float:
+    ll = _norm_logpdf(kept, s).sum()
+    if censored.size:
+        ll += censored.total(np.log(np.clip(2 * _norm_cdf(censored.values / s) - 1, 1e-300, None)))
     return -ll
 
 
-def _mixture_nll(theta, s: float, kept: np.ndarray, censored_tau: np.ndarray, half_square=None) -> float:
+def _mixture_nll(theta, s: float, kept: np.ndarray, censored: Censored, half_square=None) -> float:
     """`half_square`: kept²/(2s²), the same at every θ (the optimiser calls this ~200 times on
     millions of entries at the default run, so the caller computes it once)."""
     delta, q = theta
@@ -55,12 +84,10 @@ def _mixture_nll(theta, s: float, kept: np.ndarray, censored_tau: np.ndarray, ha
     np.log1p(ll, out=ll)
     ll -= half_square
     ll = ll.sum() - kept.size * math.log(s * math.sqrt(2 * math.pi))
-    if censored_tau.size:
-        t = censored_tau
-        out = (1 - q) * (2 * stats.norm.cdf(t / s) - 1) + q * (
-            stats.norm.cdf((t - delta) / s) - stats.norm.cdf((-t - delta) / s)
-        )
-        ll += np.log(np.clip(out, 1e-300, None)).sum()
+    if censored.size:
+        t = censored.values
+        out = (1 - q) * (2 * _norm_cdf(t / s) - 1) + q * (_norm_cdf((t - delta) / s) - _norm_cdf((-t - delta) / s))
+        ll += censored.total(np.log(np.clip(out, 1e-300, None)))
     return -ll
 
 
@@ -74,11 +101,11 @@ def _hessian(f, x: np.ndarray, h: np.ndarray) -> np.ndarray:
     return H
 
 
-def split_observations(y: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(kept values, the censoring threshold of each pruned one); y is steps × canaries, tau the
+def split_observations(y: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, Censored]:
+    """(kept values, the censoring thresholds of the pruned ones); y is steps × canaries, tau the
     per-entry threshold (0 where nothing was pruned)."""
     pruned = y == 0
-    return y[~pruned].astype(float), tau[pruned].astype(float)
+    return y[~pruned].astype(float), Censored(tau[pruned].astype(float))
 
 
 def estimate(y: np.ndarray, tau: np.ndarray, included: np.ndarray, confidence: float, start: tuple) -> dict:

@@ -188,7 +188,7 @@ def plain_mixture_nll(theta, s, kept):
 
 @pytest.mark.parametrize("sigma", [0.3, 0.7, 3.0])
 def test_the_in_place_kernels_give_the_plain_formulas_bits(sigma):
-    from dpbench.attacks.parametric_audit import _mixture_nll
+    from dpbench.attacks.parametric_audit import Censored, _mixture_nll
 
     rng = np.random.default_rng(int(sigma * 10))
     included = rng.random(2000) < 0.5
@@ -198,7 +198,89 @@ def test_the_in_place_kernels_give_the_plain_formulas_bits(sigma):
     assert np.array_equal(likelihood_ratio_scores(y), plain_scores(y))
     kept = y[y != 0].astype(float)
     for theta in [(1.0, 0.05), (0.4, 0.3), (25.0, 1e-12)]:  # the last: the clip at 700
-        assert _mixture_nll(theta, sigma, kept, np.zeros(0)) == plain_mixture_nll(theta, sigma, kept)
-        assert _mixture_nll(theta, sigma, kept, np.zeros(0), kept**2 / (2 * sigma**2)) == plain_mixture_nll(
+        assert _mixture_nll(theta, sigma, kept, Censored(np.zeros(0))) == plain_mixture_nll(theta, sigma, kept)
+        assert _mixture_nll(theta, sigma, kept, Censored(np.zeros(0)), kept**2 / (2 * sigma**2)) == plain_mixture_nll(
             theta, sigma, kept
         )
+
+
+def scipy_censored_nlls(theta, s, kept, tau):
+    """The censored likelihoods entry by entry through scipy.stats (what the audit computed before
+    it evaluated each distinct threshold once)."""
+    from scipy import stats
+
+    delta, q = theta
+    q = min(max(q, 1e-9), 1 - 1e-9)
+    out = (1 - q) * (2 * stats.norm.cdf(tau / s) - 1) + q * (
+        stats.norm.cdf((tau - delta) / s) - stats.norm.cdf((-tau - delta) / s)
+    )
+    plain = np.log(np.clip(2 * stats.norm.cdf(tau / s) - 1, 1e-300, None)).sum()
+    return (
+        plain_mixture_nll(theta, s, kept) - np.log(np.clip(out, 1e-300, None)).sum(),
+        -(stats.norm.logpdf(kept, scale=s).sum() + plain),
+    )
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.7, 3.0])
+def test_censored_likelihoods_per_distinct_threshold_give_scipys_entry_by_entry_bits(sigma):
+    from dpbench.attacks.parametric_audit import _censored_normal_nll, _mixture_nll, split_observations
+
+    rng = np.random.default_rng(int(sigma * 10) + 1)
+    y = (sigma * rng.standard_normal((30, 4096)) + (rng.random((30, 4096)) < 0.05)).astype(np.float32)
+    tau = np.zeros_like(y)
+    for t in range(0, 30, 2):  # every other step pruned, each of 4 tensors at its own threshold
+        for a in range(0, 4096, 1024):
+            tau[t, a : a + 1024] = np.quantile(np.abs(y[t, a : a + 1024]), 0.7)
+    y[np.abs(y) < tau] = 0
+    kept, censored = split_observations(y, tau)
+    raw_tau = tau[y == 0].astype(float)
+    assert censored.values.size < 100 < raw_tau.size  # the point: few distinct thresholds
+    for theta in [(1.0, 0.05), (0.4, 0.3), (25.0, 1e-12)]:
+        mixture, normal = scipy_censored_nlls(theta, sigma, kept, raw_tau)
+        assert _mixture_nll(theta, sigma, kept, censored) == mixture
+        assert _censored_normal_nll(sigma, kept, censored) == normal
+
+
+def plain_upper_hull(x, y):
+    hx, hy = [], []
+    for a, b in zip(x.tolist(), y.tolist()):
+        while len(hx) >= 2 and (hx[-1] - hx[-2]) * (b - hy[-2]) - (hy[-1] - hy[-2]) * (a - hx[-2]) >= 0:
+            hx.pop()
+            hy.pop()
+        hx.append(a)
+        hy.append(b)
+    return np.array(hx), np.array(hy)
+
+
+@pytest.mark.parametrize("sigma,rate,steps", [(0.3, 0.05, 40), (0.7, 1 / 23, 150), (2.0, 1.0, 1)])
+def test_the_thinned_hull_is_the_plain_monotone_chains(sigma, rate, steps):
+    from dpbench.attacks import tradeoff
+
+    t, p, q = tradeoff.pmfs(sigma, rate, steps, DELTA)
+    q = q / q.sum()
+    x = np.concatenate([[0.0, 1.0], np.flip(np.cumsum(np.flip(q))), np.cumsum(p)])
+    y = np.concatenate([[0.0, 1.0], np.flip(np.cumsum(np.flip(p))), np.cumsum(q)])
+    order = np.lexsort((-y, x))
+    x, y = np.clip(x[order], 0, 1), np.clip(y[order], 0, 1)
+    thinned = tradeoff._thin_below_chords(x, y)
+    assert thinned[0].size < 0.75 * x.size  # it does thin
+    for got, want in zip(tradeoff._upper_hull(x, y), plain_upper_hull(x, y)):
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 2, 700, 1395])
+def test_the_bound_searches_the_grid_and_reads_the_floor_only_at_the_end(monkeypatch, threshold):
+    # a claim rejected exactly at grid index ≥ threshold: the search finds that index, and reads the
+    # floor's (costliest) curve only when the search ends beside it
+    from dpbench.attacks import one_run_bounds
+
+    seen = []
+
+    def rejects(sigma, *args):
+        seen.append(one_run_bounds.SIGMA_GRID.index(sigma))
+        return seen[-1] >= threshold
+
+    monkeypatch.setattr(one_run_bounds, "rejects_composed", rejects)
+    sigma, _ = fdp_composed_bound(RATE, STEPS, DELTA, 1000, 100, 100)
+    assert sigma == one_run_bounds.SIGMA_GRID[threshold]
+    assert (0 in seen) == (threshold <= 1)
