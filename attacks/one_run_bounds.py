@@ -223,12 +223,12 @@ def fdp_composed_bound(
     lo, hi = 0, len(SIGMA_GRID) - 1
     if guesses == 0 or not rejected(hi):
         return math.inf, 0.0
-    # the floor's curve is the costliest by far (its PRV is the widest): read only if the search ends next to it
-    while hi - lo > 1:  # invariant: the claim at hi is rejected; at lo it is not, or lo is the floor
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if rejected(mid) else (mid, hi)
-    if lo == 0 and rejected(0):
-        hi = 0
+    if not rejected(lo):
+        while hi - lo > 1:  # invariant: the claim at hi is rejected, at lo it is not
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if rejected(mid) else (mid, hi)
+    else:
+        hi = lo
     sigma = SIGMA_GRID[hi]
     bounds = epsilon_bounds(sigma, sample_rate, steps, delta)
     return sigma, bounds[0] if bounds is not None else 0.0  # the PRV's lower end: a lower bound stays one
