@@ -110,11 +110,14 @@ def epsilon_bounds(noise_multiplier: float, sample_rate: float, steps: int, delt
 
 
 def _upper_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The upper concave hull of points (x ascending), as a monotone chain. The chain is a Python
-    loop, and a fine PRV has millions of points: vectorised passes first drop what it would pop
-    anyway (a point repeating its predecessor, or on or below its neighbours' chord, is no vertex
-    of the hull), which leaves it a third of the work and the same hull."""
-    x, y = _thin_below_chords(x, y)
+    """The upper concave hull of points (x ascending). The monotone chain is a Python loop, and a
+    fine PRV has millions of points: vectorised passes first drop what it would pop anyway (a
+    point repeating its predecessor, or on or below its neighbours' chord, is no vertex of the
+    hull), which leaves it a third of the work and the same hull."""
+    return _monotone_chain(*_thin_below_chords(x, y))
+
+
+def _monotone_chain(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hx: list[float] = []
     hy: list[float] = []
     for a, b in zip(x.tolist(), y.tolist()):
@@ -148,6 +151,12 @@ def blow_up_curve(noise_multiplier: float, sample_rate: float, steps: int, delta
     upper concave hull from (0, 0) to (1, 1)."""
     if noise_multiplier <= 0:
         return np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0])  # no noise: a perfect test
+    return _upper_hull(*_test_points(noise_multiplier, sample_rate, steps, delta))
+
+
+def _test_points(noise_multiplier: float, sample_rate: float, steps: int, delta: float):
+    """(FPR, TPR) of every threshold test on the PRV, both directions, with (0, 0) and (1, 1),
+    sorted by FPR (ties: highest TPR first)."""
     t, p, q = pmfs(noise_multiplier, sample_rate, steps, delta)
     q = q / q.sum() if q.sum() > 0 else q
     # reject "out" when Y ≥ t: FPR = Q(Y ≥ t), TPR = P(Y ≥ t)
@@ -159,7 +168,7 @@ def blow_up_curve(noise_multiplier: float, sample_rate: float, steps: int, delta
     x = np.concatenate([[0.0, 1.0], fpr, fpr2])
     y = np.concatenate([[0.0, 1.0], tpr, tpr2])
     order = np.lexsort((-y, x))
-    return _upper_hull(np.clip(x[order], 0, 1), np.clip(y[order], 0, 1))
+    return np.clip(x[order], 0, 1), np.clip(y[order], 0, 1)
 
 
 def blow_up_inverse(noise_multiplier: float, sample_rate: float, steps: int, delta: float):

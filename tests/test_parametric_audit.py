@@ -241,30 +241,14 @@ def test_censored_likelihoods_per_distinct_threshold_give_scipys_entry_by_entry_
         assert _censored_normal_nll(sigma, kept, censored) == normal
 
 
-def plain_upper_hull(x, y):
-    hx, hy = [], []
-    for a, b in zip(x.tolist(), y.tolist()):
-        while len(hx) >= 2 and (hx[-1] - hx[-2]) * (b - hy[-2]) - (hy[-1] - hy[-2]) * (a - hx[-2]) >= 0:
-            hx.pop()
-            hy.pop()
-        hx.append(a)
-        hy.append(b)
-    return np.array(hx), np.array(hy)
-
-
 @pytest.mark.parametrize("sigma,rate,steps", [(0.3, 0.05, 40), (0.7, 1 / 23, 150), (2.0, 1.0, 1)])
 def test_the_thinned_hull_is_the_plain_monotone_chains(sigma, rate, steps):
     from dpbench.attacks import tradeoff
 
-    t, p, q = tradeoff.pmfs(sigma, rate, steps, DELTA)
-    q = q / q.sum()
-    x = np.concatenate([[0.0, 1.0], np.flip(np.cumsum(np.flip(q))), np.cumsum(p)])
-    y = np.concatenate([[0.0, 1.0], np.flip(np.cumsum(np.flip(p))), np.cumsum(q)])
-    order = np.lexsort((-y, x))
-    x, y = np.clip(x[order], 0, 1), np.clip(y[order], 0, 1)
+    x, y = tradeoff._test_points(sigma, rate, steps, DELTA)
     thinned = tradeoff._thin_below_chords(x, y)
     assert thinned[0].size < 0.75 * x.size  # it does thin
-    for got, want in zip(tradeoff._upper_hull(x, y), plain_upper_hull(x, y)):
+    for got, want in zip(tradeoff._upper_hull(x, y), tradeoff._monotone_chain(x, y)):  # the chain unthinned
         assert np.array_equal(got, want)
 
 
@@ -285,4 +269,7 @@ def test_the_bound_searches_the_grid_for_the_least_rejected_sigma(monkeypatch, t
     sigma, _ = fdp_composed_bound(RATE, STEPS, DELTA, 1000, 100, 100)
     assert sigma == one_run_bounds.SIGMA_GRID[threshold]
     assert seen.count(0) == 1
-    assert len(seen) == 2 if threshold == 0 else len(seen) <= 2 + 11  # the top, the floor, then bisection
+    if threshold == 0:
+        assert len(seen) == 2  # the top, then the floor: rejected everywhere, done
+    else:
+        assert len(seen) <= 2 + 11  # the top, the floor, then at most log2(1395) bisections
