@@ -24,6 +24,8 @@ into ε lower bounds, each beside its ceiling (all guesses right).
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from dpbench.attacks.one_run_bounds import (
     one_run_epsilon_lower_bound,
 )
 from dpbench.attacks.parametric_audit import parametric_section
+from dpbench.cache import remembered
 from dpbench.errors import DpbenchError
 
 RAW_SCALE = 10.0  # a canary's unclipped gradient norm, in units of C: clipping must act on it
@@ -329,18 +332,29 @@ def best_over_guesses(bound, scores: np.ndarray, included: np.ndarray, fraction_
     return {"epsilon": best[0], "guesses": best[1], "correct": best[2], "ceiling": ceiling, "m": m}
 
 
+PLAN_CACHE = "planned-guesses.json"  # in $DPBENCH_CACHE, beside σ's calibration
+
+
 @functools.lru_cache(maxsize=16)
 def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, level: float) -> int:
     """The number of top-scored canaries guessed "in" by the f-DP bound, fixed before the real
-    scores are read, from the claim alone: the count whose bound is best at the mean number of
-    right guesses over PLAN_REPLICATES simulations of the claimed mechanism (each canary's T
-    releases drawn as the claim says, scored by the exact likelihood ratio), rounded down. Near
-    all-right one wrong guess moves a bound a lot, so each simulation's own best follows its luck;
-    the mean, rounded down, follows the design."""
-    fractions = (0.005, 0.01, 0.02, 0.05)
-    counts = sorted({max(1, int(f * m)) for f in fractions})
+    scores are read, from the claim alone (`_plan_guesses`). It depends on its arguments and that
+    code alone, so it is kept on disk: a sweep's other seeds and methods at the same claim skip it."""
     if sigma <= 0:
         return max(1, m // 10)
+    key = [int(m), repr(float(sigma)), repr(float(rate)), int(steps), repr(float(delta)), repr(float(level))]
+    return remembered(
+        PLAN_CACHE, [*key, PLAN_REPLICATES, _PLAN_CODE], lambda: _plan_guesses(m, sigma, rate, steps, delta, level), int
+    )
+
+
+def _plan_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, level: float) -> int:
+    """The count whose bound is best at the mean number of right guesses over PLAN_REPLICATES
+    simulations of the claimed mechanism (each canary's T releases drawn as the claim says, scored
+    by the exact likelihood ratio), rounded down. Near all-right one wrong guess moves a bound a
+    lot, so each simulation's own best follows its luck; the mean, rounded down, follows the design."""
+    fractions = (0.005, 0.01, 0.02, 0.05)
+    counts = sorted({max(1, int(f * m)) for f in fractions})
     right = dict.fromkeys(counts, 0.0)
     for r in range(PLAN_REPLICATES):
         rng = np.random.default_rng([0x51, r])
@@ -355,6 +369,10 @@ def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float,
             right[k] += included[order[:k]].sum() / PLAN_REPLICATES
     bound = {k: fdp_composed_bound(rate, steps, delta, m, k, math.floor(right[k]), level)[1] for k in counts}
     return max(counts, key=lambda k: bound[k])
+
+
+# the planning code's own fingerprint, in the cache's key: an edited plan is planned again
+_PLAN_CODE = hashlib.sha256(inspect.getsource(_plan_guesses).encode()).hexdigest()[:16]
 
 
 def deferred_section(canaries, *args, **kwargs):

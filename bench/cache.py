@@ -1,9 +1,16 @@
-"""Where dpbench keeps what it builds once: the embedded data and the pre-trained model."""
+"""Where dpbench keeps what it builds once: the embedded data, the pre-trained model, and the
+answers of costly pure functions (σ's calibration, the f-DP audit's planned guess count)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Callable, TypeVar
+
+from dpbench.files import write_json_atomic
+
+T = TypeVar("T")
 
 ENV_VAR = "DPBENCH_CACHE"
 
@@ -15,3 +22,20 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def remembered(file: str, key: list, compute: Callable[[], T], kind: type = float) -> T:
+    """`compute()`, kept in `$DPBENCH_CACHE/<file>` under `key` (a JSON list of everything the
+    answer depends on): later calls with the same key read it. An unreadable file or an entry
+    not of `kind` is computed again; an exception of `compute` leaves the file as it was."""
+    path, name = cache_dir() / file, json.dumps(key)
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    if isinstance(known.get(name), kind) and not isinstance(known.get(name), bool):
+        return known[name]
+    value = compute()
+    write_json_atomic(path, {**known, name: value})
+    return value

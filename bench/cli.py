@@ -86,7 +86,18 @@ def cli(verbose: bool) -> None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
 @click.option("--attacks", help="Comma-separated membership-inference attacks for the audit.")
 @click.option("--no-audit", is_flag=True, help="Skip the membership-inference audit.")
-@click.option("--audit-references", type=int, help="Reference models for lira/rmia (0 skips them). [default: 2]")
+@click.option(
+    "--audit-members",
+    type=int,
+    help="Members the attacks score, each matched by a non-member (seeded samples; fewer if the data has "
+    "fewer). [default: 500]",
+)
+@click.option(
+    "--audit-references",
+    type=int,
+    help="Reference models for lira/rmia, each trained like a non-private fine-tuning (0 skips those "
+    "attacks). [default: 0]",
+)
 @click.option(
     "--canaries", type=int, help="One-run canary audit with this many canaries (changes the training set). [default: 0]"
 )
@@ -145,6 +156,7 @@ def run(**kw) -> None:
         if kw[k] is not None
     }
     audit_flags = (
+        ("members", "audit_members"),
         ("references", "audit_references"),
         ("canaries", "canaries"),
         ("canary_kind", "canary_kind"),

@@ -151,10 +151,14 @@ def run_delta(spec: RunSpec, n_train: int) -> float:
 
 
 def audit_sets(spec: RunSpec, train: list[Example], data: TaskData) -> tuple[list[Example], list[Example]]:
-    """Equal-size members and non-members (so AUC and the ε bound weigh both alike),
-    reproducible from the spec, so a re-audit scores the same examples."""
-    n = min(len(train), len(data.nonmembers))
-    return random.Random(spec.training.seed + 1).sample(train, n), data.nonmembers[:n]
+    """Equal-size members and non-members (so AUC and the ε bound weigh both alike), at most
+    `audit.members` of each, seeded samples reproducible from the spec, so a re-audit scores the
+    same examples."""
+    n = min(len(train), len(data.nonmembers), spec.audit.members or len(train))
+    members = random.Random(spec.training.seed + 1).sample(train, n)
+    if n == len(data.nonmembers):  # every non-member, in the task's order (as before the cap)
+        return members, data.nonmembers[:n]
+    return members, random.Random(spec.training.seed + 2).sample(data.nonmembers, n)
 
 
 def run_canaries(spec: RunSpec, train: list[Example], tokenizer) -> Canaries | None:

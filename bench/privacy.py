@@ -6,16 +6,14 @@ while `PrivacyEngine` defaults to PRV, and mixing them silently miscalibrates σ
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import opacus
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from dpbench.cache import cache_dir
+from dpbench.cache import remembered
 from dpbench.errors import DpbenchError
-from dpbench.files import write_json_atomic
 from dpbench.output import note
 from dpbench.timing import part
 
@@ -158,45 +156,35 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
 
 
 def _calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
-    key = json.dumps(
-        [
-            accountant,
-            repr(float(target_epsilon)),
-            repr(float(delta)),
-            repr(float(sample_rate)),
-            int(steps),
-            EPSILON_TOLERANCE,
-            RDP_ORDERS[-1],
-            opacus.__version__,
-        ]
-    )
-    path = cache_dir() / CALIBRATION_CACHE
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), float):
-        return known[key]
-    try:
-        sigma = float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
-                epsilon_tolerance=EPSILON_TOLERANCE,
-                **accountant_options(accountant),
-            )
+    key = [
+        accountant,
+        repr(float(target_epsilon)),
+        repr(float(delta)),
+        repr(float(sample_rate)),
+        int(steps),
+        EPSILON_TOLERANCE,
+        RDP_ORDERS[-1],
+        opacus.__version__,
+    ]
+    calibrate = lambda: float(  # noqa: E731
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=EPSILON_TOLERANCE,
+            **accountant_options(accountant),
         )
+    )
+    try:
+        return remembered(CALIBRATION_CACHE, key, calibrate)
     except ValueError as e:
         raise DpbenchError(f"cannot reach ε = {target_epsilon} at δ = {delta:.2g}: {e}") from None
     except (OverflowError, RuntimeError, MemoryError):  # PRV_FAILURES but ValueError, handled above
         # PRV cannot discretise this mechanism: calibrate by RDP, which over-states ε (σ errs high)
         note(f"the PRV accountant cannot calibrate σ for ε = {target_epsilon} here: σ is RDP's (more noise)")
         return _calibrate_noise(target_epsilon, delta, sample_rate, steps, "rdp")
-    write_json_atomic(path, {**(known if isinstance(known, dict) else {}), key: sigma})
-    return sigma
 
 
 def spent_epsilon(*, noise_multiplier: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:

@@ -31,6 +31,8 @@ MAX_GRADIENT_CANARIES = 200_000
 # a gradient method's default (methods with an audit block: Method.audit_block); benchmarks/audit-power.md
 # has its power and cost
 AUDIT_CANARIES = 100_000
+# members (and as many non-members) the attacks score by default: README "Audits" says what it costs and buys
+AUDIT_MEMBERS = 500
 # the auditor keeps every step's release at every canary (float32): steps × canaries at most this
 MAX_CANARY_RELEASES = 250_000_000
 # where the white-box gradient canaries sit (dpbench.attacks.gradient_canaries)
@@ -41,12 +43,13 @@ EVAL_SPLITS = ("test", "validation")
 PRECISIONS = ("fp32", "bf16")
 TRAINABLE_GROUPS = ("vision_tower", "projector", "language_model")  # every architecture's parameter groups
 # fields whose default changed after results were recorded: a record without the field means this
-RECORD_DEFAULTS = {"audit.gradient_canaries": 0}
+RECORD_DEFAULTS = {"audit.gradient_canaries": 0, "audit.members": None}
 # fields added after results were committed, with the value those results had (their default
 # then): a spec holding it leaves the field out of its hash, so older specs keep their hash (and
 # their run ids); token_pruning likewise at its method's default
 HASH_OMITTED_AT_DEFAULT = {
     "audit.gradient_canaries": 0,
+    "audit.members": None,
     "lora": None,
     "eval_split": "test",
     "audit.canary_kind": "memorable",
@@ -84,7 +87,12 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class AuditSpec:
-    references: int = 2  # reference models for lira / rmia (trained on the test split); 0: skip those attacks
+    # members the attacks score, each matched by a non-member (a seeded sample of each); None: every
+    # member. A fixed sample keeps the audit's cost apart from the training set's size
+    members: int | None = AUDIT_MEMBERS
+    # reference models for lira / rmia (trained on the test split, each as costly as a non-private
+    # fine-tuning); 0: skip those attacks
+    references: int = 0
     reference_steps: int | None = None  # None: as many epochs over their data as the target had
     canaries: int = 0  # one-run canary audit; > 0 CHANGES the training set (each canary in w.p. 1/2)
     canary_kind: str = "memorable"  # or "mislabelled" (attacks/canary_audit.py)
@@ -217,6 +225,8 @@ class RunSpec:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DpbenchError(f"{name} must be at least 1, got {getattr(self, name)}")
         a = self.audit
+        if a.members is not None and a.members < 2:
+            raise DpbenchError(f"audit.members must be at least 2 (or null: every member), got {a.members}")
         if a.references < 0:
             raise DpbenchError(f"audit.references must be >= 0, got {a.references}")
         if a.canaries < 0 or a.canaries == 1:

@@ -222,3 +222,25 @@ def test_the_checks_read_no_weights_and_see_the_models_shape(checkpoint, tmp_pat
     monkeypatch.setattr(distributed, "launch", lambda nproc, args: launched.append(nproc) or 0)
     runner.launch(short_spec(checkpoint, **{"training.nproc": 2}), tmp_path)
     assert launched == [2]
+
+
+def test_the_audit_scores_a_seeded_sample_of_at_most_audit_members_each_side():
+    """`audit.members` caps both sides alike; the same spec draws the same examples (a re-audit
+    scores what the run scored), another seed others; null keeps every member."""
+    from dpbench.examples import Example
+    from dpbench.tasks.base import TaskData
+
+    make = lambda prefix, n: [Example(uid=f"{prefix}{i}", prompt="q", target="a", image=None) for i in range(n)]  # noqa: E731
+    train, non = make("t", 300), make("n", 200)
+    data = TaskData(train=train, nonmembers=non, test=[], source="test", path=None, layout=None)
+    spec = RunSpec.from_dict({"audit": {"members": 50}})
+    members, nonmembers = phases.audit_sets(spec, train, data)
+    assert len(members) == len(nonmembers) == 50 and len({e.uid for e in members}) == 50
+    assert {e.uid[0] for e in members} == {"t"} and {e.uid[0] for e in nonmembers} == {"n"}
+    assert (members, nonmembers) == phases.audit_sets(spec, train, data)
+    other = phases.audit_sets(spec.replace(**{"training.seed": 1}), train, data)
+    assert other[0] != members and other[1] != nonmembers
+    assert nonmembers != non[:50]  # a sample, not the task's first non-members
+    every = phases.audit_sets(spec.replace(**{"audit.members": None}), train, data)
+    assert len(every[0]) == len(every[1]) == 200 and every[1] == non
+    assert RunSpec().audit.members == 500 and RunSpec().audit.references == 0

@@ -98,3 +98,15 @@ def test_every_committed_epsilon_is_what_dp_accounting_gives_for_its_recorded_re
         )
         assert p["epsilon"] == pytest.approx(independent, rel=0.01), r["run_id"]
         assert p["epsilon"] <= p["target_epsilon"], r["run_id"]
+
+
+def test_a_remembered_answer_is_read_back_and_a_bad_entry_computed_again(isolated_cache):
+    from dpbench.cache import remembered
+
+    calls = []
+    compute = lambda: calls.append(1) or 2.5  # noqa: E731
+    assert remembered("memo.json", ["a", 1], compute) == 2.5 and remembered("memo.json", ["a", 1], compute) == 2.5
+    assert len(calls) == 1
+    (isolated_cache / "memo.json").write_text('{"[\\"a\\", 1]": "text"}')  # not a float: computed again
+    assert remembered("memo.json", ["a", 1], compute) == 2.5 and len(calls) == 2
+    assert remembered("memo.json", ["b"], lambda: 7, kind=int) == 7

@@ -336,3 +336,18 @@ def test_the_f_dp_guess_count_is_planned_from_the_claim_alone():
     }
     assert bound[k] >= 0.85 * max(bound.values())
     assert bound[k] > min(bound.values())  # not merely any count: the worst is a third below the best here
+
+
+def test_the_planned_guess_count_is_kept_on_disk_by_its_claim(isolated_cache, monkeypatch):
+    """A second process (the in-memory cache cleared) at the same claim reads the count from
+    `$DPBENCH_CACHE` and simulates nothing; another claim simulates again."""
+    args = (400, 0.8, 0.1, 10, 1e-5, 0.96)
+    gradient_canaries.planned_guesses.cache_clear()
+    first = gradient_canaries.planned_guesses(*args)
+    calls = []
+    real = gradient_canaries._plan_guesses
+    monkeypatch.setattr(gradient_canaries, "_plan_guesses", lambda *a: calls.append(a) or real(*a))
+    gradient_canaries.planned_guesses.cache_clear()
+    assert gradient_canaries.planned_guesses(*args) == first and calls == []
+    gradient_canaries.planned_guesses(400, 0.9, 0.1, 10, 1e-5, 0.96)
+    assert calls == [(400, 0.9, 0.1, 10, 1e-5, 0.96)]
