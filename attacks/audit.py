@@ -19,7 +19,15 @@ def score_attacks(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Scores of every attack; attacks that need reference models are left out without them
     (`population.skipped_notes` says so in the result)."""
-    signals = Signals(target, base, members + nonmembers, work_dir=folder.audit_work, references=references)
+    shared = any(ATTACKS.get(name).reads_token_stats for name in attacks)
+    signals = Signals(
+        target,
+        base,
+        members + nonmembers,
+        work_dir=folder.audit_work,
+        references=references,
+        token_stats_for_loss=shared,
+    )
     n = len(members)
     scores = {}
     for name in attacks:

@@ -15,6 +15,7 @@ __all__ = ["ATTACKS", "Attack"]  # the registry re-exported beside its base clas
 class Attack(ABC):
     name: str  # set by the registry decorator
     needs_references: bool = False  # reads `signals.reference_losses()`: skipped without reference models
+    reads_token_stats: bool = False  # reads `signals.token_stats()`: the target's loss then comes from that pass
 
     @abstractmethod
     def score(self, signals: Signals) -> np.ndarray:

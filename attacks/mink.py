@@ -14,5 +14,7 @@ def lowest_fraction_mean(values: np.ndarray, k: float = K) -> float:
 class MinKAttack(Attack):
     """Min-K% prob (Shi et al. 2024): mean log-probability of the k = 20 % least likely text tokens."""
 
+    reads_token_stats = True
+
     def score(self, signals):
         return np.array([lowest_fraction_mean(s["logp"]) for s in signals.token_stats("target")])

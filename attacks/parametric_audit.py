@@ -62,9 +62,11 @@ def _censored_normal_nll(s: float, kept: np.ndarray, censored: Censored) -> floa
     return -ll
 
 
-def _mixture_nll(theta, s: float, kept: np.ndarray, censored: Censored, half_square=None) -> float:
-    """`half_square`: kept²/(2s²), the same at every θ (the optimiser calls this ~200 times on
-    millions of entries at the default run, so the caller computes it once)."""
+def _mixture_nll(theta, s: float, kept: np.ndarray, censored: Censored, half_square=None, gradient: bool = False):
+    """The negative log-likelihood of (Δ, q), and with `gradient` its gradient too (for the
+    optimiser: a quasi-Newton search needs a few dozen evaluations where a simplex needed ~200,
+    each over millions of entries at the default run). `half_square`: kept²/(2s²), the same at
+    every θ, so the caller computes it once."""
     delta, q = theta
     q = min(max(q, 1e-9), 1 - 1e-9)
     half_square = kept**2 / (2 * s**2) if half_square is None else half_square
@@ -73,20 +75,33 @@ def _mixture_nll(theta, s: float, kept: np.ndarray, censored: Censored, half_squ
     ll = kept - delta / 2
     ll *= delta
     ll /= s**2
+    free = np.abs(ll) < 700 if gradient else None  # where the clip does not hold the ratio still
     np.clip(ll, -700, 700, out=ll)
     np.exp(ll, out=ll)
+    ratio = ll.copy() if gradient else None
     ll *= q
     ll += -q
     np.log1p(ll, out=ll)
+    if gradient:  # d/dq log(1 − q + q·ratio) = (ratio − 1)/(1 − q + q·ratio); d/dΔ: q·ratio·(y − Δ)/s² over it
+        mix = 1 - q + q * ratio
+        g_q = ((ratio - 1) / mix).sum()
+        g_d = (np.where(free, q * ratio * (kept - delta), 0.0) / mix).sum() / s**2
     ll -= half_square
     ll = ll.sum() - kept.size * math.log(s * math.sqrt(2 * math.pi))
     if censored.size:
         t = censored.values
-        out = (1 - q) * (2 * special.ndtr(t / s) - 1) + q * (
-            special.ndtr((t - delta) / s) - special.ndtr((-t - delta) / s)
-        )
+        inside, moved = 2 * special.ndtr(t / s) - 1, special.ndtr((t - delta) / s) - special.ndtr((-t - delta) / s)
+        out = (1 - q) * inside + q * moved
         ll += censored.total(np.log(np.clip(out, 1e-300, None)))
-    return -ll
+        if gradient:
+            held = np.where(out > 1e-300, 1 / np.clip(out, 1e-300, None), 0.0)
+            g_q += censored.total((moved - inside) * held)
+            pdf = (np.exp(-(((-t - delta) / s) ** 2) / 2) - np.exp(-(((t - delta) / s) ** 2) / 2)) / _SQRT_2PI
+            g_d += censored.total(q * pdf / s * held)
+    return (-ll, -np.array([g_d, g_q])) if gradient else -ll
+
+
+_SQRT_2PI = math.sqrt(2 * math.pi)
 
 
 def _hessian(f, x: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -131,9 +146,22 @@ def estimate(y: np.ndarray, tau: np.ndarray, included: np.ndarray, confidence: f
     q0 = min(max(m1 / d0 if d0 > 0 else 0.05, 1e-4), 0.99)
     half_square = kept_in**2 / (2 * s0**2)
     nll = lambda th: _mixture_nll(th, s0, kept_in, cens_in, half_square)
+    n = max(kept_in.size + cens_in.size, 1)  # the mean's scale, for tolerances that mean the same at any size
+
+    def mean_nll(th):
+        value, grad = _mixture_nll(th, s0, kept_in, cens_in, half_square, gradient=True)
+        return value / n, grad / n
+
     res = min(
         (
-            optimize.minimize(nll, np.array(x0), method="Nelder-Mead", options={"xatol": 1e-7, "fatol": 1e-7})
+            optimize.minimize(
+                mean_nll,
+                np.array([x0[0], min(max(x0[1], 1e-9), 1 - 1e-9)]),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=[(None, None), (1e-9, 1 - 1e-9)],
+                options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 500},
+            )
             for x0 in ((d0, q0), start)
         ),
         key=lambda r: r.fun,

@@ -72,7 +72,10 @@ class Signals:
         work_dir: Path,
         batch_size: int = 64,
         references: ReferenceLosses | None = None,
+        token_stats_for_loss: bool = False,
     ):
+        """`token_stats_for_loss`: the target's loss is read off its token-statistics pass (one
+        forward for both: set it when an attack reads `token_stats`)."""
         if references is not None and references.uids != tuple(e.uid for e in examples):
             raise ValueError("reference losses were computed on other examples than the ones audited")
         self.models = {"target": target, "base": base}
@@ -80,6 +83,7 @@ class Signals:
         self.work_dir = work_dir
         self.batch_size = batch_size
         self.references = references
+        self.token_stats_for_loss = token_stats_for_loss
         self._cache: dict[tuple, object] = {}
 
     def _batches(self, examples: list[Example]):
@@ -90,6 +94,8 @@ class Signals:
     def loss(self, role: str = "target", blank_image: bool = False) -> np.ndarray:
         """Per-example mean NLL of the target tokens, shape (n,)."""
         key = ("loss", role, blank_image)
+        if key not in self._cache and role == "target" and not blank_image and self.token_stats_for_loss:
+            self.token_stats(role)  # fills the key too
         if key not in self._cache:
             with part(FORWARD):
                 examples = self._blanked() if blank_image else self.examples
@@ -110,19 +116,22 @@ class Signals:
         return self.references.losses, self._cache[key], self.references.population_losses
 
     def token_stats(self, role: str = "target") -> list[dict[str, np.ndarray]]:
-        """Per example: arrays `logp`, `mu`, `sigma` over its text tokens (prompt + target)."""
+        """Per example: arrays `logp`, `mu`, `sigma` over its text tokens (prompt + target). The
+        same pass gives the role's loss (`loss(role)` reads it when not yet computed)."""
         key = ("tokens", role)
         if key not in self._cache:
             model = self.models[role]
             model.model.eval()
-            out = []
+            out, losses = [], []
             with part(FORWARD):
                 for chunk in self._batches(self.examples):
                     stats = model.text_token_stats(model.encode(chunk, [e.target for e in chunk]))
+                    losses.append(stats["loss"].float().cpu().numpy())
                     for i in range(len(chunk)):
                         m = stats["mask"][i]
                         out.append({k: stats[k][i][m].cpu().numpy() for k in ("logp", "mu", "sigma")})
             self._cache[key] = out
+            self._cache.setdefault(("loss", role, False), np.concatenate(losses) if losses else np.zeros(0))
         return self._cache[key]
 
     def _blanked(self) -> list[Example]:

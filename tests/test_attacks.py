@@ -92,3 +92,24 @@ def test_reference_and_image_attacks_see_nothing_when_target_is_the_base(tiny_mo
     for name in ("reference", "image"):
         members, nonmembers = scores[name]
         assert np.allclose(members, 0, atol=1e-5) and np.allclose(nonmembers, 0, atol=1e-5)
+
+
+def test_the_targets_loss_comes_from_its_token_statistics_pass_when_an_attack_reads_them(
+    models, examples, tmp_path, monkeypatch
+):
+    """One forward of the target gives both signals (the same values as the loss pass, to float
+    rounding), and the loss pass is not run; without a token-level attack the loss pass runs alone."""
+    from dpbench.attacks import signals as signals_module
+    from dpbench.attacks.signals import Signals, per_example_losses
+
+    target, base = models
+    expected = per_example_losses(target, examples[:12])
+    calls = []
+    real = signals_module.per_example_losses
+    monkeypatch.setattr(signals_module, "per_example_losses", lambda m, *a, **k: calls.append(m) or real(m, *a, **k))
+    shared = Signals(target, base, examples[:12], work_dir=tmp_path, token_stats_for_loss=True)
+    np.testing.assert_allclose(shared.loss("target"), expected, rtol=1e-5, atol=1e-5)
+    assert len(shared.token_stats("target")) == 12 and calls == []
+    alone = Signals(target, base, examples[:12], work_dir=tmp_path)
+    np.testing.assert_array_equal(alone.loss("target"), expected)
+    assert calls == [target]

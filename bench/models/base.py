@@ -234,7 +234,9 @@ class VisionLanguageModel:
     def text_token_stats(self, batch: dict) -> dict[str, torch.Tensor]:
         """Per text token (prompt and target; no pads, no image placeholders): the token's
         log-probability and the mean and std of log p under the model's own next-token
-        distribution (what Min-K%++ normalises by). Tensors of shape (B, L-1) with a mask."""
+        distribution (what Min-K%++ normalises by). Tensors of shape (B, L-1) with a mask; and
+        `loss` (B,), each example's mean NLL of its target tokens read off the same logits (the
+        attacks' loss signal, so one forward gives both, under one draw of any token pruning)."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.model(**inputs).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1)
@@ -244,7 +246,9 @@ class VisionLanguageModel:
         mu = (probs * logp).sum(-1)
         sigma = ((probs * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=1e-12).sqrt()
         token = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
-        return {"logp": token, "mu": mu, "sigma": sigma, "mask": mask}
+        targets = batch["labels"][:, 1:] != -100
+        loss = -(token * targets).sum(-1) / targets.sum(-1).clamp(min=1)
+        return {"logp": token, "mu": mu, "sigma": sigma, "mask": mask, "loss": loss}
 
     @torch.no_grad()
     def choice_loglikelihoods(self, examples: Sequence[Example]) -> list[list[float]]:
