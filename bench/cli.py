@@ -90,7 +90,7 @@ def cli(verbose: bool) -> None:
     "--audit-members",
     type=int,
     help="Members the attacks score, each matched by a non-member (seeded samples; fewer if the data has "
-    "fewer). [default: 500]",
+    "fewer; a config's audit.members: null scores every one). [default: 500]",
 )
 @click.option(
     "--audit-references",
