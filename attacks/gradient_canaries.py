@@ -31,8 +31,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import opacus
 import torch
 
+from dpbench.attacks import one_run_bounds, tradeoff
 from dpbench.attacks.canary_audit import GUESS_FRACTIONS, guess_pairs
 from dpbench.attacks.metrics import CONFIDENCE
 from dpbench.attacks.one_run_bounds import (
@@ -343,9 +345,8 @@ def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float,
     if sigma <= 0:
         return max(1, m // 10)
     key = [int(m), repr(float(sigma)), repr(float(rate)), int(steps), repr(float(delta)), repr(float(level))]
-    return remembered(
-        PLAN_CACHE, [*key, PLAN_REPLICATES, _PLAN_CODE], lambda: _plan_guesses(m, sigma, rate, steps, delta, level), int
-    )
+    plan = lambda: _plan_guesses(m, sigma, rate, steps, delta, level)  # noqa: E731
+    return plan() if _PLAN_CODE is None else remembered(PLAN_CACHE, [*key, PLAN_REPLICATES, _PLAN_CODE], plan, int)
 
 
 def _plan_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, level: float) -> int:
@@ -371,8 +372,18 @@ def _plan_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, l
     return max(counts, key=lambda k: bound[k])
 
 
-# the planning code's own fingerprint, in the cache's key: an edited plan is planned again
-_PLAN_CODE = hashlib.sha256(inspect.getsource(_plan_guesses).encode()).hexdigest()[:16]
+def _plan_code() -> str | None:
+    """The planning code's fingerprint, in the cache's key: the plan, the f-DP bound it calls
+    (their modules), numpy's random streams and Opacus' PRV; an edit to any is planned again.
+    None where the sources are not installed: then nothing is kept."""
+    try:
+        sources = [inspect.getsource(s) for s in (_plan_guesses, one_run_bounds, tradeoff)]
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256("\n".join([np.__version__, opacus.__version__, *sources]).encode()).hexdigest()[:16]
+
+
+_PLAN_CODE = _plan_code()
 
 
 def deferred_section(canaries, *args, **kwargs):

@@ -27,7 +27,8 @@ def cache_dir() -> Path:
 def remembered(file: str, key: list, compute: Callable[[], T], kind: type = float) -> T:
     """`compute()`, kept in `$DPBENCH_CACHE/<file>` under `key` (a JSON list of everything the
     answer depends on): later calls with the same key read it. An unreadable file or an entry
-    not of `kind` is computed again; an exception of `compute` leaves the file as it was."""
+    not of `kind` is computed again; an exception of `compute` leaves the file as it was. Two
+    processes writing at once may keep one's entry only: the other's is computed again later."""
     path, name = cache_dir() / file, json.dumps(key)
     try:
         known = json.loads(path.read_text())
@@ -37,5 +38,8 @@ def remembered(file: str, key: list, compute: Callable[[], T], kind: type = floa
     if isinstance(known.get(name), kind) and not isinstance(known.get(name), bool):
         return known[name]
     value = compute()
-    write_json_atomic(path, {**known, name: value})
+    try:
+        write_json_atomic(path, {**known, name: value})
+    except OSError:  # a read-only cache: computed again next time, the run goes on
+        pass
     return value

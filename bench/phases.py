@@ -156,7 +156,7 @@ def audit_sets(spec: RunSpec, train: list[Example], data: TaskData) -> tuple[lis
     same examples."""
     n = min(len(train), len(data.nonmembers), spec.audit.members or len(train))
     members = random.Random(spec.training.seed + 1).sample(train, n)
-    if n == len(data.nonmembers):  # every non-member, in the task's order (as before the cap)
+    if spec.audit.members is None or n == len(data.nonmembers):  # the task's first n, as before the cap
         return members, data.nonmembers[:n]
     return members, random.Random(spec.training.seed + 2).sample(data.nonmembers, n)
 

@@ -117,6 +117,9 @@ def audit_badge(row: Row) -> str:
         if key == "attacks":
             parts.append("no membership attacks" if value == [] else "attacks " + ", ".join(map(str, value)))
             continue
+        if key == "audit.members" and value is None:
+            parts.append("every member")
+            continue
         part = f"{key.removeprefix('audit.').replace('_', ' ')} {json.dumps(value)}"
         parts.append(part + (" in training" if key == "audit.canaries" and in_training else ""))
     if in_training and "audit.canaries" not in settings:

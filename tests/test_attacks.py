@@ -86,8 +86,15 @@ def test_memorised_members_are_separated_by_the_loss_attack(models, examples, tm
 
 
 def test_reference_and_image_attacks_see_nothing_when_target_is_the_base(tiny_model, digit_examples, tmp_path):
+    """mink too: the target's loss then comes from its token-statistics pass, the base's from the
+    loss pass; the two must agree on the same model."""
     scores = score_attacks(
-        ["reference", "image"], tiny_model, tiny_model, digit_examples[:6], digit_examples[6:12], RunFolder(tmp_path)
+        ["reference", "image", "mink"],
+        tiny_model,
+        tiny_model,
+        digit_examples[:6],
+        digit_examples[6:12],
+        RunFolder(tmp_path),
     )
     for name in ("reference", "image"):
         members, nonmembers = scores[name]

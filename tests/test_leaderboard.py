@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from dpbench.files import write_json_atomic
 from dpbench.leaderboard.aggregate import MIB, Stat, aggregate, options
 from dpbench.leaderboard.cli import leaderboard_command
+from dpbench.leaderboard.columns import audit_badge
 from dpbench.leaderboard.render import build, render_markdown
 from dpbench.schemas import validation_errors
 from dpbench.spec import RunSpec
@@ -504,3 +505,17 @@ def test_a_plot_with_nothing_to_show_is_not_drawn_and_the_page_says_why():
     page = render_html(rows, 1)
     assert page.count("<img ") == 2 and 'alt="scienceqa: empirical' not in page  # frontier and systems only
     assert '<p class="note no-plot">No plot “scienceqa: empirical ε̂ against accounted ε”: every audit' in page
+
+
+def test_a_record_from_before_a_field_existed_is_read_as_it_meant_then():
+    """A result without `audit.members` scored every member: it is not averaged with today's
+    default (500), and its row names the difference."""
+    new = make_result(seed=0)
+    old = make_result(seed=1)
+    del old["spec"]["audit"]["members"]
+    rows = aggregate([new, old])
+    assert len(rows) == 2 and sorted(r.n_seeds for r in rows) == [1, 1]
+    assert any('"audit.members": null' in (r.method_options or "") for r in rows)
+    assert any("every member" in audit_badge(r) for r in rows) and not all(
+        "every member" in audit_badge(r) for r in rows
+    )

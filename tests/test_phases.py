@@ -244,3 +244,16 @@ def test_the_audit_scores_a_seeded_sample_of_at_most_audit_members_each_side():
     every = phases.audit_sets(spec.replace(**{"audit.members": None}), train, data)
     assert len(every[0]) == len(every[1]) == 200 and every[1] == non
     assert RunSpec().audit.members == 500 and RunSpec().audit.references == 0
+
+
+def test_every_member_audited_keeps_the_tasks_first_non_members_when_members_are_fewer():
+    """`audit.members: null` (what a record from before the cap reads as) re-audits what such a
+    run scored: the task's first n non-members, also when the training set is the smaller side."""
+    from dpbench.examples import Example
+    from dpbench.tasks.base import TaskData
+
+    make = lambda prefix, n: [Example(uid=f"{prefix}{i}", prompt="q", target="a", image=None) for i in range(n)]  # noqa: E731
+    train, non = make("t", 40), make("n", 200)
+    data = TaskData(train=train, nonmembers=non, test=[], source="test", path=None, layout=None)
+    members, nonmembers = phases.audit_sets(RunSpec.from_dict({"audit": {"members": None}}), train, data)
+    assert len(members) == 40 and nonmembers == non[:40]

@@ -312,7 +312,7 @@ def test_the_audits_shares_hold_violation_at_the_stated_confidence(tiny_model, d
     assert all(w["confidence"] < level < 1 for level in each.values())
 
 
-def test_the_f_dp_guess_count_is_planned_from_the_claim_alone():
+def test_the_f_dp_guess_count_is_planned_from_the_claim_alone(isolated_cache):
     """The count depends on the claim (m, σ, rate, steps, δ, level), is one of the planned fractions of m,
     and is as good, on a fresh simulation of the claim, as the count that simulation finds best: the
     bounds at the mean right guesses rounded down, a wrong guess's worth apart at most."""
