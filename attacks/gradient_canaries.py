@@ -27,6 +27,7 @@ import functools
 import hashlib
 import inspect
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -345,8 +346,8 @@ def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float,
     if sigma <= 0:
         return max(1, m // 10)
     key = [int(m), repr(float(sigma)), repr(float(rate)), int(steps), repr(float(delta)), repr(float(level))]
-    plan = lambda: _plan_guesses(m, sigma, rate, steps, delta, level)  # noqa: E731
-    return plan() if _PLAN_CODE is None else remembered(PLAN_CACHE, [*key, PLAN_REPLICATES, _PLAN_CODE], plan, int)
+    plan, code = lambda: _plan_guesses(m, sigma, rate, steps, delta, level), _plan_code()  # noqa: E731
+    return plan() if code is None else remembered(PLAN_CACHE, [*key, PLAN_REPLICATES, code], plan, int)
 
 
 def _plan_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, level: float) -> int:
@@ -372,18 +373,16 @@ def _plan_guesses(m: int, sigma: float, rate: float, steps: int, delta: float, l
     return max(counts, key=lambda k: bound[k])
 
 
+@functools.cache
 def _plan_code() -> str | None:
-    """The planning code's fingerprint, in the cache's key: the plan, the f-DP bound it calls
-    (their modules), numpy's random streams and Opacus' PRV; an edit to any is planned again.
-    None where the sources are not installed: then nothing is kept."""
+    """The planning code's fingerprint, in the cache's key: this module, the f-DP bound's
+    (one_run_bounds, tradeoff), numpy's random streams and Opacus' PRV; an edit to any is planned
+    again. Read once, when first planned. None where the sources are not installed: nothing is kept."""
     try:
-        sources = [inspect.getsource(s) for s in (_plan_guesses, one_run_bounds, tradeoff)]
+        sources = [inspect.getsource(m) for m in (sys.modules[__name__], one_run_bounds, tradeoff)]
     except (OSError, TypeError):
         return None
     return hashlib.sha256("\n".join([np.__version__, opacus.__version__, *sources]).encode()).hexdigest()[:16]
-
-
-_PLAN_CODE = _plan_code()
 
 
 def deferred_section(canaries, *args, **kwargs):

@@ -174,16 +174,7 @@ class RunSpec:
     def from_record(cls, d: dict[str, Any]) -> RunSpec:
         """A spec as a result or a run folder recorded it: a field added since means there what it
         meant when the record was written (RECORD_DEFAULTS), not today's default."""
-        d = json.loads(json.dumps(d)) if isinstance(d, dict) else d
-        if isinstance(d, dict):
-            for name, then in RECORD_DEFAULTS.items():
-                *parents, leaf = name.split(".")
-                node = d
-                for part in parents:
-                    node = node.setdefault(part, {}) if isinstance(node, dict) else None
-                if isinstance(node, dict):
-                    node.setdefault(leaf, then)
-        return cls.from_dict(d)
+        return cls.from_dict(as_recorded(d))
 
     def replace(self, **changes: Any) -> RunSpec:
         """A copy with top-level or dotted (`privacy.epsilon`) fields changed."""
@@ -333,6 +324,22 @@ SCALAR_TYPES = {
     "str": ((str,), "a string"),
     "None": ((type(None),), "null"),
 }
+
+
+def as_recorded(d: Any) -> Any:
+    """A copy of a recorded spec dict with each field added since (RECORD_DEFAULTS) at what it
+    meant when the record was written; anything but a dict unchanged (`from_dict` says why)."""
+    if not isinstance(d, dict):
+        return d
+    d = json.loads(json.dumps(d))
+    for name, then in RECORD_DEFAULTS.items():
+        *parents, leaf = name.split(".")
+        node = d
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(leaf, then)
+    return d
 
 
 def check_scalar_types(part: Any, prefix: str) -> None:

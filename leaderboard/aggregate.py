@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterable
 
-from dpbench.spec import RECORD_DEFAULTS, RunSpec
+from dpbench.spec import RunSpec, as_recorded
 from dpbench.sweep import NON_PRIVATE_METHODS
 
 NON_PRIVATE = None  # target ε of a non-private configuration
@@ -195,8 +195,8 @@ def _default_spec(method: str) -> dict[str, Any]:
 def options(spec: dict[str, Any]) -> str:
     """Canonical JSON of the method options plus every other spec field off its default."""
     defaults = _default_spec(spec["method"])
-    flat = {**{k: v for k, v in RECORD_DEFAULTS.items() if k.split(".")[0] in spec}, **_flat(spec)}
-    changed = {k: v for k, v in flat.items() if k not in NAMED_FIELDS and k in defaults and v != defaults[k]}
+    recorded = _flat(as_recorded(spec))  # a field added since reads as it meant then
+    changed = {k: v for k, v in recorded.items() if k not in NAMED_FIELDS and k in defaults and v != defaults[k]}
     if spec["method"] in NON_PRIVATE_METHODS:  # a non-private run neither calibrates nor accounts
         changed = {k: v for k, v in changed.items() if not k.startswith("privacy.")}
     # a method whose spec records every option (`Method.spec_records_options`) names only those off default

@@ -88,8 +88,12 @@ def test_valid_fixture_renders_and_then_checks_clean(tmp_path):
         "| Train samples/s ↑ | Seeds |"
     )
     (compact,) = [line for line in main if line.startswith("| dpsgd")]
-    # the fixture's attacks are the audit's settings: a badge beside the method, not an option
-    assert compact.startswith("| dpsgd · audit: attacks loss, zlib, mink, mink++, reference, image | ")
+    # the fixture's attacks are the audit's settings: a badge beside the method, not an option; the
+    # record predates the audit section, so it reads as it meant then (RECORD_DEFAULTS): no gradient
+    # canaries, every member scored
+    assert compact.startswith(
+        "| dpsgd · audit: attacks loss, zlib, mink, mink++, reference, image, gradient canaries 0, every member | "
+    )
     assert "attacks" not in compact.split(" | ")[1]
     assert "| 2.98 | 0.700 | 0.35 (MIA) | — | 512.0 | 32.0 | 1 |" in compact
     (row,) = [line for line in full if line.startswith("| dpsgd")]  # the full table keeps every column
