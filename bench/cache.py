@@ -29,7 +29,11 @@ def remembered(file: str, key: list, compute: Callable[[], T], kind: type = floa
     answer depends on): later calls with the same key read it. An unreadable file or an entry
     not of `kind` is computed again; an exception of `compute` leaves the file as it was. Two
     processes writing at once may keep one's entry only: the other's is computed again later."""
-    path, name = cache_dir() / file, json.dumps(key)
+    name = json.dumps(key)
+    try:
+        path = cache_dir() / file
+    except OSError:  # no cache can be made (a read-only home): nothing is kept, the run goes on
+        return compute()
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -70,7 +70,7 @@ def cli(verbose: bool) -> None:
     "STRATEGY[,keep_ratio=R][,keep_count=K] (strategies: random, merge, cls-attention, text-guided), "
     "keep_ratio=R for the method's own strategy, or 'none'. [default: the method's, see `dpbench list methods`]",
 )
-@click.option("--device", help="cpu, cuda or cuda:N. [default: cpu]")
+@click.option("--device", help="cpu, cuda, cuda:N or mps. [default: cpu]")
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
@@ -84,7 +84,11 @@ def cli(verbose: bool) -> None:
     "with --device cuda); under torchrun, its world size. [default: 1]",
 )
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable).")
-@click.option("--attacks", help="Comma-separated membership-inference attacks for the audit.")
+@click.option(
+    "--attacks",
+    help="Comma-separated membership-inference attacks for the audit. [default: all of `dpbench list attacks`; "
+    "lira and rmia only with --audit-references above 0]",
+)
 @click.option("--no-audit", is_flag=True, help="Skip the membership-inference audit.")
 @click.option(
     "--audit-members",
@@ -112,7 +116,7 @@ def cli(verbose: bool) -> None:
     type=int,
     help="White-box audit: this many gradient canaries inside the training steps, every released gradient "
     "observed; on an audit-only parameter block, so training is unchanged (0: off). [default: 100000 for the "
-    "gradient methods, 0 for dpzo]",
+    "gradient methods (fewer past 2 500 steps: the auditor keeps 250 million releases at most), 0 for dpzo]",
 )
 @click.option(
     "--canary-placement",

@@ -31,7 +31,8 @@ MAX_GRADIENT_CANARIES = 200_000
 # a gradient method's default (methods with an audit block: Method.audit_block); benchmarks/audit-power.md
 # has its power and cost
 AUDIT_CANARIES = 100_000
-# members (and as many non-members) the attacks score by default: README "Audits" says what it costs and buys
+# members (and as many non-members) the attacks score by default: attacks/README.md ("Audit") says what it
+# costs and buys
 AUDIT_MEMBERS = 500
 # the auditor keeps every step's release at every canary (float32): steps × canaries at most this
 MAX_CANARY_RELEASES = 250_000_000

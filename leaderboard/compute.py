@@ -9,7 +9,7 @@ line, and the line is read at the compute of the default DP-SGD configuration of
 beyond the budgets measured ("—" then).
 
 Wall time is not matched: results recorded in different sessions were not timed on equal machines
-(README "Equal footing" has a measured case), so a ratio of two runs' wall times can say more about
+(benchmarks/README.md "Equal footing" has a measured case), so a ratio of two runs' wall times can say more about
 the machine than the method. Relative speed belongs to `dpbench bench`, which measures every
 method in one invocation.
 """

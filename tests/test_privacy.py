@@ -110,3 +110,17 @@ def test_a_remembered_answer_is_read_back_and_a_bad_entry_computed_again(isolate
     (isolated_cache / "memo.json").write_text('{"[\\"a\\", 1]": "text"}')  # not a float: computed again
     assert remembered("memo.json", ["a", 1], compute) == 2.5 and len(calls) == 2
     assert remembered("memo.json", ["b"], lambda: 7, kind=int) == 7
+
+
+def test_a_cache_that_cannot_be_made_or_written_costs_a_recompute_not_the_run(tmp_path, monkeypatch):
+    from dpbench.cache import remembered
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("DPBENCH_CACHE", str(tmp_path / "afile" / "cache"))  # under a file: not even root makes it
+    calls = []
+    compute = lambda: calls.append(1) or 2.5  # noqa: E731
+    assert remembered("memo.json", ["a"], compute) == 2.5 and remembered("memo.json", ["a"], compute) == 2.5
+    assert len(calls) == 2  # nothing kept
+    monkeypatch.setenv("DPBENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "memo.json").mkdir(parents=True)  # the memo's place taken: it cannot be written
+    assert remembered("memo.json", ["a"], compute) == 2.5 and len(calls) == 3
