@@ -346,7 +346,11 @@ def planned_guesses(m: int, sigma: float, rate: float, steps: int, delta: float,
     if sigma <= 0:
         return max(1, m // 10)
     key = [int(m), repr(float(sigma)), repr(float(rate)), int(steps), repr(float(delta)), repr(float(level))]
-    plan, code = lambda: _plan_guesses(m, sigma, rate, steps, delta, level), _plan_code()  # noqa: E731
+    code = _plan_code()
+
+    def plan() -> int:
+        return _plan_guesses(m, sigma, rate, steps, delta, level)
+
     return plan() if code is None else remembered(PLAN_CACHE, [*key, PLAN_REPLICATES, code], plan, int)
 
 
